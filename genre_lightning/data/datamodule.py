@@ -1,0 +1,146 @@
+"""LightningDataModule: prepare the split once (global rank 0), then every rank reads that file."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from genre_lightning.data.annotations import ANNOTATIONS_FILE, prepare_annotations, read_split_file, split_digest
+from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
+from genre_lightning.data.demo import ensure_demo_posters
+from genre_lightning.data.split import SPLITS, check_fractions
+from genre_lightning.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class PosterDataModule(LightningDataModule):
+    """Genre posters from folders (``root``) or a CSV (``annotations``), split 70/15/15.
+
+    The model hands over its timm data config with :meth:`set_data_config`; the data module
+    never imports the model.
+    """
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        output_dir: str,
+        root: str | None = None,
+        annotations: str | None = None,
+        split_file: str | None = None,
+        fractions: Mapping[str, float] | None = None,
+        seed: int = 0,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        augment: Mapping[str, Any] | None = None,
+        verify_threads: int = 4,
+        demo: Mapping[str, Any] | None = None,
+        test_split: str = "test",
+    ) -> None:
+        super().__init__()
+        if not classes:
+            raise ConfigError("data.classes", classes, "a non-empty list of genre names")
+        if batch_size < 1:
+            raise ConfigError("data.batch_size", batch_size, "a positive integer")
+        self.classes = list(classes)
+        self.output_dir = Path(output_dir)
+        self.root, self.annotations, self.split_file = root, annotations, split_file
+        self.fractions = check_fractions(fractions or {"train": 0.7, "val": 0.15, "test": 0.15})
+        self.seed = seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.augment = dict(augment) if augment is not None else None
+        self.verify_threads = verify_threads
+        self.demo = dict(demo) if demo else None
+        if test_split not in SPLITS:
+            raise ConfigError("split", test_split, f"one of {list(SPLITS)}")
+        self.test_split = test_split  # genre-eval can evaluate the val (or train) split instead
+        self.data_config: dict[str, Any] | None = None
+        self._demo_ready = False
+        self.frame: pd.DataFrame | None = None
+        self.datasets: dict[str, PosterDataset] = {}
+        # Only global rank 0 scans and splits; the run folder is shared by all ranks.
+        self.prepare_data_per_node = False
+
+    @property
+    def annotations_path(self) -> Path:
+        return self.output_dir / ANNOTATIONS_FILE
+
+    def set_data_config(self, data_config: Mapping[str, Any]) -> None:
+        """Input size, interpolation, mean and std, resolved from the backbone by the model."""
+        self.data_config = dict(data_config)
+
+    def prepare_data(self) -> None:
+        if self.demo is not None and not self._demo_ready:
+            root = ensure_demo_posters(self.root, **self.demo)
+            self._demo_ready = True
+            log.warning(
+                "DEMO DATA: %s holds SYNTHETIC posters drawn by genre_lightning.data.demo, not real movie posters. "
+                "To train on real posters: genre-train data=posters data.root=/path/to/posters "
+                "(one folder per genre: %s).", root, ", ".join(self.classes))
+        prepare_annotations(
+            self.output_dir, self.classes, self.fractions, self.seed,
+            root=self.root, annotations=self.annotations, split_file=self.split_file,
+            verify_threads=self.verify_threads,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data_config is None:
+            raise RuntimeError("PosterDataModule.set_data_config() must be called with the model's data config")
+        if self.frame is None:
+            self.frame = read_split_file(self.annotations_path, self.classes, key="annotations")
+        train_tf, eval_tf = build_transforms(self.data_config, self.augment)
+        label_index = {c: i for i, c in enumerate(self.classes)}
+        for split, transform in (("train", train_tf), ("val", eval_tf), ("test", eval_tf)):
+            rows = self.frame[self.frame["split"] == split]
+            self.datasets[split] = PosterDataset(list(rows["file_path"]), [label_index[x] for x in rows["label"]], transform)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=collate_posters,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split, shuffle=False)
+
+    def split_paths(self, split: str) -> list[str]:
+        return self.datasets[split].paths
+
+    # Stored in checkpoints, so a resume on a different split is caught instead of leaking test data.
+    def state_dict(self) -> dict[str, Any]:
+        return {"classes": self.classes, "split_digest": split_digest(self.frame) if self.frame is not None else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        expected = state_dict.get("split_digest")
+        if self.frame is None:
+            self.frame = read_split_file(self.annotations_path, self.classes, key="annotations")
+        if expected and expected != split_digest(self.frame):
+            raise ConfigError(
+                "data.split_file", self.split_file,
+                f"the split the checkpoint was trained on (pass data.split_file=<that run's {ANNOTATIONS_FILE}>)",
+            )

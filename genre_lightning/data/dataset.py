@@ -1,0 +1,60 @@
+"""The poster dataset, its batches, and the transforms taken from the backbone's timm data config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from timm.data import create_transform
+from torch.utils.data import Dataset, default_collate
+
+from genre_lightning.data.imageio import UnreadableImage, read_rgb
+
+# The keys of timm's data config that create_transform understands.
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def build_transforms(data_config: Mapping[str, Any], augment: Mapping[str, Any] | None) -> tuple[Callable, Callable]:
+    """(train, eval) transforms. ``augment`` holds timm ``create_transform`` training options;
+    ``None`` means no augmentation: training then sees exactly the eval transform."""
+    base = {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items() if k in DATA_CONFIG_KEYS}
+    eval_transform = create_transform(**base, is_training=False)
+    if augment is None:
+        return eval_transform, eval_transform
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()}
+    train_transform = create_transform(**{k: v for k, v in base.items() if k not in ("crop_pct", "crop_mode")},
+                                       is_training=True, **options)
+    return train_transform, eval_transform
+
+
+class PosterDataset(Dataset):
+    """Images and integer labels. An image that fails to decode yields ``None`` instead of
+    raising, so one bad file cannot stop an epoch; ``collate_posters`` drops and counts it."""
+
+    def __init__(self, paths: Sequence[str], targets: Sequence[int], transform: Callable) -> None:
+        self.paths = list(paths)
+        self.targets = list(targets)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | tuple[int, str]:
+        try:
+            image = read_rgb(self.paths[index])
+        except UnreadableImage as err:
+            return index, str(err)
+        return {"image": self.transform(image), "target": self.targets[index], "index": index}
+
+
+def collate_posters(items: list[dict[str, Any] | tuple[int, str]]) -> dict[str, Any]:
+    """Stack the good items; list the failed ones as ``(dataset index, reason)``."""
+    good = [item for item in items if isinstance(item, dict)]
+    failed = [item for item in items if not isinstance(item, dict)]
+    if good:
+        batch = default_collate(good)
+    else:
+        batch = {"image": torch.empty(0), "target": torch.empty(0, dtype=torch.long), "index": torch.empty(0, dtype=torch.long)}
+    batch["failed"] = failed
+    return batch

@@ -1,0 +1,162 @@
+"""Find the poster files, verify each one, and say exactly what was kept and what was skipped.
+
+Layout: ``root/<Genre>/**/<image>``. Images in sub-folders of a genre folder count for that
+genre. Directory symlinks are not followed (a symlink loop cannot trap the scan); file
+symlinks are read through. Nothing here writes to the data folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from genre_lightning.data.imageio import UnreadableImage, decode_rgb, read_image_bytes
+from genre_lightning.errors import ConfigError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: str
+    label: str
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """A verified image: where it is, its genre, and its content hash."""
+
+    path: str
+    label: str
+    sha256: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    label: str | None
+    reason: str
+
+
+@dataclass
+class ScanResult:
+    records: list[ImageRecord]
+    skipped: list[Skipped] = field(default_factory=list)
+    ignored: list[Skipped] = field(default_factory=list)  # not images at all (wrong extension, ...)
+    unknown_folders: list[str] = field(default_factory=list)
+
+    def report(self, classes: Sequence[str]) -> dict:
+        """The JSON-ready ``data_report.json`` content."""
+        kept = Counter(r.label for r in self.records)
+        skipped = Counter(s.label for s in self.skipped)
+        reasons = Counter(_reason_kind(s.reason) for s in self.skipped)
+        return {
+            "n_found": len(self.records) + len(self.skipped),
+            "n_kept": len(self.records),
+            "n_skipped": len(self.skipped),
+            "n_ignored": len(self.ignored),
+            "per_class": {c: {"kept": kept.get(c, 0), "skipped": skipped.get(c, 0)} for c in classes},
+            "skipped_by_reason": dict(sorted(reasons.items())),
+            "skipped": [asdict(s) for s in self.skipped],
+            "ignored": [asdict(s) for s in self.ignored],
+            "unknown_folders": self.unknown_folders,
+        }
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+def find_candidates(root: str | Path, classes: Sequence[str]) -> tuple[list[Candidate], ScanResult]:
+    """List image files under ``root/<class>/``; anything else is recorded, never used silently."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError("data.root", str(root), "an existing folder with one sub-folder per genre")
+    folders = {p.name for p in root.iterdir() if p.is_dir()}
+    missing = [c for c in classes if c not in folders]
+    if missing:
+        raise ConfigError(
+            "data.classes",
+            list(classes),
+            f"genres that exist as folders under {root} (missing: {missing}; found: {sorted(folders)})",
+        )
+    result = ScanResult(records=[], unknown_folders=sorted(folders - set(classes)))
+    candidates: list[Candidate] = []
+    for label in classes:
+        for path in walk_files(root / label):
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                candidates.append(Candidate(str(path), label))
+            else:
+                result.ignored.append(Skipped(str(path), label, f"not an image extension: {path.suffix!r}"))
+    return candidates, result
+
+
+def walk_files(folder: Path) -> Iterable[Path]:
+    # followlinks=False: a directory symlink is never entered, so a loop cannot trap us.
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
+
+
+def read_candidates_csv(csv_path: str | Path, classes: Sequence[str]) -> list[Candidate]:
+    """Read ``file_path,label`` rows; relative paths are relative to the CSV's folder."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise ConfigError("data.annotations", str(csv_path), "an existing CSV file with file_path,label columns")
+    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    missing_columns = {"file_path", "label"} - set(frame.columns)
+    if missing_columns:
+        raise ConfigError("data.annotations", str(csv_path), f"a CSV with columns file_path,label (missing {sorted(missing_columns)})")
+    unknown = sorted(set(frame["label"]) - set(classes))
+    if unknown:
+        raise ConfigError("data.classes", list(classes), f"a list that includes every label in {csv_path.name} (also found {unknown})")
+    return [
+        Candidate(str(p if Path(p).is_absolute() else csv_path.parent / p), label)
+        for p, label in zip(frame["file_path"], frame["label"], strict=True)
+    ]
+
+
+def verify(candidate: Candidate) -> ImageRecord | Skipped:
+    """Decode the file fully (the only reliable test of a JPEG) and hash its bytes."""
+    try:
+        data = read_image_bytes(candidate.path)
+        image = decode_rgb(data)
+    except UnreadableImage as err:
+        return Skipped(candidate.path, candidate.label, str(err))
+    return ImageRecord(candidate.path, candidate.label, hashlib.sha256(data).hexdigest(), image.width, image.height)
+
+
+def verify_all(candidates: Sequence[Candidate], num_threads: int = 4) -> tuple[list[ImageRecord], list[Skipped]]:
+    """Verify candidates in parallel threads (PIL releases the GIL while decoding)."""
+    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+        outcomes = list(pool.map(verify, candidates))
+    records = [o for o in outcomes if isinstance(o, ImageRecord)]
+    skipped = [o for o in outcomes if isinstance(o, Skipped)]
+    return records, skipped
+
+
+def scan(
+    classes: Sequence[str],
+    root: str | Path | None = None,
+    annotations: str | Path | None = None,
+    num_threads: int = 4,
+) -> ScanResult:
+    """Scan genre folders (``root``) or an annotation CSV, and verify every image."""
+    if annotations:
+        candidates, result = read_candidates_csv(annotations, classes), ScanResult(records=[])
+    elif root:
+        candidates, result = find_candidates(root, classes)
+    else:
+        raise ConfigError("data.root", None, "a folder of genre sub-folders (or set data.annotations=<csv>)")
+    result.records, result.skipped = verify_all(candidates, num_threads)
+    return result

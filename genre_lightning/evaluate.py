@@ -1,0 +1,58 @@
+"""genre-eval: evaluate a checkpoint on the test split it was trained with (or any split file)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from genre_lightning.data.annotations import ANNOTATIONS_FILE
+from genre_lightning.errors import ConfigError, exit_on_user_error
+from genre_lightning.model import GenreClassifier
+from genre_lightning.runtime import CONFIG_DIR, build_loggers, show_and_save_config, to_python, write_json
+
+log = logging.getLogger(__name__)
+
+
+def split_file_for(ckpt_path: str | Path, split_file: str | None) -> str:
+    """The split to evaluate on: ``split_file`` if given, else the checkpoint's own run's split."""
+    if split_file:
+        return split_file
+    sibling = Path(ckpt_path).resolve().parent.parent / ANNOTATIONS_FILE
+    if not sibling.is_file():
+        raise ConfigError("data.split_file", None,
+                          f"an annotations.csv to evaluate on (none beside the checkpoint at {sibling})")
+    return str(sibling)
+
+
+@exit_on_user_error
+def evaluate(cfg: DictConfig) -> dict:
+    """Test ``cfg.ckpt_path`` and write ``metrics.json`` into the run folder."""
+    output_dir = Path(cfg.paths.output_dir)
+    show_and_save_config(cfg, output_dir, show=cfg.get("print_config", True))
+    pl.seed_everything(cfg.seed, workers=True)
+    model = GenreClassifier.from_checkpoint(cfg.ckpt_path)
+    split_file = split_file_for(cfg.ckpt_path, cfg.data.get("split_file"))
+    datamodule = instantiate(cfg.data, classes=model.classes, split_file=split_file, test_split=cfg.split)
+    datamodule.set_data_config(model.data_config)
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg), callbacks=[])
+    metrics = to_python(trainer.test(model, datamodule=datamodule)[0])
+    results = {"test": metrics, "test_ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+               "split": cfg.split, "split_file": split_file,
+               "skipped_during_evaluation": [{"index": i, "reason": r} for i, r in model.failed_items]}
+    write_json(output_dir / "metrics.json", results)
+    log.info("Run folder: %s", output_dir)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Freeze the backbone, train the head, then unfreeze layer groups on an epoch schedule.
+
+Built on Lightning's ``BaseFinetuning`` (its checkpointed param-group metadata restores the
+optimizer on resume), with three fixes that matter in practice:
+
+* **Resume past a milestone.** Lightning re-freezes everything in ``setup``. We store how
+  many groups were unfrozen and unfreeze them again in ``load_state_dict``, which runs
+  before the optimizer and the DDP wrapper are built, so they see the right parameters.
+* **DDP.** DDP registers only the parameters that require grad when it wraps the model, so
+  groups unfrozen later would train on each rank's local gradients and drift apart
+  (Lightning #20340). After every backward we all-reduce (average) the gradients of those
+  late-unfrozen parameters ourselves. The test suite checks both ranks end bit-identical.
+* **Identity, not equality.** ``BaseFinetuning.filter_on_optimizer`` compares parameters
+  with ``torch.equal``, which treats two freshly initialised BatchNorm weights (all ones)
+  as the same tensor and silently drops one. We compare by identity.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BaseFinetuning
+from torch.optim import Optimizer
+
+from genre_lightning.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def backbone_layer_groups(net: nn.Module) -> list[list[nn.Parameter]]:
+    """The backbone's parameters in timm's coarse layer groups (stem first), classifier excluded."""
+    classifier = {id(p) for p in net.get_classifier().parameters()}
+    named = dict(net.named_parameters())
+    if hasattr(net, "group_matcher"):
+        groups = timm.models.group_parameters(net, net.group_matcher(coarse=True))
+        ordered = [[named[n] for n in names] for _, names in sorted(groups.items())]
+    else:  # a model without layer groups is one group
+        ordered = [list(named.values())]
+    ordered = [[p for p in group if id(p) not in classifier] for group in ordered]
+    return [group for group in ordered if group]
+
+
+def _split_evenly(items: list, count: int) -> list[list]:
+    """``count`` contiguous parts whose sizes differ by at most one (the first parts are larger)."""
+    size, extra = divmod(len(items), count)
+    bounds = [i * size + min(i, extra) for i in range(count + 1)]
+    return [items[bounds[i] : bounds[i + 1]] for i in range(count)]
+
+
+class GradualUnfreeze(BaseFinetuning):
+    """Train only the classifier, then unfreeze the backbone from the top down.
+
+    The backbone's layer groups are split into ``len(milestones)`` contiguous chunks; at
+    epoch ``milestones[i]`` chunk ``i`` (counted from the top) becomes trainable, in a new
+    optimizer param group whose LR is the head's current LR times
+    ``backbone_lr_scale * lr_decay ** i``. ``milestones=[]`` never unfreezes (linear probe).
+    """
+
+    def __init__(self, milestones: Sequence[int], backbone_lr_scale: float = 0.1, lr_decay: float = 1.0) -> None:
+        super().__init__()
+        milestones = list(milestones)
+        if any(m < 0 for m in milestones) or milestones != sorted(milestones):
+            raise ConfigError("finetune.milestones", milestones, "a non-decreasing list of epoch numbers >= 0")
+        if backbone_lr_scale <= 0:
+            raise ConfigError("finetune.backbone_lr_scale", backbone_lr_scale, "a positive LR multiplier")
+        self.milestones = milestones
+        self.backbone_lr_scale = backbone_lr_scale
+        self.lr_decay = lr_decay
+        self.unfrozen_chunks = 0
+        self._chunks: list[list[nn.Parameter]] = []
+        self._ddp_registered: set[int] | None = None
+
+    def chunks(self, pl_module: LightningModule) -> list[list[nn.Parameter]]:
+        """Parameter chunks, top of the network first."""
+        if not self._chunks:
+            groups = backbone_layer_groups(pl_module.net)[::-1]
+            count = max(1, min(len(self.milestones), len(groups)))
+            self._chunks = [[p for group in part for p in group] for part in _split_evenly(groups, count)]
+            if len(self.milestones) > len(groups):
+                log.warning("%d milestones but only %d layer groups; the last milestones unfreeze nothing",
+                            len(self.milestones), len(groups))
+        return self._chunks
+
+    def freeze_before_training(self, pl_module: LightningModule) -> None:
+        self._module = pl_module
+        for chunk in self.chunks(pl_module):
+            for param in chunk:
+                param.requires_grad = False
+        self._set_trainable(self.unfrozen_chunks)
+
+    def _set_trainable(self, count: int) -> None:
+        for chunk in self.chunks(self._module)[:count]:
+            for param in chunk:
+                param.requires_grad = True
+
+    def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Optimizer) -> None:
+        chunks = self.chunks(pl_module)
+        while self.unfrozen_chunks < min(len(chunks), len(self.milestones)) \
+                and epoch >= self.milestones[self.unfrozen_chunks]:
+            index = self.unfrozen_chunks
+            lr = optimizer.param_groups[0]["lr"] * self.backbone_lr_scale * self.lr_decay ** index
+            self._set_trainable(index + 1)
+            self._add_param_group(pl_module.trainer, optimizer, chunks[index], lr)
+            self.unfrozen_chunks += 1
+            log.info("Epoch %d: unfroze backbone chunk %d/%d (%d tensors) at lr %.2e",
+                     epoch, index + 1, len(chunks), len(chunks[index]), lr)
+
+    @staticmethod
+    def _add_param_group(trainer: Trainer, optimizer: Optimizer, params: list[nn.Parameter], lr: float) -> None:
+        present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        new = [p for p in params if id(p) not in present]
+        if not new:
+            return
+        optimizer.add_param_group({"params": new, "lr": lr, "initial_lr": lr})
+        # LR schedulers keep one base LR per group; without this the new group is not scheduled.
+        for config in trainer.lr_scheduler_configs:
+            if config.scheduler.optimizer is optimizer:
+                for attribute, value in (("base_lrs", lr), ("min_lrs", 0.0)):
+                    values = getattr(config.scheduler, attribute, None)
+                    if isinstance(values, list) and len(values) < len(optimizer.param_groups):
+                        values.append(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "unfrozen_chunks": self.unfrozen_chunks}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.unfrozen_chunks = int(state_dict.get("unfrozen_chunks", 0))
+        if hasattr(self, "_module"):  # setup() already ran: unfreeze before optimizers and DDP exist
+            self._set_trainable(self.unfrozen_chunks)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        # The model is wrapped by now: these are the parameters DDP itself all-reduces.
+        self._ddp_registered = {id(p) for p in pl_module.parameters() if p.requires_grad}
+
+    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.world_size < 2 or not dist.is_available() or not dist.is_initialized():
+            return
+        registered = self._ddp_registered or set()
+        grads = [p.grad for p in pl_module.parameters()
+                 if p.requires_grad and p.grad is not None and id(p) not in registered]
+        if not grads:
+            return
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= trainer.world_size
+        for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
+            grad.copy_(synced)

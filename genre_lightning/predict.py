@@ -1,0 +1,107 @@
+"""genre-predict: top-k genres for one poster, or a CSV of probabilities for a folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
+from genre_lightning.data.scan import IMAGE_EXTENSIONS, walk_files
+from genre_lightning.errors import ConfigError, exit_on_user_error
+from genre_lightning.model import GenreClassifier
+from genre_lightning.runtime import CONFIG_DIR
+
+log = logging.getLogger(__name__)
+
+
+def list_inputs(path: str | Path) -> list[str]:
+    """One image file, or every image file under a folder (sorted, sub-folders included)."""
+    path = Path(path)
+    if path.is_file():
+        return [str(path)]
+    if path.is_dir():
+        return [str(p) for p in walk_files(path) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    raise ConfigError("input", str(path), "an existing image file or folder of images")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def predict_files(
+    model: GenreClassifier,
+    paths: list[str],
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Probabilities for each file: ``file_path, top1, p_top1, p_<class>..., error``.
+
+    A file that cannot be decoded gets an ``error`` and empty probabilities; it never stops the run.
+    """
+    model = model.to(device).eval()
+    _, eval_transform = build_transforms(model.data_config, None)
+    dataset = PosterDataset(paths, [0] * len(paths), eval_transform)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_posters)
+    probabilities = torch.full((len(paths), len(model.classes)), float("nan"))
+    errors = [""] * len(paths)
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+            for index, reason in batch["failed"]:
+                errors[index] = reason
+            if batch["index"].numel():
+                probabilities[batch["index"]] = model(batch["image"].to(device)).softmax(dim=-1).float().cpu()
+    frame = pd.DataFrame({"file_path": paths})
+    best = probabilities.nan_to_num(-1).argmax(dim=1)
+    frame["top1"] = [model.classes[i] if not err else "" for i, err in zip(best.tolist(), errors, strict=True)]
+    frame["p_top1"] = probabilities.max(dim=1).values.numpy()
+    for column, name in enumerate(model.classes):
+        frame[f"p_{name}"] = probabilities[:, column].numpy()
+    frame["error"] = errors
+    return frame
+
+
+def format_top_k(row: pd.Series, classes: list[str], k: int) -> str:
+    if row["error"]:
+        return f"{row['file_path']}: cannot predict ({row['error']})"
+    ranked = sorted(classes, key=lambda c: -row[f"p_{c}"])[:k]
+    return "\n".join([row["file_path"]] + [f"  {i + 1}. {c:<10} {row[f'p_{c}']:.3f}" for i, c in enumerate(ranked)])
+
+
+@exit_on_user_error
+def predict(cfg: DictConfig) -> pd.DataFrame:
+    paths = list_inputs(cfg.input)
+    if not paths:
+        raise ConfigError("input", cfg.input, "a folder that contains image files")
+    model = GenreClassifier.from_checkpoint(cfg.ckpt_path)
+    single = Path(cfg.input).is_file()
+    frame = predict_files(model, paths, cfg.batch_size, cfg.num_workers, resolve_device(cfg.device),
+                          progress=not single)
+    if single:
+        print(format_top_k(frame.iloc[0], model.classes, cfg.top_k))
+    else:
+        output_csv = Path(cfg.output_csv or Path(cfg.paths.output_dir) / "predictions.csv")
+        output_csv.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(output_csv, index=False)
+        failed = int((frame["error"] != "").sum())
+        print(f"Wrote {len(frame)} predictions to {output_csv}" + (f" ({failed} unreadable, see 'error')" if failed else ""))
+    return frame
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""genre-train: fit a GenreClassifier, then test its best checkpoint and write metrics.json."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from genre_lightning.data.annotations import ANNOTATIONS_FILE
+from genre_lightning.errors import ConfigError, exit_on_user_error
+from genre_lightning.runtime import CONFIG_DIR, build_callbacks, build_loggers, show_and_save_config, to_python, write_json
+
+log = logging.getLogger(__name__)
+
+
+def _reuse_split_of_resumed_run(cfg: DictConfig) -> None:
+    """A resumed run must see the split it was trained on: take the checkpoint run's annotations."""
+    if not cfg.ckpt_path:
+        return
+    checkpoint = Path(cfg.ckpt_path)
+    if not checkpoint.is_file():
+        raise ConfigError("ckpt_path", cfg.ckpt_path, "an existing checkpoint file to resume from")
+    sibling = checkpoint.resolve().parent.parent / ANNOTATIONS_FILE
+    if not cfg.data.split_file and sibling.is_file() and sibling.parent != Path(cfg.paths.output_dir).resolve():
+        with open_dict(cfg):
+            cfg.data.split_file = str(sibling)
+        log.info("Resuming: reusing the split of %s", sibling)
+
+
+@exit_on_user_error
+def train(cfg: DictConfig) -> float | None:
+    """Fit, test the best checkpoint, write ``metrics.json``; return ``cfg.optimized_metric``."""
+    _reuse_split_of_resumed_run(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    show_and_save_config(cfg, output_dir, show=cfg.get("print_config", True))
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, _recursive_=False)
+    datamodule.set_data_config(model.data_config)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg))
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    fit_metrics = to_python(trainer.callback_metrics)
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if checkpoint else ""
+    results = {
+        "best_ckpt_path": best_path or None,
+        "best_val": {checkpoint.monitor: to_python({"v": checkpoint.best_model_score})["v"]} if best_path else {},
+        "final_val": {k: v for k, v in fit_metrics.items() if k.startswith("val/")},
+    }
+    if cfg.get("test"):
+        # The best checkpoint, never the last weights (unless no checkpoint was saved at all).
+        test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None)[0]
+        results["test"] = to_python(test_metrics)
+        results["test_ckpt_path"] = best_path or None
+    results["skipped_during_training"] = [{"index": i, "reason": r} for i, r in model.failed_items]
+    write_json(output_dir / "metrics.json", results)
+    log.info("Run folder: %s", output_dir)
+
+    metric = cfg.get("optimized_metric")
+    if metric and metric in results["best_val"]:
+        return results["best_val"][metric]
+    return to_python(trainer.callback_metrics).get(metric) if metric else None
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
