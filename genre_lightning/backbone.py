@@ -43,8 +43,13 @@ def create_backbone(
         path = Path(weights).expanduser()
         if not path.is_file():
             raise ConfigError("model.weights", weights, "an existing timm-format .safetensors or .pth file")
-        return timm.create_model(name, pretrained=True, num_classes=num_classes,
-                                 pretrained_cfg_overlay={"file": str(path.resolve())}, **kwargs)
+        return timm.create_model(
+            name,
+            pretrained=True,
+            num_classes=num_classes,
+            pretrained_cfg_overlay={"file": str(path.resolve())},
+            **kwargs,
+        )
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     try:

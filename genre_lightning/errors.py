@@ -31,8 +31,20 @@ def exit_on_user_error(task: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return task(*args, **kwargs)
-        except (ConfigError, UserFacingError) as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+        except Exception as err:
+            user_error = _find_user_error(err)
+            if user_error is None:
+                raise
+            print(f"error: {user_error}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _find_user_error(err: BaseException | None) -> BaseException | None:
+    """The user error itself, also when a library wrapped it (Hydra's instantiate does)."""
+    while err is not None:
+        if isinstance(err, ConfigError | UserFacingError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None

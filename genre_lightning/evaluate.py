@@ -24,8 +24,9 @@ def split_file_for(ckpt_path: str | Path, split_file: str | None) -> str:
         return split_file
     sibling = Path(ckpt_path).resolve().parent.parent / ANNOTATIONS_FILE
     if not sibling.is_file():
-        raise ConfigError("data.split_file", None,
-                          f"an annotations.csv to evaluate on (none beside the checkpoint at {sibling})")
+        raise ConfigError(
+            "data.split_file", None, f"an annotations.csv to evaluate on (none beside the checkpoint at {sibling})"
+        )
     return str(sibling)
 
 
@@ -41,9 +42,13 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule.set_data_config(model.data_config)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg), callbacks=[])
     metrics = to_python(trainer.test(model, datamodule=datamodule)[0])
-    results = {"test": metrics, "test_ckpt_path": str(Path(cfg.ckpt_path).resolve()),
-               "split": cfg.split, "split_file": split_file,
-               "skipped_during_evaluation": [{"index": i, "reason": r} for i, r in model.failed_items]}
+    results = {
+        "test": metrics,
+        "test_ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "split": cfg.split,
+        "split_file": split_file,
+        "skipped_during_evaluation": [{"index": i, "reason": r} for i, r in model.failed_items],
+    }
     write_json(output_dir / "metrics.json", results)
     log.info("Run folder: %s", output_dir)
     return results

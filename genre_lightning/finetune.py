@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.utilities import rank_zero_info
 from torch.optim import Optimizer
 
 from genre_lightning.errors import ConfigError
@@ -84,8 +85,11 @@ class GradualUnfreeze(BaseFinetuning):
             count = max(1, min(len(self.milestones), len(groups)))
             self._chunks = [[p for group in part for p in group] for part in _split_evenly(groups, count)]
             if len(self.milestones) > len(groups):
-                log.warning("%d milestones but only %d layer groups; the last milestones unfreeze nothing",
-                            len(self.milestones), len(groups))
+                log.warning(
+                    "%d milestones but only %d layer groups; the last milestones unfreeze nothing",
+                    len(self.milestones),
+                    len(groups),
+                )
         return self._chunks
 
     def freeze_before_training(self, pl_module: LightningModule) -> None:
@@ -102,15 +106,19 @@ class GradualUnfreeze(BaseFinetuning):
 
     def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Optimizer) -> None:
         chunks = self.chunks(pl_module)
-        while self.unfrozen_chunks < min(len(chunks), len(self.milestones)) \
-                and epoch >= self.milestones[self.unfrozen_chunks]:
+        while (
+            self.unfrozen_chunks < min(len(chunks), len(self.milestones))
+            and epoch >= self.milestones[self.unfrozen_chunks]
+        ):
             index = self.unfrozen_chunks
-            lr = optimizer.param_groups[0]["lr"] * self.backbone_lr_scale * self.lr_decay ** index
+            lr = optimizer.param_groups[0]["lr"] * self.backbone_lr_scale * self.lr_decay**index
             self._set_trainable(index + 1)
             self._add_param_group(pl_module.trainer, optimizer, chunks[index], lr)
             self.unfrozen_chunks += 1
-            log.info("Epoch %d: unfroze backbone chunk %d/%d (%d tensors) at lr %.2e",
-                     epoch, index + 1, len(chunks), len(chunks[index]), lr)
+            rank_zero_info(
+                f"Epoch {epoch}: unfroze backbone chunk {index + 1}/{len(chunks)} "
+                f"({len(chunks[index])} tensors) at lr {lr:.2e}"
+            )
 
     @staticmethod
     def _add_param_group(trainer: Trainer, optimizer: Optimizer, params: list[nn.Parameter], lr: float) -> None:
@@ -145,8 +153,9 @@ class GradualUnfreeze(BaseFinetuning):
         if trainer.world_size < 2 or not dist.is_available() or not dist.is_initialized():
             return
         registered = self._ddp_registered or set()
-        grads = [p.grad for p in pl_module.parameters()
-                 if p.requires_grad and p.grad is not None and id(p) not in registered]
+        grads = [
+            p.grad for p in pl_module.parameters() if p.requires_grad and p.grad is not None and id(p) not in registered
+        ]
         if not grads:
             return
         flat = torch._utils._flatten_dense_tensors(grads)

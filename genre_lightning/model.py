@@ -68,12 +68,21 @@ class GenreClassifier(LightningModule):
     ) -> None:
         super().__init__()
         classes, optimizer, scheduler, data_config = map(to_plain, (classes, optimizer, scheduler, data_config))
-        self.save_hyperparameters({
-            "backbone": backbone, "classes": list(classes), "pretrained": pretrained, "weights": weights,
-            "optimizer": optimizer or DEFAULT_OPTIMIZER, "scheduler": scheduler,
-            "scheduler_interval": scheduler_interval, "label_smoothing": label_smoothing,
-            "drop_rate": drop_rate, "data_config": data_config, "channels_last": channels_last,
-        })
+        self.save_hyperparameters(
+            {
+                "backbone": backbone,
+                "classes": list(classes),
+                "pretrained": pretrained,
+                "weights": weights,
+                "optimizer": optimizer or DEFAULT_OPTIMIZER,
+                "scheduler": scheduler,
+                "scheduler_interval": scheduler_interval,
+                "label_smoothing": label_smoothing,
+                "drop_rate": drop_rate,
+                "data_config": data_config,
+                "channels_last": channels_last,
+            }
+        )
         self.classes = list(classes)
         self.net = create_backbone(backbone, len(self.classes), pretrained, weights, drop_rate=drop_rate)
         self.data_config = resolve_data_config(self.net, data_config)
@@ -93,7 +102,11 @@ class GenreClassifier(LightningModule):
         }
         if per_class:
             metrics["acc_top2"] = MulticlassAccuracy(n, top_k=min(2, n), average="micro")
-            for name, metric in (("precision", MulticlassPrecision), ("recall", MulticlassRecall), ("f1", MulticlassF1Score)):
+            for name, metric in (
+                ("precision", MulticlassPrecision),
+                ("recall", MulticlassRecall),
+                ("f1", MulticlassF1Score),
+            ):
                 metrics[name] = ClasswiseWrapper(metric(n, average=None), labels=self.classes, prefix=f"{name}/")
         return MetricCollection(metrics, prefix=prefix)
 
@@ -104,8 +117,9 @@ class GenreClassifier(LightningModule):
         path = Path(path)
         if not path.is_file():
             raise ConfigError("ckpt_path", str(path), "an existing .ckpt file written by genre-train")
-        model = cls.load_from_checkpoint(path, map_location=map_location, weights_only=True,
-                                         pretrained=False, weights=None)
+        model = cls.load_from_checkpoint(
+            path, map_location=map_location, weights_only=True, pretrained=False, weights=None
+        )
         return model.eval()
 
     def _stage_metrics(self, stage: str) -> MetricCollection:
@@ -116,16 +130,18 @@ class GenreClassifier(LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
-    def train(self, mode: bool = True) -> GenreClassifier:
-        """Like ``nn.Module.train``, but a BatchNorm whose weights are frozen stays in eval mode:
-        frozen layers then compute exactly what they computed for ImageNet."""
-        super().train(mode)
-        if mode:
-            for module in self.net.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None \
-                        and not module.weight.requires_grad:
-                    module.eval()
-        return self
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # A BatchNorm whose weights are frozen also keeps its running statistics: frozen layers
+        # compute what they computed when they were trained. Done per batch because Lightning
+        # restores each module's train/eval flag after every validation run.
+        for module in self.net.modules():
+            if (
+                isinstance(module, nn.modules.batchnorm._BatchNorm)
+                and module.training
+                and module.weight is not None
+                and not module.weight.requires_grad
+            ):
+                module.eval()
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor | None:
         if batch["failed"]:
@@ -137,14 +153,21 @@ class GenreClassifier(LightningModule):
         loss = self.criterion(logits, targets)
         self._stage_metrics(stage).update(logits, targets)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step,
-                 batch_size=targets.numel(), sync_dist=not on_step)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=on_step,
+            batch_size=targets.numel(),
+            sync_dist=not on_step,
+        )
         return loss
 
     def _log_epoch_metrics(self, stage: str) -> None:
         # compute() covers every batch of the epoch and syncs across DDP ranks itself.
         values = self._stage_metrics(stage).compute()
-        self.log_dict(values, prog_bar=stage == "val")
+        self.log_dict(values, prog_bar=stage == "val", sync_dist=True)  # already synced; this silences a warning
         self._stage_metrics(stage).reset()
 
     def on_train_epoch_end(self) -> None:
@@ -175,6 +198,7 @@ class GenreClassifier(LightningModule):
         if not self.hparams.scheduler:
             return optimizer
         scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval,
-                                 "monitor": "val/acc"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval, "monitor": "val/acc"},
+        }

@@ -85,8 +85,9 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         raise ConfigError("input", cfg.input, "a folder that contains image files")
     model = GenreClassifier.from_checkpoint(cfg.ckpt_path)
     single = Path(cfg.input).is_file()
-    frame = predict_files(model, paths, cfg.batch_size, cfg.num_workers, resolve_device(cfg.device),
-                          progress=not single)
+    frame = predict_files(
+        model, paths, cfg.batch_size, cfg.num_workers, resolve_device(cfg.device), progress=not single
+    )
     if single:
         print(format_top_k(frame.iloc[0], model.classes, cfg.top_k))
     else:
@@ -94,7 +95,10 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         output_csv.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(output_csv, index=False)
         failed = int((frame["error"] != "").sum())
-        print(f"Wrote {len(frame)} predictions to {output_csv}" + (f" ({failed} unreadable, see 'error')" if failed else ""))
+        print(
+            f"Wrote {len(frame)} predictions to {output_csv}"
+            + (f" ({failed} unreadable, see 'error')" if failed else "")
+        )
     return frame
 
 

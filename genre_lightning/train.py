@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
 from hydra.utils import instantiate
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, open_dict
 
 from genre_lightning.data.annotations import ANNOTATIONS_FILE
+from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.errors import ConfigError, exit_on_user_error
-from genre_lightning.runtime import CONFIG_DIR, build_callbacks, build_loggers, show_and_save_config, to_python, write_json
+from genre_lightning.model import GenreClassifier
+from genre_lightning.runtime import (
+    CONFIG_DIR,
+    build_callbacks,
+    build_loggers,
+    show_and_save_config,
+    to_python,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +43,18 @@ def _reuse_split_of_resumed_run(cfg: DictConfig) -> None:
         log.info("Resuming: reusing the split of %s", sibling)
 
 
+def build(
+    cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()
+) -> tuple[PosterDataModule, GenreClassifier, pl.Trainer]:
+    """The data module, the model and the trainer, each from its config group."""
+    datamodule: PosterDataModule = instantiate(cfg.data)
+    model: GenreClassifier = instantiate(cfg.model, _recursive_=False)
+    datamodule.set_data_config(model.data_config)
+    callbacks = [*build_callbacks(cfg), *extra_callbacks]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg))
+    return datamodule, model, trainer
+
+
 @exit_on_user_error
 def train(cfg: DictConfig) -> float | None:
     """Fit, test the best checkpoint, write ``metrics.json``; return ``cfg.optimized_metric``."""
@@ -38,11 +62,7 @@ def train(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     show_and_save_config(cfg, output_dir, show=cfg.get("print_config", True))
     pl.seed_everything(cfg.seed, workers=True)
-
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, _recursive_=False)
-    datamodule.set_data_config(model.data_config)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg))
+    datamodule, model, trainer = build(cfg)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     fit_metrics = to_python(trainer.callback_metrics)
@@ -60,7 +80,7 @@ def train(cfg: DictConfig) -> float | None:
         results["test_ckpt_path"] = best_path or None
     results["skipped_during_training"] = [{"index": i, "reason": r} for i, r in model.failed_items]
     write_json(output_dir / "metrics.json", results)
-    log.info("Run folder: %s", output_dir)
+    rank_zero_info(f"Run folder: {output_dir}")
 
     metric = cfg.get("optimized_metric")
     if metric and metric in results["best_val"]:

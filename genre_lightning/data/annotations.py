@@ -36,7 +36,9 @@ def read_split_file(path: str | Path, classes: Sequence[str], key: str = "data.s
         raise ConfigError(key, str(path), f"a CSV with file_path,label,split columns (missing {sorted(missing)})")
     unknown_labels = sorted(set(frame["label"]) - set(classes))
     if unknown_labels:
-        raise ConfigError("data.classes", list(classes), f"a list that includes every label in {path} (also found {unknown_labels})")
+        raise ConfigError(
+            "data.classes", list(classes), f"a list that includes every label in {path} (also found {unknown_labels})"
+        )
     unknown_splits = sorted(set(frame["split"]) - set(SPLITS))
     if unknown_splits:
         raise ConfigError(key, str(path), f"split values among {list(SPLITS)} (found {unknown_splits})")
@@ -71,11 +73,13 @@ def make_annotations(
     if empty:
         raise ConfigError("data.classes", list(classes), f"genres with at least one readable image (none for {empty})")
     records = sorted(result.records, key=lambda r: r.path)
-    frame = pd.DataFrame({
-        "file_path": [r.path for r in records],
-        "label": [r.label for r in records],
-        "sha256": [r.sha256 for r in records],
-    })
+    frame = pd.DataFrame(
+        {
+            "file_path": [r.path for r in records],
+            "label": [r.label for r in records],
+            "sha256": [r.sha256 for r in records],
+        }
+    )
     frame["split"] = stratified_group_split(list(frame["label"]), list(frame["sha256"]), fractions, seed)
     report["split"] = {"seed": seed, "fractions": dict(fractions), "counts": _split_counts(frame, classes)}
     return frame[COLUMNS], report
@@ -109,8 +113,11 @@ def prepare_annotations(
     output_dir.mkdir(parents=True, exist_ok=True)
     if split_file:
         frame = read_split_file(split_file, classes)
-        report = {"split_file": str(Path(split_file).resolve()), "n_kept": len(frame),
-                  "split": {"counts": _split_counts(frame, classes)}}
+        report = {
+            "split_file": str(Path(split_file).resolve()),
+            "n_kept": len(frame),
+            "split": {"counts": _split_counts(frame, classes)},
+        }
     else:
         frame, report = make_annotations(classes, fractions, seed, root, annotations, verify_threads)
     if target.is_file() and split_digest(read_split_file(target, classes)) != split_digest(frame):
@@ -129,6 +136,14 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _log_summary(report: dict, classes: Sequence[str]) -> None:
     counts = report["split"]["counts"]
-    log.info("Split (train/val/test): %s", ", ".join(f"{c} {counts['train'][c]}/{counts['val'][c]}/{counts['test'][c]}" for c in classes))
+    log.info(
+        "Split (train/val/test): %s",
+        ", ".join(f"{c} {counts['train'][c]}/{counts['val'][c]}/{counts['test'][c]}" for c in classes),
+    )
     if report.get("n_skipped"):
-        log.warning("Skipped %d unreadable file(s); reasons in %s: %s", report["n_skipped"], REPORT_FILE, report["skipped_by_reason"])
+        log.warning(
+            "Skipped %d unreadable file(s); reasons in %s: %s",
+            report["n_skipped"],
+            REPORT_FILE,
+            report["skipped_by_reason"],
+        )

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from genre_lightning.data.annotations import ANNOTATIONS_FILE, prepare_annotations, read_split_file, split_digest
@@ -51,6 +52,13 @@ class PosterDataModule(LightningDataModule):
             raise ConfigError("data.classes", classes, "a non-empty list of genre names")
         if batch_size < 1:
             raise ConfigError("data.batch_size", batch_size, "a positive integer")
+        if not (demo or split_file or annotations) and not (root and Path(root).is_dir()):
+            raise ConfigError(
+                "data.root",
+                root,
+                "an existing folder with one sub-folder per genre "
+                "(or data.annotations=<csv>, data.split_file=<annotations.csv>, or data=demo)",
+            )
         self.classes = list(classes)
         self.output_dir = Path(output_dir)
         self.root, self.annotations, self.split_file = root, annotations, split_file
@@ -89,10 +97,18 @@ class PosterDataModule(LightningDataModule):
             log.warning(
                 "DEMO DATA: %s holds SYNTHETIC posters drawn by genre_lightning.data.demo, not real movie posters. "
                 "To train on real posters: genre-train data=posters data.root=/path/to/posters "
-                "(one folder per genre: %s).", root, ", ".join(self.classes))
+                "(one folder per genre: %s).",
+                root,
+                ", ".join(self.classes),
+            )
         prepare_annotations(
-            self.output_dir, self.classes, self.fractions, self.seed,
-            root=self.root, annotations=self.annotations, split_file=self.split_file,
+            self.output_dir,
+            self.classes,
+            self.fractions,
+            self.seed,
+            root=self.root,
+            annotations=self.annotations,
+            split_file=self.split_file,
             verify_threads=self.verify_threads,
         )
 
@@ -105,13 +121,23 @@ class PosterDataModule(LightningDataModule):
         label_index = {c: i for i, c in enumerate(self.classes)}
         for split, transform in (("train", train_tf), ("val", eval_tf), ("test", eval_tf)):
             rows = self.frame[self.frame["split"] == split]
-            self.datasets[split] = PosterDataset(list(rows["file_path"]), [label_index[x] for x in rows["label"]], transform)
+            self.datasets[split] = PosterDataset(
+                list(rows["file_path"]), [label_index[x] for x in rows["label"]], transform
+            )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset, sampler = self.datasets[split], None
+        if not shuffle and self.trainer is not None and self.trainer.world_size > 1:
+            # Evaluation under DDP: shard without padding, so every image is counted exactly once
+            # (Lightning's default DistributedSampler repeats images to even out the shards).
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
+            )
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
@@ -141,6 +167,7 @@ class PosterDataModule(LightningDataModule):
             self.frame = read_split_file(self.annotations_path, self.classes, key="annotations")
         if expected and expected != split_digest(self.frame):
             raise ConfigError(
-                "data.split_file", self.split_file,
+                "data.split_file",
+                self.split_file,
                 f"the split the checkpoint was trained on (pass data.split_file=<that run's {ANNOTATIONS_FILE}>)",
             )

@@ -23,8 +23,9 @@ def build_transforms(data_config: Mapping[str, Any], augment: Mapping[str, Any] 
     if augment is None:
         return eval_transform, eval_transform
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()}
-    train_transform = create_transform(**{k: v for k, v in base.items() if k not in ("crop_pct", "crop_mode")},
-                                       is_training=True, **options)
+    train_transform = create_transform(
+        **{k: v for k, v in base.items() if k not in ("crop_pct", "crop_mode")}, is_training=True, **options
+    )
     return train_transform, eval_transform
 
 
@@ -55,6 +56,10 @@ def collate_posters(items: list[dict[str, Any] | tuple[int, str]]) -> dict[str, 
     if good:
         batch = default_collate(good)
     else:
-        batch = {"image": torch.empty(0), "target": torch.empty(0, dtype=torch.long), "index": torch.empty(0, dtype=torch.long)}
+        batch = {
+            "image": torch.empty(0),
+            "target": torch.empty(0, dtype=torch.long),
+            "index": torch.empty(0, dtype=torch.long),
+        }
     batch["failed"] = failed
     return batch

@@ -116,12 +116,16 @@ def read_candidates_csv(csv_path: str | Path, classes: Sequence[str]) -> list[Ca
     frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     missing_columns = {"file_path", "label"} - set(frame.columns)
     if missing_columns:
-        raise ConfigError("data.annotations", str(csv_path), f"a CSV with columns file_path,label (missing {sorted(missing_columns)})")
+        raise ConfigError(
+            "data.annotations", str(csv_path), f"a CSV with columns file_path,label (missing {sorted(missing_columns)})"
+        )
     unknown = sorted(set(frame["label"]) - set(classes))
     if unknown:
-        raise ConfigError("data.classes", list(classes), f"a list that includes every label in {csv_path.name} (also found {unknown})")
+        raise ConfigError(
+            "data.classes", list(classes), f"a list that includes every label in {csv_path.name} (also found {unknown})"
+        )
     return [
-        Candidate(str(p if Path(p).is_absolute() else csv_path.parent / p), label)
+        Candidate(os.path.abspath(csv_path.parent / p), label)
         for p, label in zip(frame["file_path"], frame["label"], strict=True)
     ]
 

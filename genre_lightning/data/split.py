@@ -25,7 +25,9 @@ def check_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
     if set(fractions) != set(SPLITS) or any(v < 0 for v in fractions.values()):
         raise ConfigError("data.fractions", fractions, "non-negative train, val and test fractions")
     if not math.isclose(sum(fractions.values()), 1.0, abs_tol=1e-6):
-        raise ConfigError("data.fractions", fractions, f"fractions that add up to 1 (they add up to {sum(fractions.values()):g})")
+        raise ConfigError(
+            "data.fractions", fractions, f"fractions that add up to 1 (they add up to {sum(fractions.values()):g})"
+        )
     return fractions
 
 

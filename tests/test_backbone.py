@@ -1,0 +1,76 @@
+"""Backbones by name, weights from a local file, and the one-line errors a user can hit."""
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from genre_lightning.backbone import create_backbone
+from genre_lightning.errors import ConfigError
+from genre_lightning.model import GenreClassifier
+from tests.conftest import FAST, run_cli
+
+
+def test_any_timm_name_builds_with_a_four_way_head():
+    net = create_backbone("mobilenetv3_small_050", num_classes=4)
+    assert net.get_classifier().out_features == 4
+    assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 4)
+
+
+def test_unknown_backbone_suggests_close_names():
+    with pytest.raises(ConfigError) as err:
+        create_backbone("resnet_18", num_classes=4)
+    message = str(err.value)
+    assert message.startswith("model.backbone='resnet_18'") and "resnet18" in message and "\n" not in message
+
+
+def test_local_weights_file_is_loaded_except_the_classifier(tmp_path: Path):
+    source = timm.create_model("resnet10t", num_classes=1000)
+    torch.nn.init.normal_(source.conv1[0].weight)
+    path = tmp_path / "resnet10t.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
+    model = GenreClassifier("resnet10t", ["a", "b", "c", "d"], weights=str(path))
+    assert torch.equal(model.net.conv1[0].weight, source.conv1[0].weight)
+    assert model.net.fc.out_features == 4
+
+
+def test_missing_weights_file_is_a_config_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"^model.weights='.*nope.safetensors' is not valid"):
+        create_backbone("resnet10t", num_classes=4, weights=str(tmp_path / "nope.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["data.root=/no/such/folder"], "error: data.root='/no/such/folder' is not valid: expected an existing folder"),
+        (["model.backbone=efficientnet_b00"], "error: model.backbone='efficientnet_b00' is not valid"),
+        (["data.fractions.train=0.8"], "error: data.fractions="),
+    ],
+)
+def test_cli_reports_config_mistakes_in_one_line(overrides, expected, poster_root: Path, tmp_path: Path):
+    done = run_cli(
+        "genre-train", *FAST, f"data.root={poster_root}", *overrides, f"hydra.run.dir={tmp_path}", cwd=tmp_path
+    )
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(expected), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+def test_unreachable_hub_says_how_to_go_on(poster_root: Path, tmp_path: Path):
+    done = run_cli(
+        "genre-train",
+        *FAST,
+        f"data.root={poster_root}",
+        "model.backbone=resnet18",
+        "model.pretrained=true",
+        f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert "could not download pretrained weights for 'resnet18'" in last
+    assert "model.weights=" in last and "model.pretrained=false" in last

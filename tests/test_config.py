@@ -1,0 +1,123 @@
+"""Every option of every config group composes, and builds the object it describes."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from PIL import Image
+
+from genre_lightning.data.datamodule import PosterDataModule
+from genre_lightning.data.dataset import build_transforms
+from genre_lightning.finetune import GradualUnfreeze
+from genre_lightning.runtime import CONFIG_DIR, build_callbacks, build_loggers
+from tests.conftest import compose_config
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def test_every_group_has_its_options():
+    assert {"demo", "posters"} <= set(options("data"))
+    assert {"resnet18", "efficientnet_b0", "tiny"} <= set(options("model"))
+    assert set(options("finetune")) >= {"none", "head_then_all", "gradual"}
+    assert set(options("trainer")) >= {"cpu", "gpu", "ddp", "ddp_cpu"}
+    assert set(options("experiment")) >= {"demo", "seed_resnet18", "seed_efficientnet_b0"}
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_options_build_a_datamodule(option, tmp_path):
+    cfg = compose_config("train", [f"data={option}", f"data.root={tmp_path}"], tmp_path)
+    datamodule = instantiate(cfg.data)
+    assert isinstance(datamodule, PosterDataModule)
+    assert datamodule.classes == ["Action", "Comedy", "Horror", "Romance"]
+    assert datamodule.output_dir == tmp_path
+
+
+@pytest.mark.parametrize("option", [o for o in options("model") if o != "default"])
+def test_model_options_build_the_named_backbone(option, tmp_path):
+    cfg = compose_config("train", [f"model={option}", "model.pretrained=false"], tmp_path)
+    model = instantiate(cfg.model, _recursive_=False)
+    assert model.hparams.backbone == cfg.model.backbone
+    assert model.net.get_classifier().out_features == 4
+    assert len(model.data_config["input_size"]) == 3
+
+
+@pytest.mark.parametrize("optimizer", options("model/optimizer"))
+@pytest.mark.parametrize("scheduler", options("model/scheduler"))
+def test_optimizer_and_scheduler_options_instantiate(optimizer, scheduler, tmp_path):
+    cfg = compose_config(
+        "train", ["model=tiny", f"model/optimizer={optimizer}", f"model/scheduler={scheduler}"], tmp_path
+    )
+    model = instantiate(cfg.model, _recursive_=False)
+    configured = model.configure_optimizers()
+    assert type(configured["optimizer"]).__name__.lower() == optimizer
+    assert isinstance(configured["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.LRScheduler)
+
+
+@pytest.mark.parametrize("option", options("finetune"))
+def test_finetune_options(option, tmp_path):
+    cfg = compose_config("train", [f"finetune={option}"], tmp_path)
+    callbacks = build_callbacks(cfg)
+    finetuners = [c for c in callbacks if isinstance(c, GradualUnfreeze)]
+    assert len(finetuners) == (0 if option == "none" else 1)
+    if option == "head_then_all":
+        assert len(finetuners[0].milestones) == 1
+    if option == "gradual":
+        assert len(finetuners[0].milestones) > 1 and finetuners[0].lr_decay < 1
+
+
+@pytest.mark.parametrize("option", options("callbacks"))
+def test_callback_options(option, tmp_path):
+    callbacks = build_callbacks(compose_config("train", [f"callbacks={option}", "finetune=none"], tmp_path))
+    checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
+    assert checkpoint.monitor == "val/acc" and checkpoint.save_last
+    assert Path(checkpoint.dirpath) == tmp_path / "checkpoints"
+    assert any(isinstance(c, LearningRateMonitor) for c in callbacks)
+
+
+@pytest.mark.parametrize("option, kind", [("tensorboard", TensorBoardLogger), ("csv", CSVLogger)])
+def test_logger_options(option, kind, tmp_path):
+    (logger,) = build_loggers(compose_config("train", [f"logger={option}"], tmp_path))
+    assert isinstance(logger, kind) and Path(logger.save_dir) == tmp_path
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_options(option, tmp_path):
+    cfg = compose_config("train", [f"trainer={option}"], tmp_path)
+    if option in ("gpu", "ddp"):
+        assert cfg.trainer.accelerator == "gpu"
+        if option == "ddp":
+            assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm
+        return  # building a GPU trainer needs a GPU
+    trainer = instantiate(cfg.trainer)
+    assert trainer.world_size == (2 if option == "ddp_cpu" else 1)
+    assert Path(trainer.default_root_dir) == tmp_path
+
+
+@pytest.mark.parametrize("model", ["resnet18", "efficientnet_b0"])
+def test_seed_experiments_reproduce_the_study_recipe(model, tmp_path):
+    cfg = compose_config("train", [f"experiment=seed_{model}", f"data.root={tmp_path}"], tmp_path)
+    assert cfg.model.backbone == model and cfg.model.pretrained
+    assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 1e-3
+    assert cfg.model.scheduler._target_.endswith("StepLR")
+    assert (cfg.model.scheduler.step_size, cfg.model.scheduler.gamma) == (7, 0.1)
+    assert list(cfg.model.data_config.input_size) == [3, 256, 256] and cfg.model.data_config.crop_pct == 1.0
+    assert cfg.data.batch_size == 32 and cfg.data.augment is None and cfg.trainer.max_epochs == 20
+    assert not cfg.finetune
+    # With the study's settings the eval transform is a plain 256x256 resize: no crop, no flip.
+    cfg.model.pretrained = False
+    model_obj = instantiate(cfg.model, _recursive_=False)
+    datamodule = instantiate(cfg.data)
+    datamodule.set_data_config(model_obj.data_config)
+    train_tf, eval_tf = build_transforms(datamodule.data_config, datamodule.augment)
+    assert train_tf is eval_tf
+    assert eval_tf(Image.new("RGB", (380, 562))).shape == (3, 256, 256)
+
+
+def test_demo_experiment_is_offline_and_small(tmp_path):
+    cfg = compose_config("train", ["experiment=demo"], tmp_path)
+    assert cfg.data.demo is not None and not cfg.model.pretrained and cfg.trainer.accelerator == "cpu"

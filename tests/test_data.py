@@ -1,0 +1,146 @@
+"""Scanning, verification, the data report, and annotations.csv as output and as input."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from genre_lightning.data.annotations import prepare_annotations, split_digest
+from genre_lightning.data.datamodule import PosterDataModule
+from genre_lightning.data.demo import GENRES, draw_poster
+from genre_lightning.errors import ConfigError
+
+FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+@pytest.fixture
+def messy_root(tmp_path: Path, poster_root: Path) -> Path:
+    """A copy of the demo posters plus a few broken files and distractions."""
+    root = tmp_path / "messy"
+    shutil.copytree(poster_root, root)
+    good = (root / "Action" / "action_0000.jpg").read_bytes()
+    (root / "Action" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "Comedy" / "empty.jpg").write_bytes(b"")
+    (root / "Horror" / "page.jpg").write_text("<html><body>404 Not Found</body></html>")
+    (root / "Romance" / "notes.txt").write_text("not an image")
+    (root / "Drama").mkdir()
+    draw_poster("Action", __import__("numpy").random.default_rng(1)).save(root / "Drama" / "x.jpg")
+    return root
+
+
+def test_data_report_lists_each_corrupt_file_with_its_reason(messy_root: Path, tmp_path: Path):
+    before = {p: p.read_bytes() for p in messy_root.rglob("*") if p.is_file()}
+    out = tmp_path / "run"
+    prepare_annotations(out, GENRES, FRACTIONS, seed=0, root=messy_root)
+    report = json.loads((out / "data_report.json").read_text())
+    reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
+    assert set(reasons) == {"truncated.jpg", "empty.jpg", "page.jpg"}
+    assert reasons["truncated.jpg"].startswith("corrupt image data")
+    assert reasons["empty.jpg"].startswith("empty file")
+    assert reasons["page.jpg"].startswith("not an image")
+    assert [Path(s["path"]).name for s in report["ignored"]] == ["notes.txt"]
+    assert report["unknown_folders"] == ["Drama"]
+    assert report["n_kept"] == 4 * 30 and report["per_class"]["Action"] == {"kept": 30, "skipped": 1}
+    frame = pd.read_csv(out / "annotations.csv")
+    assert list(frame.columns[:3]) == ["file_path", "label", "split"]
+    assert not frame["file_path"].str.contains("truncated|empty|page|Drama").any()
+    # Nothing in the data folder was changed, moved or deleted.
+    assert {p: p.read_bytes() for p in messy_root.rglob("*") if p.is_file()} == before
+
+
+def test_split_file_is_reused_exactly(poster_root: Path, tmp_path: Path):
+    first = prepare_annotations(tmp_path / "a", GENRES, FRACTIONS, seed=0, root=poster_root)
+    # Another seed would give another split, but the split file wins.
+    second = prepare_annotations(tmp_path / "b", GENRES, FRACTIONS, seed=99, split_file=first)
+    a, b = pd.read_csv(first), pd.read_csv(second)
+    assert a[["file_path", "label", "split"]].equals(b[["file_path", "label", "split"]])
+    third = prepare_annotations(tmp_path / "c", GENRES, FRACTIONS, seed=99, root=poster_root)
+    assert split_digest(pd.read_csv(third)) != split_digest(a)
+
+
+def test_annotation_csv_input_with_relative_paths(poster_root: Path, tmp_path: Path):
+    rows = [
+        (os.path.relpath(poster_root / g / f"{g.lower()}_{i:04d}.jpg", tmp_path), g) for g in GENRES for i in range(10)
+    ]
+    csv = tmp_path / "list.csv"
+    pd.DataFrame(rows, columns=["file_path", "label"]).to_csv(csv, index=False)
+    out = prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, annotations=csv)
+    frame = pd.read_csv(out)
+    assert len(frame) == 40 and all(Path(p).is_absolute() and Path(p).is_file() for p in frame["file_path"])
+    assert not frame["file_path"].str.contains(r"/\.\./").any()
+    assert frame.groupby("split").size().to_dict() == {"train": 28, "val": 8, "test": 4}
+
+
+def test_identical_posters_in_two_genres_stay_in_one_split(poster_root: Path, tmp_path: Path):
+    root = tmp_path / "dups"
+    shutil.copytree(poster_root, root)
+    for i in range(8):  # the same poster filed under Action and Comedy
+        shutil.copy(root / "Action" / f"action_{i:04d}.jpg", root / "Comedy" / f"dup_{i}.jpg")
+    frame = pd.read_csv(prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=root))
+    assert frame.groupby("sha256")["split"].nunique().max() == 1
+    assert (frame.groupby("sha256").size() == 2).sum() == 8
+
+
+def test_missing_genre_folder_is_one_clear_line(poster_root: Path, tmp_path: Path):
+    root = tmp_path / "three"
+    shutil.copytree(poster_root, root, ignore=shutil.ignore_patterns("Romance"))
+    with pytest.raises(ConfigError) as err:
+        prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=root)
+    message = str(err.value)
+    assert message.startswith("data.classes=") and "missing: ['Romance']" in message and "\n" not in message
+
+
+def test_empty_genre_folder_stops_with_a_clear_error(poster_root: Path, tmp_path: Path):
+    root = tmp_path / "empty_genre"
+    shutil.copytree(poster_root, root, ignore=shutil.ignore_patterns("horror_*"))
+    with pytest.raises(ConfigError, match=r"none for \['Horror'\]"):
+        prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=root)
+
+
+def test_datamodule_batches_use_the_backbone_data_config(poster_root: Path, tmp_path: Path):
+    dm = PosterDataModule(
+        GENRES,
+        output_dir=str(tmp_path),
+        root=str(poster_root),
+        batch_size=8,
+        augment={"hflip": 0.5, "scale": [0.5, 1.0]},
+    )
+    dm.set_data_config(
+        {
+            "input_size": (3, 40, 24),
+            "interpolation": "bilinear",
+            "mean": (0.5,) * 3,
+            "std": (0.25,) * 3,
+            "crop_pct": 1.0,
+            "crop_mode": "squash",
+        }
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (8, 3, 40, 24)
+    assert batch["target"].dtype.is_floating_point is False and batch["failed"] == []
+    # mean 0.5, std 0.25: pixel values map into [-2, 2], not the [0, 1] of an unnormalised tensor.
+    assert batch["image"].min() < 0 and batch["image"].max() <= 2.0001
+    val_a = next(iter(dm.val_dataloader()))["image"]
+    val_b = next(iter(dm.val_dataloader()))["image"]
+    assert val_a.equal(val_b)  # eval does not augment
+    assert len(dm.datasets["train"]) + len(dm.datasets["val"]) + len(dm.datasets["test"]) == 120
+
+
+def test_dataset_turns_a_file_that_breaks_after_the_scan_into_a_counted_skip(poster_root, tmp_path):
+    dm = PosterDataModule(GENRES, output_dir=str(tmp_path), root=str(poster_root), batch_size=200)
+    dm.set_data_config({"input_size": (3, 16, 16)})
+    dm.prepare_data()
+    dm.setup("fit")
+    victim = tmp_path / "vanishing.jpg"
+    Image.new("RGB", (8, 8)).save(victim)
+    dm.datasets["train"].paths[0] = str(victim)
+    victim.unlink()
+    batch = next(iter(dm.train_dataloader()))
+    assert len(batch["failed"]) == 1 and batch["failed"][0][1].startswith("cannot read file")
+    assert batch["image"].shape[0] == len(dm.datasets["train"]) - 1

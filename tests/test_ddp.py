@@ -1,0 +1,64 @@
+"""Gradual unfreezing under real 2-process DDP (CPU, gloo) trains, and keeps the ranks identical."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from genre_lightning.finetune import backbone_layer_groups
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def run_ddp(poster_root: Path, out: Path, mode: str) -> tuple[dict, dict]:
+    out.mkdir(parents=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.ddp_worker", str(poster_root), str(out), mode],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+
+
+def backbone_keys(state: dict) -> list[str]:
+    return [k for k in state if k.startswith("net.") and not k.startswith("net.fc.") and "num_batches" not in k]
+
+
+def test_unfrozen_backbone_trains_and_ranks_stay_bit_identical(poster_root: Path, tmp_path: Path):
+    rank0, rank1 = run_ddp(poster_root, tmp_path / "sync", "sync")
+    assert rank0["world_size"] == 2
+    # The split was made once and both ranks read the same one.
+    assert rank0["split_digest"] == rank1["split_digest"]
+    assert (tmp_path / "sync" / "annotations.csv").is_file()
+    # (a) The backbone, frozen in epoch 0 and unfrozen at the epoch-1 milestone, changed.
+    weights = [k for k in backbone_keys(rank0["end"]) if k.endswith("weight")]
+    changed = [k for k in weights if not torch.equal(rank0["start"][k], rank0["end"][k])]
+    assert len(changed) == len(weights), f"unchanged after unfreezing: {set(weights) - set(changed)}"
+    # (b) Both ranks end with bit-identical weights, including the late-unfrozen ones.
+    assert rank0["end"].keys() == rank1["end"].keys()
+    different = [k for k in rank0["end"] if not torch.equal(rank0["end"][k], rank1["end"][k])]
+    assert different == []
+
+
+def test_without_our_gradient_sync_the_ranks_drift_apart(poster_root: Path, tmp_path: Path):
+    """The control: it shows the test above can fail, and why the sync exists (Lightning #20340)."""
+    rank0, rank1 = run_ddp(poster_root, tmp_path / "nosync", "nosync")
+    backbone = [k for k in backbone_keys(rank0["end"]) if k.endswith("weight")]
+    head = ["net.fc.weight", "net.fc.bias"]
+    assert all(torch.equal(rank0["end"][k], rank1["end"][k]) for k in head)  # DDP syncs the head
+    assert any(not torch.equal(rank0["end"][k], rank1["end"][k]) for k in backbone)
+
+
+def test_layer_groups_cover_the_backbone_once():
+    net = timm.create_model("resnet10t", num_classes=4)
+    groups = backbone_layer_groups(net)
+    ids = [id(p) for group in groups for p in group]
+    assert len(ids) == len(set(ids))
+    assert set(ids) | {id(p) for p in net.fc.parameters()} == {id(p) for p in net.parameters()}
