@@ -36,7 +36,7 @@ class PosterDataModule(LightningDataModule):
         annotations: str | None = None,
         split_file: str | None = None,
         fractions: Mapping[str, float] | None = None,
-        seed: int = 0,
+        split_seed: int = 0,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -63,7 +63,7 @@ class PosterDataModule(LightningDataModule):
         self.output_dir = Path(output_dir)
         self.root, self.annotations, self.split_file = root, annotations, split_file
         self.fractions = check_fractions(fractions or {"train": 0.7, "val": 0.15, "test": 0.15})
-        self.seed = seed
+        self.split_seed = split_seed
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -105,7 +105,7 @@ class PosterDataModule(LightningDataModule):
             self.output_dir,
             self.classes,
             self.fractions,
-            self.seed,
+            self.split_seed,
             root=self.root,
             annotations=self.annotations,
             split_file=self.split_file,

@@ -1,0 +1,48 @@
+"""Training runs are repeatable with seed=, and resumable with ckpt_path=."""
+
+from pathlib import Path
+
+import torch
+
+from genre_lightning.train import train
+from tests.conftest import train_config
+
+SHORT = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "test=false",
+    "logger=csv",
+    "finetune=none",
+]
+
+
+def last_weights(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def test_same_seed_same_weights_other_seed_other_weights(poster_root: Path, tmp_path: Path):
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        train(train_config(poster_root, tmp_path / name, *SHORT, f"seed={seed}"))
+    a, b, c = (last_weights(tmp_path / n) for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    # The split does not depend on the training seed: all three runs share one test set.
+    splits = [(tmp_path / n / "annotations.csv").read_text() for n in "abc"]
+    assert splits[0] == splits[1] == splits[2]
+
+
+def test_resume_continues_from_last_checkpoint_on_the_same_split(poster_root: Path, tmp_path: Path):
+    train(train_config(poster_root, tmp_path / "first", *SHORT))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+    # A new run folder, a different split seed: the resumed run still uses the first run's split.
+    train(
+        train_config(
+            poster_root, tmp_path / "second", *SHORT, "trainer.max_epochs=3", "data.split_seed=5", f"ckpt_path={last}"
+        )
+    )
+    resumed = torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 2 and resumed["global_step"] == 3 * 3
+    first_split = (tmp_path / "first" / "annotations.csv").read_text()
+    assert (tmp_path / "second" / "annotations.csv").read_text() == first_split
