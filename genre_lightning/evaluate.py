@@ -13,7 +13,14 @@ from omegaconf import DictConfig
 from genre_lightning.data.annotations import ANNOTATIONS_FILE
 from genre_lightning.errors import ConfigError, exit_on_user_error
 from genre_lightning.model import GenreClassifier
-from genre_lightning.runtime import CONFIG_DIR, build_loggers, show_and_save_config, to_python, write_json
+from genre_lightning.runtime import (
+    CONFIG_DIR,
+    build_loggers,
+    images_skipped_during_run,
+    show_and_save_config,
+    to_python,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +54,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "test_ckpt_path": str(Path(cfg.ckpt_path).resolve()),
         "split": cfg.split,
         "split_file": split_file,
-        "skipped_during_evaluation": [{"index": i, "reason": r} for i, r in model.failed_items],
+        "skipped_during_run": images_skipped_during_run(model.failed_items, datamodule),
     }
     write_json(output_dir / "metrics.json", results)
     log.info("Run folder: %s", output_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch.nn as nn
 from hydra.utils import instantiate
 from lightning.pytorch import LightningModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torchmetrics import ClasswiseWrapper, MetricCollection
+from torchmetrics import ClasswiseWrapper, MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassF1Score,
@@ -92,7 +93,11 @@ class GenreClassifier(LightningModule):
         self.train_metrics = self._metrics("train/")
         self.val_metrics = self._metrics("val/")
         self.test_metrics = self._metrics("test/", per_class=True)
-        self.failed_items: list[tuple[int, str]] = []
+        # Accuracy where any genre of a multi-genre item counts (duplicate policy multi_genre).
+        self.val_acc_multi_genre = MeanMetric()
+        self.test_acc_multi_genre = MeanMetric()
+        # Images that failed to decode during the run: (split, dataset index, reason).
+        self.failed_items: list[tuple[str, int, str]] = []
 
     def _metrics(self, prefix: str, per_class: bool = False) -> MetricCollection:
         n = len(self.classes)
@@ -117,9 +122,15 @@ class GenreClassifier(LightningModule):
         path = Path(path)
         if not path.is_file():
             raise ConfigError("ckpt_path", str(path), "an existing .ckpt file written by genre-train")
-        model = cls.load_from_checkpoint(
-            path, map_location=map_location, weights_only=True, pretrained=False, weights=None
-        )
+        try:
+            model = cls.load_from_checkpoint(
+                path, map_location=map_location, weights_only=True, pretrained=False, weights=None
+            )
+        except pickle.UnpicklingError as err:  # it holds objects that would run code when loaded
+            first_line = str(err).strip().splitlines()[0][:160]
+            raise ConfigError(
+                "ckpt_path", str(path), f"a checkpoint that loads with weights_only=True ({first_line})"
+            ) from None
         return model.eval()
 
     def _stage_metrics(self, stage: str) -> MetricCollection:
@@ -144,14 +155,19 @@ class GenreClassifier(LightningModule):
                 module.eval()
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor | None:
-        if batch["failed"]:
-            self.failed_items.extend(batch["failed"])
+        split = self._split_of(stage)
+        self.failed_items.extend((split, index, reason) for index, reason in batch["failed"])
         images, targets = batch["image"], batch["target"]
         if targets.numel() == 0:
-            return None
+            # Every image of this batch failed to decode. A zero loss that touches every trainable
+            # parameter keeps DDP ranks in step (a skipped step on one rank would hang the others).
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0 if stage == "train" else None
         logits = self(images)
         loss = self.criterion(logits, targets)
         self._stage_metrics(stage).update(logits, targets)
+        if "label_set" in batch and stage != "train":
+            hit = batch["label_set"].gather(1, logits.argmax(dim=1, keepdim=True)).float()
+            getattr(self, f"{stage}_acc_multi_genre").update(hit)
         on_step = stage == "train"
         self.log(
             f"{stage}/loss",
@@ -164,11 +180,20 @@ class GenreClassifier(LightningModule):
         )
         return loss
 
+    def _split_of(self, stage: str) -> str:
+        """The data split a loop reads (genre-eval can point the test loop at another split)."""
+        datamodule = self.trainer.datamodule
+        return getattr(datamodule, "test_split", "test") if stage == "test" else stage
+
     def _log_epoch_metrics(self, stage: str) -> None:
         # compute() covers every batch of the epoch and syncs across DDP ranks itself.
         values = self._stage_metrics(stage).compute()
         self.log_dict(values, prog_bar=stage == "val", sync_dist=True)  # already synced; this silences a warning
         self._stage_metrics(stage).reset()
+        multi_genre = getattr(self, f"{stage}_acc_multi_genre", None)
+        if multi_genre is not None and multi_genre.update_called:
+            self.log(f"{stage}/acc_multi_genre", multi_genre.compute(), sync_dist=True)
+            multi_genre.reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from genre_lightning.csvio import write_csv
 from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
 from genre_lightning.data.scan import IMAGE_EXTENSIONS, walk_files
 from genre_lightning.errors import ConfigError, exit_on_user_error
@@ -93,7 +94,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     else:
         output_csv = Path(cfg.output_csv or Path(cfg.paths.output_dir) / "predictions.csv")
         output_csv.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(output_csv, index=False)
+        write_csv(frame, output_csv)
         failed = int((frame["error"] != "").sum())
         print(
             f"Wrote {len(frame)} predictions to {output_csv}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,11 @@ from typing import Any
 import rich
 import rich.syntax
 import rich.tree
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,26 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
     return instantiate_all(cfg.get("logger"))
+
+
+def images_skipped_during_run(failed_items: list[tuple[str, int, str]], datamodule: Any) -> list[dict[str, Any]]:
+    """Images that passed the scan but failed to decode while training or evaluating, from every
+    rank, with their paths and how many times each failed (once per epoch that read it)."""
+    gathered = [failed_items]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, failed_items)
+    counts = Counter(item for items in gathered for item in items)
+    report = [
+        {"split": split, "path": datamodule.datasets[split].paths[index], "reason": reason, "times": times}
+        for (split, index, reason), times in sorted(counts.items())
+    ]
+    if report:
+        rank_zero_warn(
+            f"{len(report)} image(s) failed to decode during the run and were skipped: "
+            + "; ".join(f"{r['path']} ({r['reason']})" for r in report[:5])
+        )
+    return report
 
 
 @rank_zero_only

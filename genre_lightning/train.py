@@ -21,6 +21,7 @@ from genre_lightning.runtime import (
     CONFIG_DIR,
     build_callbacks,
     build_loggers,
+    images_skipped_during_run,
     show_and_save_config,
     to_python,
     write_json,
@@ -64,7 +65,7 @@ def train(cfg: DictConfig) -> float | None:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     fit_metrics = to_python(trainer.callback_metrics)
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""
@@ -75,10 +76,10 @@ def train(cfg: DictConfig) -> float | None:
     }
     if cfg.get("test"):
         # The best checkpoint, never the last weights (unless no checkpoint was saved at all).
-        test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None)[0]
+        test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)[0]
         results["test"] = to_python(test_metrics)
         results["test_ckpt_path"] = best_path or None
-    results["skipped_during_training"] = [{"index": i, "reason": r} for i, r in model.failed_items]
+    results["skipped_during_run"] = images_skipped_during_run(model.failed_items, datamodule)
     write_json(output_dir / "metrics.json", results)
     rank_zero_info(f"Run folder: {output_dir}")
 

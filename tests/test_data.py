@@ -44,7 +44,15 @@ def test_data_report_lists_each_corrupt_file_with_its_reason(messy_root: Path, t
     assert reasons["page.jpg"].startswith("not an image")
     assert [Path(s["path"]).name for s in report["ignored"]] == ["notes.txt"]
     assert report["unknown_folders"] == ["Drama"]
-    assert report["n_kept"] == 4 * 30 and report["per_class"]["Action"] == {"kept": 30, "skipped": 1}
+    assert report["n_kept"] == 4 * 30
+    assert report["per_class"]["Action"] == {
+        "found": 31,
+        "kept": 30,
+        "skipped": 1,
+        "skipped_by_reason": {"corrupt image data": 1},
+        "ignored": 0,
+    }
+    assert report["per_class"]["Romance"]["ignored"] == 1
     frame = pd.read_csv(out / "annotations.csv")
     assert list(frame.columns[:3]) == ["file_path", "label", "split"]
     assert not frame["file_path"].str.contains("truncated|empty|page|Drama").any()

@@ -87,3 +87,15 @@ def test_bad_fractions_name_the_key_and_the_rule(fractions, message):
     assert str(err.value).startswith("data.fractions=")
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_duplicate_groups_spread_over_the_splits_like_the_rest():
+    # 60 pairs of the same poster under two genres: about 70/15/15 of them per split, not 1/3 each.
+    labels, groups = make_items({"Action": 200, "Comedy": 200, "Horror": 200, "Romance": 200})
+    for k in range(60):
+        labels += ["Action", "Comedy"] if k % 2 else ["Horror", "Romance"]
+        groups += [f"pair{k}", f"pair{k}"]
+    splits = stratified_group_split(labels, groups, FRACTIONS, seed=0)
+    pair_splits = Counter(s for g, s in zip(groups, splits, strict=True) if g.startswith("pair"))
+    assert pair_splits["train"] >= 2 * 60 * 0.55
+    assert pair_splits["test"] <= 2 * 60 * 0.3

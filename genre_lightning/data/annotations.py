@@ -1,4 +1,9 @@
-"""The run's ``annotations.csv`` (file_path, label, split, sha256) and ``data_report.json``.
+"""The run's ``annotations.csv`` and ``data_report.json``.
+
+``annotations.csv`` columns: ``file_path, label, split, sha256, group, labels``. ``group`` is
+the duplicate group (identical or near-identical images share one, and one split);
+``labels`` is every genre the item counts as at evaluation (``A|B`` under the
+``multi_genre`` duplicate policy, else just ``label``).
 
 ``prepare_annotations`` is the one place a split is made or reused. Training, evaluation
 and ``genre-data`` all call it, so they agree on what "the split" is.
@@ -11,10 +16,13 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from genre_lightning.data.scan import scan
+from genre_lightning.csvio import read_csv, write_csv
+from genre_lightning.data.duplicates import apply_policy, duplicate_summary, group_duplicates
+from genre_lightning.data.scan import Skipped, scan
 from genre_lightning.data.split import SPLITS, stratified_group_split
 from genre_lightning.errors import ConfigError
 
@@ -22,7 +30,8 @@ log = logging.getLogger(__name__)
 
 ANNOTATIONS_FILE = "annotations.csv"
 REPORT_FILE = "data_report.json"
-COLUMNS = ["file_path", "label", "split", "sha256"]
+COLUMNS = ["file_path", "label", "split", "sha256", "group", "labels"]
+DEFAULT_DUPLICATES = {"policy": "keep", "near_threshold": 6}
 
 
 def read_split_file(path: str | Path, classes: Sequence[str], key: str = "data.split_file") -> pd.DataFrame:
@@ -30,7 +39,7 @@ def read_split_file(path: str | Path, classes: Sequence[str], key: str = "data.s
     path = Path(path)
     if not path.is_file():
         raise ConfigError(key, str(path), "an existing annotations.csv with file_path,label,split columns")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = read_csv(path)
     missing = {"file_path", "label", "split"} - set(frame.columns)
     if missing:
         raise ConfigError(key, str(path), f"a CSV with file_path,label,split columns (missing {sorted(missing)})")
@@ -45,15 +54,18 @@ def read_split_file(path: str | Path, classes: Sequence[str], key: str = "data.s
     gone = [p for p in frame["file_path"] if not Path(p).is_file()]
     if gone:
         raise ConfigError(key, str(path), f"a split whose files exist ({len(gone)} missing, e.g. {gone[0]!r})")
-    if "sha256" not in frame.columns:
-        frame["sha256"] = ""
+    # Split files written by other tools may only have the three required columns.
+    defaults = {"sha256": "", "group": frame.index.astype(str), "labels": frame["label"]}
+    for column, default in defaults.items():
+        if column not in frame.columns:
+            frame[column] = default
     return frame[COLUMNS]
 
 
 def split_digest(frame: pd.DataFrame) -> str:
     """A short fingerprint of a split, stored in checkpoints to catch a resume on another split."""
     rows = frame.sort_values("file_path")[["file_path", "label", "split"]].to_csv(index=False)
-    return hashlib.sha256(rows.encode()).hexdigest()[:16]
+    return hashlib.sha256(rows.encode(errors="surrogateescape")).hexdigest()[:16]
 
 
 def make_annotations(
@@ -63,26 +75,59 @@ def make_annotations(
     root: str | Path | None = None,
     annotations: str | Path | None = None,
     verify_threads: int = 4,
+    min_image_side: int = 1,
+    duplicates: Mapping[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """Scan, verify and split. Returns the annotations table and the data report."""
-    result = scan(classes, root=root, annotations=annotations, num_threads=verify_threads)
+    """Scan, verify, group duplicates, apply the duplicate policy and split.
+
+    Returns the annotations table and the data report.
+    """
+    options = {**DEFAULT_DUPLICATES, **(duplicates or {})}
+    result = scan(classes, root=root, annotations=annotations, num_threads=verify_threads, min_side=min_image_side)
+    records = sorted(result.records, key=lambda r: r.path)
+    paths, labels = [r.path for r in records], [r.label for r in records]
+    sha256 = [r.sha256 for r in records]
+    groups = group_duplicates(sha256, [r.phash for r in records], int(options["near_threshold"]))
+    summary = duplicate_summary(paths, labels, sha256, groups, classes)
+    outcome = apply_policy(paths, labels, groups, options["policy"], classes)
+    result.skipped.extend(Skipped(paths[i], labels[i], reason) for i, reason in outcome.dropped)
+    result.records = [records[i] for i in outcome.keep]
     report = result.report(classes)
     if not result.records:
-        raise ConfigError("data.root", str(root or annotations), "a folder with at least one readable image per genre")
+        raise ConfigError("data.root", str(root or annotations), "a folder with readable images in its genre folders")
     empty = [c for c in classes if report["per_class"][c]["kept"] == 0]
     if empty:
-        raise ConfigError("data.classes", list(classes), f"genres with at least one readable image (none for {empty})")
-    records = sorted(result.records, key=lambda r: r.path)
+        raise ConfigError("data.classes", list(classes), f"genres with at least one usable image (none for {empty})")
+
     frame = pd.DataFrame(
         {
-            "file_path": [r.path for r in records],
-            "label": [r.label for r in records],
-            "sha256": [r.sha256 for r in records],
+            "file_path": [paths[i] for i in outcome.keep],
+            "label": [labels[i] for i in outcome.keep],
+            "sha256": [sha256[i] for i in outcome.keep],
+            "group": [str(groups[i]) for i in outcome.keep],
+            "labels": [outcome.labels.get(i, labels[i]) for i in outcome.keep],
         }
     )
-    frame["split"] = stratified_group_split(list(frame["label"]), list(frame["sha256"]), fractions, seed)
+    frame["split"] = stratified_group_split(list(frame["label"]), list(frame["group"]), fractions, seed)
     report["split"] = {"seed": seed, "fractions": dict(fractions), "counts": _split_counts(frame, classes)}
+    report["duplicates"] = {
+        **summary,
+        **options,
+        **_affected_test_items(frame, summary),
+        "merged": [{"path": paths[i], "into": paths[j]} for i, j in outcome.merged],
+    }
     return frame[COLUMNS], report
+
+
+def _affected_test_items(frame: pd.DataFrame, summary: dict) -> dict:
+    """How many test items belong to a duplicate group (and to one with conflicting labels)."""
+    in_group = {p for g in summary["groups"] for p in g["paths"]}
+    conflicting = {p for g in summary["groups"] if g["conflicting"] for p in g["paths"]}
+    test = frame.loc[frame["split"] == "test", "file_path"]
+    return {
+        "test_items_in_duplicate_groups": int(test.isin(in_group).sum()),
+        "test_items_with_conflicting_labels": int(test.isin(conflicting).sum()),
+    }
 
 
 def _split_counts(frame: pd.DataFrame, classes: Sequence[str]) -> dict:
@@ -99,6 +144,8 @@ def prepare_annotations(
     annotations: str | Path | None = None,
     split_file: str | Path | None = None,
     verify_threads: int = 4,
+    min_image_side: int = 1,
+    duplicates: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``annotations.csv`` and ``data_report.json`` into ``output_dir`` and return the CSV path.
 
@@ -119,19 +166,17 @@ def prepare_annotations(
             "split": {"counts": _split_counts(frame, classes)},
         }
     else:
-        frame, report = make_annotations(classes, fractions, seed, root, annotations, verify_threads)
+        frame, report = make_annotations(
+            classes, fractions, seed, root, annotations, verify_threads, min_image_side, duplicates
+        )
     if target.is_file() and split_digest(read_split_file(target, classes)) != split_digest(frame):
         raise ConfigError("data.split_file", str(split_file), f"the same split as the one already in {target}")
-    _write_atomic(target, frame.to_csv(index=False))
-    _write_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2))
+    write_csv(frame, target)
+    report_path = output_dir / REPORT_FILE
+    report_path.with_name(REPORT_FILE + ".tmp").write_text(json.dumps(report, indent=2))
+    report_path.with_name(REPORT_FILE + ".tmp").replace(report_path)
     _log_summary(report, classes)
     return target
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _log_summary(report: dict, classes: Sequence[str]) -> None:
@@ -142,8 +187,18 @@ def _log_summary(report: dict, classes: Sequence[str]) -> None:
     )
     if report.get("n_skipped"):
         log.warning(
-            "Skipped %d unreadable file(s); reasons in %s: %s",
-            report["n_skipped"],
-            REPORT_FILE,
-            report["skipped_by_reason"],
+            "Skipped %d file(s); reasons in %s: %s", report["n_skipped"], REPORT_FILE, report["skipped_by_reason"]
+        )
+    duplicates = report.get("duplicates")
+    if duplicates and duplicates["n_groups"]:
+        log.info(
+            "Duplicates (policy %s): %d groups (%d exact, %d near), %d with conflicting labels; "
+            "%d test items in a group, %d with conflicting labels",
+            duplicates["policy"],
+            duplicates["n_groups"],
+            duplicates["n_exact_groups"],
+            duplicates["n_near_groups"],
+            duplicates["n_conflicting_groups"],
+            duplicates["test_items_in_duplicate_groups"],
+            duplicates["test_items_with_conflicting_labels"],
         )

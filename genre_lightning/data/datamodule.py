@@ -44,6 +44,8 @@ class PosterDataModule(LightningDataModule):
         persistent_workers: bool = False,
         augment: Mapping[str, Any] | None = None,
         verify_threads: int = 4,
+        min_image_side: int = 1,
+        duplicates: Mapping[str, Any] | None = None,
         demo: Mapping[str, Any] | None = None,
         test_split: str = "test",
     ) -> None:
@@ -71,6 +73,8 @@ class PosterDataModule(LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.augment = dict(augment) if augment is not None else None
         self.verify_threads = verify_threads
+        self.min_image_side = min_image_side
+        self.duplicates = dict(duplicates) if duplicates else None
         self.demo = dict(demo) if demo else None
         if test_split not in SPLITS:
             raise ConfigError("split", test_split, f"one of {list(SPLITS)}")
@@ -110,6 +114,8 @@ class PosterDataModule(LightningDataModule):
             annotations=self.annotations,
             split_file=self.split_file,
             verify_threads=self.verify_threads,
+            min_image_side=self.min_image_side,
+            duplicates=self.duplicates,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -119,10 +125,17 @@ class PosterDataModule(LightningDataModule):
             self.frame = read_split_file(self.annotations_path, self.classes, key="annotations")
         train_tf, eval_tf = build_transforms(self.data_config, self.augment)
         label_index = {c: i for i, c in enumerate(self.classes)}
+        # Multi-genre items (duplicate policy multi_genre) also carry every genre they count as.
+        multi_genre = self.frame["labels"].str.contains("|", regex=False).any()
         for split, transform in (("train", train_tf), ("val", eval_tf), ("test", eval_tf)):
             rows = self.frame[self.frame["split"] == split]
+            label_sets = [[label_index[x] for x in s.split("|")] for s in rows["labels"]] if multi_genre else None
             self.datasets[split] = PosterDataset(
-                list(rows["file_path"]), [label_index[x] for x in rows["label"]], transform
+                list(rows["file_path"]),
+                [label_index[x] for x in rows["label"]],
+                transform,
+                label_sets,
+                num_classes=len(self.classes),
             )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -30,13 +30,27 @@ def build_transforms(data_config: Mapping[str, Any], augment: Mapping[str, Any] 
 
 
 class PosterDataset(Dataset):
-    """Images and integer labels. An image that fails to decode yields ``None`` instead of
-    raising, so one bad file cannot stop an epoch; ``collate_posters`` drops and counts it."""
+    """Images and integer labels. An image that fails to decode yields ``(index, reason)``
+    instead of raising, so one bad file cannot stop an epoch; ``collate_posters`` drops it
+    and lists it in the batch's ``failed``.
 
-    def __init__(self, paths: Sequence[str], targets: Sequence[int], transform: Callable) -> None:
+    ``label_sets`` (optional): every genre an item counts as at evaluation, returned as a
+    multi-hot ``label_set`` (the ``multi_genre`` duplicate policy).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        targets: Sequence[int],
+        transform: Callable,
+        label_sets: Sequence[Sequence[int]] | None = None,
+        num_classes: int = 0,
+    ) -> None:
         self.paths = list(paths)
         self.targets = list(targets)
         self.transform = transform
+        self.label_sets = label_sets
+        self.num_classes = num_classes
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -46,7 +60,11 @@ class PosterDataset(Dataset):
             image = read_rgb(self.paths[index])
         except UnreadableImage as err:
             return index, str(err)
-        return {"image": self.transform(image), "target": self.targets[index], "index": index}
+        item = {"image": self.transform(image), "target": self.targets[index], "index": index}
+        if self.label_sets is not None:
+            item["label_set"] = torch.zeros(self.num_classes, dtype=torch.bool)
+            item["label_set"][list(self.label_sets[index])] = True
+        return item
 
 
 def collate_posters(items: list[dict[str, Any] | tuple[int, str]]) -> dict[str, Any]:

@@ -7,6 +7,8 @@ passes the scan is decoded the same way when the model reads it.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -39,7 +41,7 @@ def decode_rgb(data: bytes) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise UnreadableImage(f"decompression bomb: {err}") from err
         except Image.UnidentifiedImageError as err:
-            raise UnreadableImage("not an image (PIL cannot identify the format)") from err
+            raise UnreadableImage("not an image: PIL cannot identify the format") from err
         except (OSError, ValueError, SyntaxError, EOFError) as err:
             raise UnreadableImage(f"corrupt image data: {err}") from err
     return _to_rgb(ImageOps.exif_transpose(image))
@@ -63,6 +65,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def read_image_bytes(path: str | Path) -> bytes:
     """Read a file's bytes (read-only; the file is never modified)."""
     try:
+        # A named pipe or device called *.jpg would block or never end: only regular files are read.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UnreadableImage("not a regular file: a pipe, socket or device")
         data = Path(path).read_bytes()
     except OSError as err:
         raise UnreadableImage(f"cannot read file: {err.strerror or err}") from err

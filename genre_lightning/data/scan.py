@@ -1,8 +1,9 @@
 """Find the poster files, verify each one, and say exactly what was kept and what was skipped.
 
 Layout: ``root/<Genre>/**/<image>``. Images in sub-folders of a genre folder count for that
-genre. Directory symlinks are not followed (a symlink loop cannot trap the scan); file
-symlinks are read through. Nothing here writes to the data folder.
+genre. Directory symlinks are not followed (a symlink loop cannot trap the scan) and are
+listed as ignored; file symlinks are read through. Extensions match in any case (``.JPG``).
+Nothing here writes to the data folder.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from genre_lightning.data.duplicates import perceptual_hash
 from genre_lightning.data.imageio import UnreadableImage, decode_rgb, read_image_bytes
 from genre_lightning.errors import ConfigError
 
@@ -31,11 +33,12 @@ class Candidate:
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """A verified image: where it is, its genre, and its content hash."""
+    """A verified image: where it is, its genre, its content hash and its perceptual hash."""
 
     path: str
     label: str
     sha256: str
+    phash: str
     width: int
     height: int
 
@@ -58,13 +61,25 @@ class ScanResult:
         """The JSON-ready ``data_report.json`` content."""
         kept = Counter(r.label for r in self.records)
         skipped = Counter(s.label for s in self.skipped)
-        reasons = Counter(_reason_kind(s.reason) for s in self.skipped)
+        ignored = Counter(s.label for s in self.ignored)
+        reasons = Counter(reason_kind(s.reason) for s in self.skipped)
+        by_class_reason = Counter((s.label, reason_kind(s.reason)) for s in self.skipped)
+        per_class = {
+            c: {
+                "found": kept.get(c, 0) + skipped.get(c, 0),
+                "kept": kept.get(c, 0),
+                "skipped": skipped.get(c, 0),
+                "skipped_by_reason": {r: by_class_reason[(c, r)] for r in sorted(reasons) if by_class_reason[(c, r)]},
+                "ignored": ignored.get(c, 0),
+            }
+            for c in classes
+        }
         return {
             "n_found": len(self.records) + len(self.skipped),
             "n_kept": len(self.records),
             "n_skipped": len(self.skipped),
             "n_ignored": len(self.ignored),
-            "per_class": {c: {"kept": kept.get(c, 0), "skipped": skipped.get(c, 0)} for c in classes},
+            "per_class": per_class,
             "skipped_by_reason": dict(sorted(reasons.items())),
             "skipped": [asdict(s) for s in self.skipped],
             "ignored": [asdict(s) for s in self.ignored],
@@ -72,7 +87,8 @@ class ScanResult:
         }
 
 
-def _reason_kind(reason: str) -> str:
+def reason_kind(reason: str) -> str:
+    """The part of a skip reason before its details: "corrupt image data: ..." -> "corrupt image data"."""
     return reason.split(":", 1)[0]
 
 
@@ -92,7 +108,12 @@ def find_candidates(root: str | Path, classes: Sequence[str]) -> tuple[list[Cand
     result = ScanResult(records=[], unknown_folders=sorted(folders - set(classes)))
     candidates: list[Candidate] = []
     for label in classes:
-        for path in walk_files(root / label):
+        for path in walk_files(
+            root / label,
+            on_directory_link=lambda p, lb=label: result.ignored.append(
+                Skipped(str(p), lb, "directory symlink: not followed")
+            ),
+        ):
             if path.suffix.lower() in IMAGE_EXTENSIONS:
                 candidates.append(Candidate(str(path), label))
             else:
@@ -100,10 +121,15 @@ def find_candidates(root: str | Path, classes: Sequence[str]) -> tuple[list[Cand
     return candidates, result
 
 
-def walk_files(folder: Path) -> Iterable[Path]:
+def walk_files(folder: Path, on_directory_link: Callable[[Path], None] | None = None) -> Iterable[Path]:
+    """Files under ``folder``, sorted, sub-folders included; directory symlinks are not entered."""
     # followlinks=False: a directory symlink is never entered, so a loop cannot trap us.
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames.sort()
+        if on_directory_link is not None:
+            for name in dirnames:
+                if (Path(dirpath) / name).is_symlink():
+                    on_directory_link(Path(dirpath) / name)
         for name in sorted(filenames):
             yield Path(dirpath) / name
 
@@ -130,20 +156,35 @@ def read_candidates_csv(csv_path: str | Path, classes: Sequence[str]) -> list[Ca
     ]
 
 
-def verify(candidate: Candidate) -> ImageRecord | Skipped:
-    """Decode the file fully (the only reliable test of a JPEG) and hash its bytes."""
+def verify(candidate: Candidate, min_side: int = 1) -> ImageRecord | Skipped:
+    """Decode the file fully (the only reliable test of a JPEG) and hash its bytes and its looks."""
     try:
         data = read_image_bytes(candidate.path)
         image = decode_rgb(data)
     except UnreadableImage as err:
         return Skipped(candidate.path, candidate.label, str(err))
-    return ImageRecord(candidate.path, candidate.label, hashlib.sha256(data).hexdigest(), image.width, image.height)
+    if min(image.size) < min_side:
+        return Skipped(
+            candidate.path,
+            candidate.label,
+            f"too small: {image.width}x{image.height} px (data.min_image_side={min_side})",
+        )
+    return ImageRecord(
+        candidate.path,
+        candidate.label,
+        hashlib.sha256(data).hexdigest(),
+        perceptual_hash(image),
+        image.width,
+        image.height,
+    )
 
 
-def verify_all(candidates: Sequence[Candidate], num_threads: int = 4) -> tuple[list[ImageRecord], list[Skipped]]:
+def verify_all(
+    candidates: Sequence[Candidate], num_threads: int = 4, min_side: int = 1
+) -> tuple[list[ImageRecord], list[Skipped]]:
     """Verify candidates in parallel threads (PIL releases the GIL while decoding)."""
     with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
-        outcomes = list(pool.map(verify, candidates))
+        outcomes = list(pool.map(lambda candidate: verify(candidate, min_side), candidates))
     records = [o for o in outcomes if isinstance(o, ImageRecord)]
     skipped = [o for o in outcomes if isinstance(o, Skipped)]
     return records, skipped
@@ -154,6 +195,7 @@ def scan(
     root: str | Path | None = None,
     annotations: str | Path | None = None,
     num_threads: int = 4,
+    min_side: int = 1,
 ) -> ScanResult:
     """Scan genre folders (``root``) or an annotation CSV, and verify every image."""
     if annotations:
@@ -162,5 +204,5 @@ def scan(
         candidates, result = find_candidates(root, classes)
     else:
         raise ConfigError("data.root", None, "a folder of genre sub-folders (or set data.annotations=<csv>)")
-    result.records, result.skipped = verify_all(candidates, num_threads)
+    result.records, result.skipped = verify_all(candidates, num_threads, min_side)
     return result

@@ -49,8 +49,8 @@ def stratified_group_split(
 ) -> list[str]:
     """Return the split name of each item.
 
-    Multi-item groups are placed first, each into the split with the most room left for
-    its labels; the single items of every genre then fill the remaining quotas exactly.
+    Multi-item groups are placed first, each into a split with room for its labels (drawn in
+    proportion to that room); the single items of every genre then fill the remaining quotas exactly.
     """
     fractions = check_fractions(fractions)
     rng = np.random.default_rng(seed)
@@ -67,8 +67,11 @@ def stratified_group_split(
     for key in (k for k in keys if len(members[k]) > 1):
         need = Counter(labels[i] for i in members[key])
         fit = {s: sum(_fit(n, targets[c][s] - placed[s][c]) for c, n in need.items()) for s in SPLITS}
-        best = max(fit.values())
-        choice = str(rng.choice([s for s in SPLITS if fit[s] == best]))
+        best = [s for s in SPLITS if fit[s] == max(fit.values())]
+        # Among equally good splits, draw in proportion to the room left for these genres, so
+        # duplicate groups spread ~70/15/15 like everything else instead of 1/3 each.
+        room = np.array([sum(max(0, targets[c][s] - placed[s][c]) for c in need) for s in best], dtype=float)
+        choice = str(rng.choice(best, p=room / room.sum() if room.sum() else None))
         placed[choice].update(need)
         for i in members[key]:
             assignment[i] = choice

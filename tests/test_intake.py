@@ -1,0 +1,102 @@
+"""Data intake on a generated fault corpus: every case gets the right outcome, nothing changes."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from genre_lightning.csvio import read_csv
+from genre_lightning.data.annotations import prepare_annotations
+from genre_lightning.data.demo import GENRES
+from genre_lightning.data.imageio import read_rgb
+from tests.fault_corpus import build_fault_corpus
+
+FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+@pytest.fixture
+def corpus(tmp_path: Path):
+    return build_fault_corpus(tmp_path / "scraped")
+
+
+def relative(corpus, path: str) -> str:
+    return os.path.relpath(path, corpus.root)
+
+
+def prepare(corpus, out: Path, **duplicates) -> tuple[dict, list[dict]]:
+    csv = prepare_annotations(
+        out, GENRES, FRACTIONS, seed=0, root=corpus.root, min_image_side=32, duplicates=duplicates or None
+    )
+    return json.loads((out / "data_report.json").read_text()), read_csv(csv).to_dict("records")
+
+
+def test_every_fault_gets_its_exact_outcome(corpus, tmp_path: Path):
+    report, rows = prepare(corpus, tmp_path / "run")
+    assert {relative(corpus, r["file_path"]) for r in rows} == corpus.kept
+    skipped = {relative(corpus, s["path"]): s["reason"].split(":")[0] for s in report["skipped"]}
+    assert skipped == corpus.skipped
+    ignored = {relative(corpus, s["path"]): s["reason"].split(":")[0] for s in report["ignored"]}
+    assert ignored == corpus.ignored
+    assert report["unknown_folders"] == ["Drama"]
+    assert report["n_found"] == len(corpus.kept) + len(corpus.skipped)
+    # Reasons carry their details, e.g. the size of the tiny image and the bomb's dimensions.
+    reasons = {relative(corpus, s["path"]): s["reason"] for s in report["skipped"]}
+    assert "1x1 px" in reasons["Action/tiny.png"]
+    assert "100000" in reasons["Action/bomb.png"]
+
+
+def test_unusual_images_decode_to_the_right_rgb_picture(corpus):
+    for rel, (size, at, rgb) in corpus.checks.items():
+        image = read_rgb(corpus.root / rel)
+        assert image.mode == "RGB" and image.size == size, rel
+        if rgb is not None:
+            assert all(abs(a - b) <= 12 for a, b in zip(image.getpixel(at), rgb, strict=True)), (rel, rgb)
+
+
+def test_duplicates_exact_and_near_are_grouped_and_conflicts_reported(corpus, tmp_path: Path):
+    report, rows = prepare(corpus, tmp_path / "run")
+    duplicates = report["duplicates"]
+    groups = {frozenset(relative(corpus, p) for p in g["paths"]): g for g in duplicates["groups"]}
+    exact = groups[frozenset({"Action/action_001.jpg", "Comedy/also_comedy.jpg"})]
+    near = groups[frozenset({"Action/action_002.jpg", "Horror/action_copy_resized.jpg"})]
+    assert exact["kind"] == "exact" and exact["labels"] == ["Action", "Comedy"] and exact["conflicting"]
+    assert near["kind"] == "near" and near["labels"] == ["Action", "Horror"]
+    assert duplicates["n_conflicting_groups"] == 2 and duplicates["policy"] == "keep"
+    split_of = {relative(corpus, r["file_path"]): r["split"] for r in rows}
+    assert split_of["Action/action_001.jpg"] == split_of["Comedy/also_comedy.jpg"]
+    assert split_of["Action/action_002.jpg"] == split_of["Horror/action_copy_resized.jpg"]
+    in_test = sum(split_of[p] == "test" for g, info in groups.items() if info["conflicting"] for p in g)
+    assert duplicates["test_items_with_conflicting_labels"] == in_test
+
+
+def test_policy_drop_leaves_conflicting_groups_out(corpus, tmp_path: Path):
+    report, rows = prepare(corpus, tmp_path / "run", policy="drop")
+    kept = {relative(corpus, r["file_path"]) for r in rows}
+    dropped = {
+        "Action/action_001.jpg",
+        "Comedy/also_comedy.jpg",
+        "Action/action_002.jpg",
+        "Horror/action_copy_resized.jpg",
+    }
+    assert kept == corpus.kept - dropped
+    reasons = {relative(corpus, s["path"]): s["reason"] for s in report["skipped"]}
+    assert reasons["Comedy/also_comedy.jpg"] == "duplicate with conflicting labels: Action|Comedy"
+
+
+def test_policy_multi_genre_merges_each_group_into_one_multi_label_item(corpus, tmp_path: Path):
+    report, rows = prepare(corpus, tmp_path / "run", policy="multi_genre")
+    by_path = {relative(corpus, r["file_path"]): r for r in rows}
+    assert "Comedy/also_comedy.jpg" not in by_path and "Horror/action_copy_resized.jpg" not in by_path
+    assert by_path["Action/action_001.jpg"]["labels"] == "Action|Comedy"
+    assert by_path["Action/action_002.jpg"]["labels"] == "Action|Horror"
+    merged = {relative(corpus, m["path"]): relative(corpus, m["into"]) for m in report["duplicates"]["merged"]}
+    assert merged == {
+        "Comedy/also_comedy.jpg": "Action/action_001.jpg",
+        "Horror/action_copy_resized.jpg": "Action/action_002.jpg",
+    }
+
+
+def test_bad_policy_is_a_one_line_config_error(corpus, tmp_path: Path):
+    with pytest.raises(Exception, match=r"^data.duplicates.policy='dedupe' is not valid: expected one of"):
+        prepare(corpus, tmp_path / "run", policy="dedupe")
