@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ from genre_lightning.csvio import read_csv
 from genre_lightning.data.annotations import prepare_annotations
 from genre_lightning.data.demo import GENRES
 from genre_lightning.data.imageio import read_rgb
+from genre_lightning.model import GenreClassifier
+from genre_lightning.predict import predict_files
+from genre_lightning.train import train
+from tests.conftest import train_config
 from tests.fault_corpus import build_fault_corpus
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -100,3 +105,33 @@ def test_policy_multi_genre_merges_each_group_into_one_multi_label_item(corpus, 
 def test_bad_policy_is_a_one_line_config_error(corpus, tmp_path: Path):
     with pytest.raises(Exception, match=r"^data.duplicates.policy='dedupe' is not valid: expected one of"):
         prepare(corpus, tmp_path / "run", policy="dedupe")
+
+
+@pytest.mark.slow
+def test_multi_genre_accuracy_counts_any_genre_of_a_merged_group(poster_root: Path, tmp_path: Path):
+    root = tmp_path / "posters"
+    shutil.copytree(poster_root, root)
+    for i in range(12):  # the same poster filed under Action and Comedy
+        shutil.copy(root / "Action" / f"action_{i:04d}.jpg", root / "Comedy" / f"also_action_{i}.jpg")
+    cfg = train_config(
+        poster_root,
+        tmp_path / "run",
+        f"data.root={root}",
+        "data.duplicates.policy=multi_genre",
+        "trainer.max_epochs=1",
+        "finetune=none",
+        "logger=csv",
+    )
+    train(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
+    rows = read_csv(tmp_path / "run" / "annotations.csv")
+    test_rows = rows[rows["split"] == "test"]
+    assert test_rows["labels"].str.contains("|", regex=False).any()  # some merged items are in test
+    model = GenreClassifier.from_checkpoint(
+        json.loads((tmp_path / "run" / "metrics.json").read_text())["best_ckpt_path"]
+    )
+    predicted = predict_files(model, list(test_rows["file_path"]), progress=False)["top1"]
+    any_hit = [p in labels.split("|") for p, labels in zip(predicted, test_rows["labels"], strict=True)]
+    exact_hit = [p == label for p, label in zip(predicted, test_rows["label"], strict=True)]
+    assert metrics["test/acc_multi_genre"] == pytest.approx(sum(any_hit) / len(any_hit), abs=1e-6)
+    assert metrics["test/acc"] == pytest.approx(sum(exact_hit) / len(exact_hit), abs=1e-6)
