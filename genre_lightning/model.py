@@ -23,6 +23,7 @@ from torchmetrics.classification import (
 
 from genre_lightning.backbone import create_backbone, resolve_data_config
 from genre_lightning.errors import ConfigError
+from genre_lightning.feature_cache import FeatureStore, backbone_is_frozen
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class GenreClassifier(LightningModule):
         # Accuracy where any genre of a multi-genre item counts (duplicate policy multi_genre).
         self.val_acc_multi_genre = MeanMetric()
         self.test_acc_multi_genre = MeanMetric()
+        # Set by the FrozenFeatureCache callback while the backbone is frozen (see feature_cache.py).
+        self.feature_store: FeatureStore | None = None
         # Images that failed to decode during the run: (split, dataset index, reason).
         self.failed_items: list[tuple[str, int, str]] = []
 
@@ -137,9 +140,34 @@ class GenreClassifier(LightningModule):
         return getattr(self, f"{stage}_metrics")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.net(images)
+        return self.net(self._memory_format(images))
+
+    def _memory_format(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
+
+    @torch.no_grad()
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features (what the classifier sees), computed in eval mode."""
+        modes = [(module, module.training) for module in self.net.modules()]
+        self.net.eval()
+        try:
+            return self.net.forward_head(self.net.forward_features(self._memory_format(images)), pre_logits=True)
+        finally:
+            for module, mode in modes:
+                module.training = mode
+
+    def classify_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The classifier on pooled features, with the dropout the network applies before it."""
+        if self.hparams.drop_rate:  # (dropout with p=0 still draws random numbers)
+            features = nn.functional.dropout(features, self.hparams.drop_rate, self.training)
+        return self.net.get_classifier()(features)
+
+    def _logits(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        store = self.feature_store
+        # Checked per step too: a fine-tuning callback may have unfrozen layers since the store was attached.
+        if store is not None and stage in store.stages and backbone_is_frozen(self):
+            return self.classify_features(store.features(batch["key"], batch["image"], self.backbone_features))
+        return self(batch["image"])
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # A BatchNorm whose weights are frozen also keeps its running statistics: frozen layers
@@ -157,12 +185,12 @@ class GenreClassifier(LightningModule):
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor | None:
         split = self._split_of(stage)
         self.failed_items.extend((split, index, reason) for index, reason in batch["failed"])
-        images, targets = batch["image"], batch["target"]
+        targets = batch["target"]
         if targets.numel() == 0:
             # Every image of this batch failed to decode. A zero loss that touches every trainable
             # parameter keeps DDP ranks in step (a skipped step on one rank would hang the others).
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0 if stage == "train" else None
-        logits = self(images)
+        logits = self._logits(batch, stage)
         loss = self.criterion(logits, targets)
         self._stage_metrics(stage).update(logits, targets)
         if "label_set" in batch and stage != "train":

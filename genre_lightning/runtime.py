@@ -48,11 +48,11 @@ def instantiate_all(group: Mapping[str, Any] | None) -> list[Any]:
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
-    callbacks = instantiate_all(cfg.get("callbacks"))
+    """The fine-tuning callback first: at each epoch start it decides what trains, and the
+    callbacks after it (the feature cache, ...) see that decision."""
     finetune = cfg.get("finetune")
-    if finetune and "_target_" in finetune:
-        callbacks.append(instantiate(finetune))
-    return callbacks
+    callbacks = [instantiate(finetune)] if finetune and "_target_" in finetune else []
+    return callbacks + instantiate_all(cfg.get("callbacks"))
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:

@@ -13,6 +13,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from genre_lightning.data.annotations import ANNOTATIONS_FILE, prepare_annotations, read_split_file, split_digest
+from genre_lightning.data.cache import DecodedImageCache, cover_side
 from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
 from genre_lightning.data.demo import ensure_demo_posters
 from genre_lightning.data.split import SPLITS, check_fractions
@@ -48,6 +49,7 @@ class PosterDataModule(LightningDataModule):
         duplicates: Mapping[str, Any] | None = None,
         demo: Mapping[str, Any] | None = None,
         test_split: str = "test",
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         if not classes:
@@ -79,6 +81,7 @@ class PosterDataModule(LightningDataModule):
         if test_split not in SPLITS:
             raise ConfigError("split", test_split, f"one of {list(SPLITS)}")
         self.test_split = test_split  # genre-eval can evaluate the val (or train) split instead
+        self.cache_dir = cache_dir  # decoded-image cache (opt-in)
         self.data_config: dict[str, Any] | None = None
         self._demo_ready = False
         self.frame: pd.DataFrame | None = None
@@ -124,6 +127,9 @@ class PosterDataModule(LightningDataModule):
         if self.frame is None:
             self.frame = read_split_file(self.annotations_path, self.classes, key="annotations")
         train_tf, eval_tf = build_transforms(self.data_config, self.augment)
+        image_cache = None
+        if self.cache_dir:
+            image_cache = DecodedImageCache(self.cache_dir, cover_side(self.data_config, self.augment is not None))
         label_index = {c: i for i, c in enumerate(self.classes)}
         # Multi-genre items (duplicate policy multi_genre) also carry every genre they count as.
         multi_genre = self.frame["labels"].str.contains("|", regex=False).any()
@@ -136,6 +142,8 @@ class PosterDataModule(LightningDataModule):
                 transform,
                 label_sets,
                 num_classes=len(self.classes),
+                keys=[sha or path for sha, path in zip(rows["sha256"], rows["file_path"], strict=True)],
+                image_cache=image_cache,
             )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -9,6 +9,7 @@ import torch
 from timm.data import create_transform
 from torch.utils.data import Dataset, default_collate
 
+from genre_lightning.data.cache import DecodedImageCache
 from genre_lightning.data.imageio import UnreadableImage, read_rgb
 
 # The keys of timm's data config that create_transform understands.
@@ -35,7 +36,8 @@ class PosterDataset(Dataset):
     and lists it in the batch's ``failed``.
 
     ``label_sets`` (optional): every genre an item counts as at evaluation, returned as a
-    multi-hot ``label_set`` (the ``multi_genre`` duplicate policy).
+    multi-hot ``label_set`` (the ``multi_genre`` duplicate policy). ``keys`` (content hashes)
+    name each image for the caches; ``image_cache`` serves already-decoded pixels.
     """
 
     def __init__(
@@ -45,22 +47,29 @@ class PosterDataset(Dataset):
         transform: Callable,
         label_sets: Sequence[Sequence[int]] | None = None,
         num_classes: int = 0,
+        keys: Sequence[str] | None = None,
+        image_cache: DecodedImageCache | None = None,
     ) -> None:
         self.paths = list(paths)
         self.targets = list(targets)
         self.transform = transform
         self.label_sets = label_sets
         self.num_classes = num_classes
+        self.keys = list(keys) if keys is not None else [str(p) for p in self.paths]
+        self.image_cache = image_cache
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any] | tuple[int, str]:
         try:
-            image = read_rgb(self.paths[index])
+            if self.image_cache is not None:
+                image = self.image_cache.load(self.paths[index], self.keys[index])
+            else:
+                image = read_rgb(self.paths[index])
         except UnreadableImage as err:
             return index, str(err)
-        item = {"image": self.transform(image), "target": self.targets[index], "index": index}
+        item = {"image": self.transform(image), "target": self.targets[index], "index": index, "key": self.keys[index]}
         if self.label_sets is not None:
             item["label_set"] = torch.zeros(self.num_classes, dtype=torch.bool)
             item["label_set"][list(self.label_sets[index])] = True
@@ -75,6 +84,7 @@ def collate_posters(items: list[dict[str, Any] | tuple[int, str]]) -> dict[str, 
         batch = default_collate(good)
     else:
         batch = {
+            "key": [],
             "image": torch.empty(0),
             "target": torch.empty(0, dtype=torch.long),
             "index": torch.empty(0, dtype=torch.long),

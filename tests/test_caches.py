@@ -1,0 +1,147 @@
+"""The decoded-image cache and the frozen-feature cache: same results, less work, right invalidation."""
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from lightning.pytorch import Callback, seed_everything
+
+from genre_lightning.data.datamodule import PosterDataModule
+from genre_lightning.data.demo import GENRES, ensure_demo_posters
+from genre_lightning.feature_cache import FrozenFeatureCache
+from genre_lightning.model import GenreClassifier
+from genre_lightning.train import build
+from tests.conftest import train_config
+
+SHORT = ["trainer.limit_val_batches=1", "test=false", "logger=csv", "model/scheduler=constant", "data.augment=null"]
+
+
+@pytest.fixture(scope="module")
+def big_posters(tmp_path_factory) -> Path:
+    """Posters larger than the model input, so the cache really shrinks them."""
+    return ensure_demo_posters(tmp_path_factory.mktemp("big") / "posters", per_class=6, size=(96, 144), seed=1)
+
+
+def loader_images(datamodule: PosterDataModule) -> torch.Tensor:
+    return torch.cat([batch["image"] for batch in datamodule.val_dataloader()])
+
+
+def test_decoded_cache_is_written_once_and_read_back(big_posters: Path, tmp_path: Path):
+    config = {
+        "input_size": (3, 32, 32),
+        "interpolation": "bicubic",
+        "mean": (0.5,) * 3,
+        "std": (0.5,) * 3,
+        "crop_pct": 1.0,
+        "crop_mode": "squash",
+    }
+
+    def datamodule(cache_dir):
+        dm = PosterDataModule(
+            GENRES,
+            output_dir=str(tmp_path / "run"),
+            root=str(big_posters),
+            batch_size=4,
+            augment=None,
+            cache_dir=cache_dir,
+        )
+        dm.set_data_config(config)
+        dm.prepare_data()
+        dm.setup("fit")
+        return dm
+
+    plain = loader_images(datamodule(None))
+    cached_dm = datamodule(str(tmp_path / "cache"))
+    first = loader_images(cached_dm)
+    entries = sorted((tmp_path / "cache" / "decoded" / "32px").glob("*.npy"))
+    assert len(entries) == len(cached_dm.datasets["val"])
+    assert {e.stem for e in entries} == set(cached_dm.datasets["val"].keys)
+    mtimes = [e.stat().st_mtime_ns for e in entries]
+    second = loader_images(cached_dm)
+    assert [e.stat().st_mtime_ns for e in entries] == mtimes  # read, not rewritten
+    assert torch.equal(first, second)
+    # Decoding a 96x144 poster, shrinking it to 32 px wide, then squashing to 32x32 is within
+    # a hair of squashing the original directly.
+    assert (first - plain).abs().mean() < 0.03
+
+
+@pytest.mark.parametrize("backbone", ["resnet10t", "test_efficientnet", "mobilenetv3_small_050"])
+def test_cached_features_then_classifier_equal_the_full_network(backbone):
+    model = GenreClassifier(backbone, GENRES, drop_rate=0.3).eval()
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model.classify_features(model.backbone_features(images)), model(images), atol=1e-5)
+
+
+class StoreSpy(Callback):
+    def __init__(self):
+        self.per_epoch = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        caches = [c for c in trainer.callbacks if isinstance(c, FrozenFeatureCache)]
+        stores = list(caches[0]._stores.values()) if caches else []
+        self.per_epoch.append([(s.hits, s.misses, len(s.table)) for s in stores])
+
+
+def fit(poster_root, out, *overrides):
+    spy = StoreSpy()
+    cfg = train_config(poster_root, out, *SHORT, *overrides)
+    seed_everything(cfg.seed, workers=True)
+    datamodule, model, trainer = build(cfg, extra_callbacks=[spy])
+    trainer.fit(model, datamodule=datamodule)
+    return model, spy
+
+
+def test_linear_probe_with_the_cache_learns_the_same_head(poster_root: Path, tmp_path: Path):
+    common = ["finetune=linear_probe", "trainer.max_epochs=3"]
+    cached, spy = fit(poster_root, tmp_path / "a", *common)
+    plain, no_spy = fit(poster_root, tmp_path / "b", *common, "~callbacks.feature_cache")
+    assert len(no_spy.per_epoch) == 3
+    head = ("net.fc.weight", "net.fc.bias")
+    for key in head:
+        assert torch.allclose(cached.state_dict()[key], plain.state_dict()[key], atol=1e-5)
+    # Each training image went through the backbone once (epoch 0); epochs 1-2 only looked up.
+    train_size = 84
+    ((hits0, misses0, _),) = [s for s in spy.per_epoch[0] if s[2] >= train_size]
+    ((hits2, misses2, _),) = [s for s in spy.per_epoch[2] if s[2] >= train_size]
+    assert misses2 == misses0 and hits2 - hits0 >= 2 * train_size
+
+
+def test_cache_is_not_used_once_the_backbone_trains(poster_root: Path, tmp_path: Path):
+    # Unfrozen at epoch 1: epoch 1 must run the real backbone (no store lookups for training).
+    _, spy = fit(
+        poster_root, tmp_path / "a", "finetune=head_then_all", "finetune.milestones=[1]", "trainer.max_epochs=2"
+    )
+    train_store_hits = [sum(h for h, _, _ in epoch) for epoch in spy.per_epoch]
+    # Epoch 1 adds only validation lookups (val runs on the now-changing backbone: new store).
+    assert train_store_hits[1] - train_store_hits[0] < 84
+
+
+def test_augmented_training_does_not_use_cached_features(poster_root: Path, tmp_path: Path):
+    _, spy = fit(
+        poster_root, tmp_path / "a", "finetune=linear_probe", "trainer.max_epochs=2", "data.augment={hflip: 0.5}"
+    )
+    total_lookups = sum(h + m for h, m, _ in spy.per_epoch[-1])
+    val_lookups = 2 * 18 + 18  # sanity check + two validation epochs, at most
+    assert total_lookups <= val_lookups + 18
+
+
+def test_feature_store_on_disk_serves_a_later_run(poster_root: Path, tmp_path: Path):
+    common = ["finetune=linear_probe", "trainer.max_epochs=1", f"data.cache_dir={tmp_path / 'cache'}"]
+    fit(poster_root, tmp_path / "a", *common)
+    stores = list((tmp_path / "cache" / "features").glob("*.pt"))
+    assert stores
+    _, spy = fit(poster_root, tmp_path / "b", *common)
+    assert all(misses == 0 for _, misses, _ in spy.per_epoch[0])
+    # A different backbone init (another seed, random weights) must not reuse those features.
+    _, other = fit(poster_root, tmp_path / "c", *common, "seed=99")
+    assert any(misses > 0 for _, misses, _ in other.per_epoch[0])
+
+
+def test_timm_classifier_follows_pre_logits_for_a_conv_head_model():
+    net = timm.create_model("mobilenetv3_small_050", num_classes=4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        pooled = net.forward_head(net.forward_features(x), pre_logits=True)
+        assert torch.allclose(net.get_classifier()(pooled), net(x), atol=1e-5)
