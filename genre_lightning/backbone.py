@@ -7,7 +7,7 @@ hub) becomes one line that says what to change.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,5 +66,5 @@ def resolve_data_config(model: nn.Module, overrides: Mapping[str, Any] | None = 
     config = dict(resolve_model_data_config(model))
     for key, value in (overrides or {}).items():
         if value is not None:
-            config[key] = tuple(value) if isinstance(value, list) else value
+            config[key] = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
     return config

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,12 @@ import rich
 import rich.syntax
 import rich.tree
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,17 @@ def show_and_save_config(cfg: DictConfig, output_dir: str | Path, show: bool = T
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else repr(value)
         branch.add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark"))
     rich.print(tree)
+
+
+def compose_config(config_name: str, overrides: Sequence[str], output_dir: str | Path) -> DictConfig:
+    """Compose a config as the command line does, for use in Python (tests, benchmarks), with
+    the run folder set to ``output_dir``."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(output_dir)
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
 
 
 def instantiate_all(group: Mapping[str, Any] | None) -> list[Any]:

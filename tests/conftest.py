@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from genre_lightning.data.demo import ensure_demo_posters
-from genre_lightning.runtime import CONFIG_DIR
+from genre_lightning.runtime import compose_config
 
 # Small, fast settings for every training run in the tests: a random-init resnet10t at 32 px.
 FAST = [
@@ -32,16 +30,6 @@ FAST = [
 def poster_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic posters, 30 per genre, 48x72 JPEGs in genre folders."""
     return ensure_demo_posters(tmp_path_factory.mktemp("data") / "posters", per_class=30, size=(48, 72), seed=0)
-
-
-def compose_config(config_name: str, overrides: Sequence[str], output_dir: Path) -> DictConfig:
-    """Compose a config like the CLI does, with the run folder set to ``output_dir``."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(output_dir)
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
 
 
 def train_config(poster_root: Path, output_dir: Path, *overrides: str) -> DictConfig:

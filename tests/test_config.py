@@ -12,8 +12,7 @@ from PIL import Image
 from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.finetune import GradualUnfreeze
-from genre_lightning.runtime import CONFIG_DIR, build_callbacks, build_loggers
-from tests.conftest import compose_config
+from genre_lightning.runtime import CONFIG_DIR, build_callbacks, build_loggers, compose_config
 
 
 def options(group: str) -> list[str]:

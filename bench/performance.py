@@ -1,0 +1,396 @@
+"""genre-lightning performance benchmark: one process, a table of ratios.
+
+    python bench/performance.py            # real posters + EfficientNet-Lite0 weights if present
+    python bench/performance.py --smoke    # tiny: demo posters, a tiny network (the test suite runs this)
+
+Sections (measured in this one process; compared things alternate, and each ratio comes from
+one run):
+  train     genre-train's training loop against a plain PyTorch loop of the study's recipe
+            (same files, transforms, model, optimizer, batch size, workers): train images/s.
+  predict   genre-predict on a folder against a plain eval loop: images/s, and what each
+            step adds (inference_mode, loader workers, channels_last).
+  rss       peak resident memory of a genre-train run (a child process, its workers included).
+  decoded   the decoded-image cache: data-loading images/s and training epoch time, off/on.
+  features  the frozen-feature cache: a linear probe's seconds per epoch and time to reach the
+            study's accuracy (65.82%) on the validation split, off/on.
+  workers   training images/s for data.num_workers 0/1/2 and channels_last off/on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import timm
+import torch
+from lightning.pytorch import Callback, seed_everything
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from genre_lightning.backbone import resolve_data_config
+from genre_lightning.csvio import read_csv
+from genre_lightning.data.annotations import prepare_annotations
+from genre_lightning.data.dataset import build_transforms
+from genre_lightning.data.demo import GENRES, ensure_demo_posters
+from genre_lightning.model import GenreClassifier
+from genre_lightning.predict import predict_files
+from genre_lightning.runtime import compose_config
+from genre_lightning.train import build
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REAL_POSTERS = SHARED / "data" / "four_genre_posters"
+LITE0 = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
+STUDY_ACCURACY = 0.6582
+
+
+class Setup:
+    """What the sections share: the posters, one split, and the study recipe's overrides."""
+
+    def __init__(self, smoke: bool, workdir: Path) -> None:
+        self.workdir = workdir
+        self.real = REAL_POSTERS.is_dir() and LITE0.is_file() and not smoke
+        if self.real:
+            self.root = REAL_POSTERS
+            self.description = "1,070 real posters; tf_efficientnet_lite0 (ImageNet weights); 256x256; batch 32"
+            model = ["model.backbone=tf_efficientnet_lite0", f"model.weights={LITE0}"]
+            self.batch_size = 32
+        else:
+            self.root = ensure_demo_posters(workdir / "demo", per_class=40, size=(96, 144))
+            self.description = "demo posters; resnet10t (random init); 64x64; batch 16"
+            model = ["model=tiny", "model.pretrained=false", "model.data_config.input_size=[3,64,64]"]
+            self.batch_size = 16
+        fractions = {"train": 0.7, "val": 0.15, "test": 0.15}
+        self.split_file = prepare_annotations(workdir / "split", GENRES, fractions, 0, root=self.root)
+        self.frame = read_csv(self.split_file)
+        self.overrides = [
+            "experiment=seed_efficientnet_b0",
+            *model,
+            "trainer=cpu",
+            f"data.root={self.root}",
+            f"data.split_file={self.split_file}",
+            f"data.batch_size={self.batch_size}",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            "print_config=false",
+            "logger=csv",
+        ]
+
+    def config(self, name: str, *extra: str):
+        return compose_config("train", [*self.overrides, *extra], self.workdir / name)
+
+    def files(self, split: str) -> list[str]:
+        return list(self.frame.loc[self.frame["split"] == split, "file_path"])
+
+
+# ----------------------------------------------------------------------------- train
+class StepClock(Callback):
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.ends.append(time.perf_counter())
+
+
+def steady_rate(ends: list[float], warmup: int, batch_size: int) -> float:
+    """Images/s from the end of the last warm-up step to the end of the last step."""
+    return (len(ends) - warmup) * batch_size / (ends[-1] - ends[warmup - 1])
+
+
+def framework_train(setup: Setup, steps: int, warmup: int, *extra: str) -> float:
+    """genre-train's own path: composed config, data module, GenreClassifier, Lightning Trainer."""
+    clock = StepClock()
+    cfg = setup.config(
+        "framework",
+        f"trainer.limit_train_batches={steps}",
+        "trainer.limit_val_batches=0",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.max_epochs=1",
+        "test=false",
+        *extra,
+    )
+    seed_everything(0)
+    datamodule, model, trainer = build(cfg, extra_callbacks=[clock])
+    trainer.fit(model, datamodule=datamodule)
+    return steady_rate(clock.ends, warmup, setup.batch_size)
+
+
+class NotebookPosters(Dataset):
+    """A notebook's dataset: open with PIL, convert to RGB, transform."""
+
+    def __init__(self, paths: list[str], labels: list[int], transform) -> None:
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        return self.transform(Image.open(self.paths[index]).convert("RGB")), self.labels[index]
+
+
+def plain_net_and_transform(setup: Setup):
+    """The same timm network and eval transform, built without any of genre-lightning's classes."""
+    cfg = setup.config("plain")
+    kwargs = {"pretrained_cfg_overlay": {"file": cfg.model.weights}} if cfg.model.weights else {}
+    net = timm.create_model(cfg.model.backbone, pretrained=bool(cfg.model.weights), num_classes=len(GENRES), **kwargs)
+    _, transform = build_transforms(resolve_data_config(net, cfg.model.data_config), None)
+    return net, transform, cfg
+
+
+def plain_train(setup: Setup, steps: int, warmup: int) -> float:
+    seed_everything(0)
+    net, transform, cfg = plain_net_and_transform(setup)
+    frame = setup.frame[setup.frame["split"] == "train"]
+    dataset = NotebookPosters(list(frame["file_path"]), [GENRES.index(x) for x in frame["label"]], transform)
+    workers = cfg.data.num_workers
+    loader = DataLoader(
+        dataset, batch_size=setup.batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0
+    )
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    criterion = torch.nn.CrossEntropyLoss()
+    net.train()
+    ends = []
+    for images, labels in loader:
+        loss = criterion(net(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        ends.append(time.perf_counter())
+        if len(ends) == steps:
+            break
+    return steady_rate(ends, warmup, setup.batch_size)
+
+
+def section_train(setup: Setup, steps: int, warmup: int, rounds: int) -> list[tuple[str, str, str]]:
+    framework, plain = [], []
+    for _ in range(rounds):  # alternate, so drifts in machine load hit both sides alike
+        plain.append(plain_train(setup, steps, warmup))
+        framework.append(framework_train(setup, steps, warmup))
+    ratios = [f / p for f, p in zip(framework, plain, strict=True)]
+    return [
+        ("train: plain PyTorch loop", f"{statistics.median(plain):.2f} img/s", "1.00x"),
+        (
+            "train: genre-train",
+            f"{statistics.median(framework):.2f} img/s",
+            f"{statistics.median(ratios):.3f}x (rounds: {', '.join(f'{r:.3f}' for r in ratios)})",
+        ),
+    ]
+
+
+# ----------------------------------------------------------------------------- predict
+def plain_eval(setup: Setup, paths: list[str], net, transform, batch_size: int = 32) -> float:
+    """A notebook's eval loop: batches of 32 decoded in the main process, torch.no_grad()."""
+    net.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(paths), batch_size):
+            images = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[i : i + batch_size]])
+            net(images).softmax(dim=-1)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def section_predict(setup: Setup, rounds: int) -> list[tuple[str, str, str]]:
+    paths = setup.files("val") + setup.files("test")
+    net, transform, cfg = plain_net_and_transform(setup)
+    model = GenreClassifier(cfg.model.backbone, GENRES, data_config=cfg.model.data_config)
+    model.net.load_state_dict(net.state_dict())
+    model_cl = GenreClassifier(cfg.model.backbone, GENRES, data_config=cfg.model.data_config, channels_last=True)
+    model_cl.net.load_state_dict(net.state_dict())
+    variants = {
+        "predict: plain eval loop": lambda: plain_eval(setup, paths, net, transform),
+        "predict: + inference_mode, our dataset (0 workers)": lambda: rate(model, paths, workers=0),
+        "predict: + 1 loader worker": lambda: rate(model, paths, workers=1),
+        "predict: + 2 loader workers": lambda: rate(model, paths, workers=2),
+        "predict: + 1 worker, channels_last": lambda: rate(model_cl, paths, workers=1),
+        "predict: + 2 workers, channels_last": lambda: rate(model_cl, paths, workers=2),
+    }
+    results = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            results[name].append(run())
+    base = statistics.median(results["predict: plain eval loop"])
+    return [
+        (name, f"{statistics.median(v):.1f} img/s", f"{statistics.median(v) / base:.2f}x")
+        for name, v in results.items()
+    ]
+
+
+def rate(model: GenreClassifier, paths: list[str], workers: int) -> float:
+    start = time.perf_counter()
+    predict_files(model, paths, batch_size=32, num_workers=workers, progress=False)
+    return len(paths) / (time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------- rss
+def section_rss(setup: Setup, steps: int) -> list[tuple[str, str, str]]:
+    """Peak RSS of `genre-train` (the study recipe, a few steps), its workers included."""
+    command = [
+        str(Path(sys.executable).parent / "genre-train"),
+        *setup.overrides,
+        f"trainer.limit_train_batches={steps}",
+        "trainer.limit_val_batches=2",
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={setup.workdir / 'rss'}",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        return [("rss: genre-train", "failed", f"exit status {status}")]
+    # ru_maxrss (KiB) covers the process and its waited-for children, taking the largest one.
+    return [("rss: genre-train peak (largest process)", f"{usage.ru_maxrss / 1024:.0f} MiB", "")]
+
+
+# ----------------------------------------------------------------------------- decoded
+def loader_rate(setup: Setup, cache_dir: str | None) -> float:
+    cfg = setup.config("loader", f"data.cache_dir={cache_dir}" if cache_dir else "data.cache_dir=null")
+    datamodule, model, _ = build(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    start = time.perf_counter()
+    count = sum(len(batch["target"]) for batch in datamodule.train_dataloader())
+    return count / (time.perf_counter() - start)
+
+
+def section_decoded(setup: Setup, steps: int, warmup: int) -> list[tuple[str, str, str]]:
+    cache = str(setup.workdir / "cache")
+    loader_rate(setup, cache)  # fill the cache (a first epoch)
+    off, on = loader_rate(setup, None), loader_rate(setup, cache)
+    train_off = framework_train(setup, steps, warmup)
+    train_on = framework_train(setup, steps, warmup, f"data.cache_dir={cache}")
+    return [
+        ("decoded cache: data loading only, off", f"{off:.1f} img/s", "1.00x"),
+        ("decoded cache: data loading only, on", f"{on:.1f} img/s", f"{on / off:.2f}x"),
+        ("decoded cache: training, off", f"{train_off:.2f} img/s", "1.00x"),
+        ("decoded cache: training, on", f"{train_on:.2f} img/s", f"{train_on / train_off:.3f}x"),
+    ]
+
+
+# ----------------------------------------------------------------------------- features
+class EpochLog(Callback):
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.epochs: list[tuple[float, float]] = []  # (seconds since fit start, val/acc)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.epochs.append((time.perf_counter() - self.start, float(trainer.callback_metrics["val/acc"])))
+
+
+def linear_probe(setup: Setup, epochs: int, cached: bool) -> EpochLog:
+    log = EpochLog()
+    extra = [] if cached else ["~callbacks.feature_cache"]
+    cfg = setup.config(
+        "probe",
+        "finetune=linear_probe",
+        f"trainer.max_epochs={epochs}",
+        "test=false",
+        "model/optimizer=adamw",
+        "model.optimizer.lr=3e-3",
+        "model/scheduler=cosine",
+        "trainer.num_sanity_val_steps=0",
+        *extra,
+    )
+    seed_everything(0)
+    datamodule, model, trainer = build(cfg, extra_callbacks=[log])
+    trainer.fit(model, datamodule=datamodule)
+    return log
+
+
+def section_features(setup: Setup, epochs: int) -> list[tuple[str, str, str]]:
+    rows = []
+    logs = {cached: linear_probe(setup, epochs, cached) for cached in (False, True)}
+    for cached, log in logs.items():
+        per_epoch = log.epochs[-1][0] / len(log.epochs)
+        reached = next((t for t, acc in log.epochs if acc >= STUDY_ACCURACY), None)
+        best = max(acc for _, acc in log.epochs)
+        label = "on" if cached else "off"
+        rows.append((f"feature cache {label}: linear probe, s/epoch (mean)", f"{per_epoch:.1f} s", ""))
+        rows.append(
+            (
+                f"feature cache {label}: time to val/acc >= {STUDY_ACCURACY:.2%}",
+                f"{reached:.0f} s" if reached else f"not reached in {epochs} epochs (best {best:.2%})",
+                "",
+            )
+        )
+    off, on = (logs[c].epochs[-1][0] for c in (False, True))
+    rows.append((f"feature cache: {epochs} epochs wall time, off/on", f"{off:.0f} s / {on:.0f} s", f"{off / on:.1f}x"))
+    return rows
+
+
+# ----------------------------------------------------------------------------- workers
+def section_workers(setup: Setup, steps: int, warmup: int) -> list[tuple[str, str, str]]:
+    rows, base = [], None
+    for workers in (0, 1, 2):
+        for channels_last in (False, True):
+            value = framework_train(
+                setup,
+                steps,
+                warmup,
+                f"data.num_workers={workers}",
+                f"data.persistent_workers={workers > 0}",
+                f"model.channels_last={channels_last}",
+            )
+            base = base or value
+            rows.append(
+                (
+                    f"workers: num_workers={workers}, channels_last={channels_last}",
+                    f"{value:.2f} img/s",
+                    f"{value / base:.2f}x",
+                )
+            )
+    return rows
+
+
+SECTIONS = ("train", "predict", "rss", "decoded", "features", "workers")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="demo posters and a tiny network: seconds, not minutes")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--steps", type=int, default=None, help="training steps per measurement")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per comparison")
+    parser.add_argument("--probe-epochs", type=int, default=None)
+    args = parser.parse_args()
+    steps = args.steps or (4 if args.smoke else 12)
+    warmup = 2
+    rounds = args.rounds or (1 if args.smoke else 2)
+    probe_epochs = args.probe_epochs or (2 if args.smoke else 8)
+
+    with tempfile.TemporaryDirectory(prefix="genre-bench-") as workdir:
+        setup = Setup(args.smoke, Path(workdir))
+        print(
+            f"# genre-lightning benchmark: {setup.description}; torch threads {torch.get_num_threads()}, "
+            f"{os.cpu_count()} CPUs",
+            flush=True,
+        )
+        sections = {
+            "train": lambda: section_train(setup, steps, warmup, rounds),
+            "predict": lambda: section_predict(setup, rounds),
+            "rss": lambda: section_rss(setup, steps),
+            "decoded": lambda: section_decoded(setup, steps, warmup),
+            "features": lambda: section_features(setup, probe_epochs),
+            "workers": lambda: section_workers(setup, steps, warmup),
+        }
+        table = []
+        for name in args.sections:
+            started = time.perf_counter()
+            rows = sections[name]()
+            print(f"# {name}: {time.perf_counter() - started:.0f} s", flush=True)
+            table += rows
+        width = max(len(r[0]) for r in table)
+        print(f"\n| {'measurement':<{width}} | value | ratio |\n|{'-' * (width + 2)}|---|---|")
+        for measurement, value, ratio in table:
+            print(f"| {measurement:<{width}} | {value} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
