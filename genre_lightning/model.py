@@ -15,6 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import ClasswiseWrapper, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
+    MulticlassCalibrationError,
     MulticlassF1Score,
     MulticlassPrecision,
     MulticlassRecall,
@@ -26,6 +27,8 @@ from genre_lightning.errors import ConfigError
 log = logging.getLogger(__name__)
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.01}
+# Bins of the expected calibration error (torchmetrics' default); the reliability diagram uses the same.
+ECE_BINS = 15
 
 
 def to_plain(value: Any) -> Any:
@@ -102,6 +105,9 @@ class GenreClassifier(LightningModule):
         }
         if per_class:
             metrics["acc_top2"] = MulticlassAccuracy(n, top_k=min(2, n), average="micro")
+            metrics["precision_macro"] = MulticlassPrecision(n, average="macro")
+            metrics["recall_macro"] = MulticlassRecall(n, average="macro")
+            metrics["ece"] = MulticlassCalibrationError(n, n_bins=ECE_BINS, norm="l1")
             for name, metric in (
                 ("precision", MulticlassPrecision),
                 ("recall", MulticlassRecall),
@@ -143,7 +149,8 @@ class GenreClassifier(LightningModule):
             ):
                 module.eval()
 
-    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor | None:
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(loss, logits) of a batch, with the stage's metrics updated; None for a batch without images."""
         if batch["failed"]:
             self.failed_items.extend(batch["failed"])
         images, targets = batch["image"], batch["target"]
@@ -162,7 +169,7 @@ class GenreClassifier(LightningModule):
             batch_size=targets.numel(),
             sync_dist=not on_step,
         )
-        return loss
+        return loss, logits
 
     def _log_epoch_metrics(self, stage: str) -> None:
         # compute() covers every batch of the epoch and syncs across DDP ranks itself.
@@ -180,13 +187,18 @@ class GenreClassifier(LightningModule):
         self._log_epoch_metrics("test")
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        return self._shared_step(batch, "train")
+        result = self._shared_step(batch, "train")
+        return result[0] if result else None
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._shared_step(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        """Per-image probabilities, targets and dataset indices, for callbacks (see ``artifacts.py``)."""
+        result = self._shared_step(batch, "test")
+        if result is None:
+            return None
+        return {"probs": result[1].detach().softmax(dim=-1), "target": batch["target"], "index": batch["index"]}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self(batch["image"]).softmax(dim=-1)

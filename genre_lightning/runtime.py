@@ -49,7 +49,11 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     callbacks = instantiate_all(cfg.get("callbacks"))
     finetune = cfg.get("finetune")
     if finetune and "_target_" in finetune:
-        callbacks.append(instantiate(finetune))
+        # First, so a param group it adds at an epoch start is already there when LearningRateMonitor logs.
+        callbacks.insert(0, instantiate(finetune))
+    artifacts = cfg.get("artifacts")
+    if artifacts and "_target_" in artifacts:
+        callbacks.append(instantiate(artifacts))
     return callbacks
 
 
