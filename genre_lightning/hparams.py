@@ -17,18 +17,24 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
-# Config groups that say where things go, not how the model was trained.
+# Config keys that say where things go, not how the model was trained.
 NOT_HYPERPARAMETERS = ("paths", "logger", "callbacks", "artifacts", "print_config")
+NOT_HYPERPARAMETERS_FLAT = ("data.output_dir", "trainer.default_root_dir")
 # The metrics shown in the tab, when the run logged them.
 HPARAM_METRICS = ("val/acc", "val/f1_macro", "val/loss", "test/acc", "test/f1_macro", "test/acc_top2", "test/ece")
 
 
 def flat_params(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as ``{"model.optimizer.lr": 0.001, ...}``; lists and None as text."""
+    """The resolved config as ``{"model.optimizer.lr": 0.001, ...}``; lists, None and booleans as text
+    (TensorBoard would show a boolean as 0.0/1.0)."""
     container = OmegaConf.to_container(cfg, resolve=True)
     kept = {k: v for k, v in container.items() if k not in NOT_HYPERPARAMETERS}
     flat = pd.json_normalize(kept, sep=".").iloc[0].to_dict() if kept else {}
-    return {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in flat.items()}
+    return {
+        k: v if isinstance(v, int | float | str) and not isinstance(v, bool) else str(v)
+        for k, v in flat.items()
+        if k not in NOT_HYPERPARAMETERS_FLAT
+    }
 
 
 @rank_zero_only
