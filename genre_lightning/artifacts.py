@@ -177,7 +177,7 @@ class TestArtifacts(Callback):
         images, captions = [], []
         for row in mistakes.itertuples():
             images.append(_thumbnail(row.file_path))
-            captions.append(f"True: {row.label} /\nPred: {row.top1} ({row.p_top1:.2f})\n{_short(row.file_path)}")
+            captions.append(f"True: {row.label} /\nPred: {row.top1} ({row.p_top1:.3f})\n{_short(row.file_path)}")
         title = f"Most confident mistakes, {split} split: {len(images)} of {total_wrong} shown"
         return figures.image_grid(images, captions, title, columns=self.columns, caption_color="#b00020")
 

@@ -26,11 +26,13 @@ from rich.console import Console
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from genre_lightning import artifacts as artifacts_module
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.data.imageio import read_rgb
 from genre_lightning.evaluate import evaluate
 from genre_lightning.figures import to_display
 from genre_lightning.results import Predictions, calibration_bins, per_class_table
+from genre_lightning.runtime import build_callbacks
 from tests.conftest import FAST, compose_config, run_cli
 
 CLASSES = ["Action", "Comedy", "Horror", "Romance"]
@@ -305,3 +307,14 @@ def test_under_ddp_rank_zero_gathers_every_test_image_exactly_once(tiny_run: Pat
     ours, theirs = predictions_of(run), predictions_of(tiny_run)
     assert list(ours["file_path"]) == list(theirs["file_path"])
     np.testing.assert_allclose(ours.filter(like="p_").to_numpy(), theirs.filter(like="p_").to_numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("config_name", ["train", "eval"])
+def test_the_artifacts_group_turns_the_callback_on_and_off(config_name: str, tmp_path: Path):
+    def artifacts(*overrides: str) -> list:
+        callbacks = build_callbacks(compose_config(config_name, list(overrides), tmp_path))
+        return [c for c in callbacks if isinstance(c, artifacts_module.TestArtifacts)]
+
+    (default,) = artifacts("artifacts.max_mistakes=5")
+    assert default.output_dir == tmp_path and default.max_mistakes == 5
+    assert artifacts("artifacts=none") == []
