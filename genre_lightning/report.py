@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import OmegaConf
+import yaml
 
 from genre_lightning.errors import ConfigError, exit_on_user_error
 
@@ -49,7 +49,8 @@ def collect_jobs(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
     rows, unfinished = [], []
     for overrides_file in sorted(folder.rglob(".hydra/overrides.yaml")):
         job = overrides_file.parent.parent
-        overrides = dict(parse_override(str(o)) for o in OmegaConf.load(overrides_file))
+        # Plain YAML: the override strings as typed, never resolved (they may hold ${...} interpolations).
+        overrides = dict(parse_override(str(o)) for o in yaml.safe_load(overrides_file.read_text()) or [])
         metrics_file = job / "metrics.json"
         if not metrics_file.is_file():
             unfinished.append(job)
