@@ -12,9 +12,11 @@ from omegaconf import DictConfig
 
 from genre_lightning.data.annotations import ANNOTATIONS_FILE
 from genre_lightning.errors import ConfigError, exit_on_user_error
+from genre_lightning.hparams import log_hparams_with_metrics
 from genre_lightning.model import GenreClassifier
 from genre_lightning.runtime import (
     CONFIG_DIR,
+    build_callbacks,
     build_loggers,
     images_skipped_during_run,
     show_and_save_config,
@@ -47,7 +49,7 @@ def evaluate(cfg: DictConfig) -> dict:
     split_file = split_file_for(cfg.ckpt_path, cfg.data.get("split_file"))
     datamodule = instantiate(cfg.data, classes=model.classes, split_file=split_file, test_split=cfg.split)
     datamodule.set_data_config(model.data_config)
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg), callbacks=[])
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg), callbacks=build_callbacks(cfg))
     metrics = to_python(trainer.test(model, datamodule=datamodule)[0])
     results = {
         "test": metrics,
@@ -56,6 +58,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "split_file": split_file,
         "skipped_during_run": images_skipped_during_run(model.failed_items, datamodule),
     }
+    log_hparams_with_metrics(trainer.loggers, cfg, metrics)
     write_json(output_dir / "metrics.json", results)
     log.info("Run folder: %s", output_dir)
     return results

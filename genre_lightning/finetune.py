@@ -113,7 +113,7 @@ class GradualUnfreeze(BaseFinetuning):
             index = self.unfrozen_chunks
             lr = optimizer.param_groups[0]["lr"] * self.backbone_lr_scale * self.lr_decay**index
             self._set_trainable(index + 1)
-            self._add_param_group(pl_module.trainer, optimizer, chunks[index], lr)
+            self._add_param_group(pl_module.trainer, optimizer, chunks[index], lr, name=f"backbone{index + 1}")
             self.unfrozen_chunks += 1
             rank_zero_info(
                 f"Epoch {epoch}: unfroze backbone chunk {index + 1}/{len(chunks)} "
@@ -121,12 +121,14 @@ class GradualUnfreeze(BaseFinetuning):
             )
 
     @staticmethod
-    def _add_param_group(trainer: Trainer, optimizer: Optimizer, params: list[nn.Parameter], lr: float) -> None:
+    def _add_param_group(
+        trainer: Trainer, optimizer: Optimizer, params: list[nn.Parameter], lr: float, name: str
+    ) -> None:
         present = {id(p) for group in optimizer.param_groups for p in group["params"]}
         new = [p for p in params if id(p) not in present]
         if not new:
             return
-        optimizer.add_param_group({"params": new, "lr": lr, "initial_lr": lr})
+        optimizer.add_param_group({"params": new, "lr": lr, "initial_lr": lr, "name": name})
         # LR schedulers keep one base LR per group; without this the new group is not scheduled.
         for config in trainer.lr_scheduler_configs:
             if config.scheduler.optimizer is optimizer:
@@ -146,6 +148,10 @@ class GradualUnfreeze(BaseFinetuning):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
+        # Named groups give LearningRateMonitor stable tags (lr-AdamW/head, lr-AdamW/backbone1, ...):
+        # without names the head's curve would move from lr-AdamW to lr-AdamW/pg1 at the first milestone.
+        for optimizer in trainer.optimizers:
+            optimizer.param_groups[0].setdefault("name", "head")
         # The model is wrapped by now: these are the parameters DDP itself all-reduces.
         self._ddp_registered = {id(p) for p in pl_module.parameters() if p.requires_grad}
 

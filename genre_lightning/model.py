@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import ClasswiseWrapper, MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
+    MulticlassCalibrationError,
     MulticlassF1Score,
     MulticlassPrecision,
     MulticlassRecall,
@@ -28,6 +29,8 @@ from genre_lightning.feature_cache import FeatureStore, backbone_is_frozen
 log = logging.getLogger(__name__)
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.01}
+# Bins of the expected calibration error (torchmetrics' default); the reliability diagram uses the same.
+ECE_BINS = 15
 
 
 def to_plain(value: Any) -> Any:
@@ -110,6 +113,9 @@ class GenreClassifier(LightningModule):
         }
         if per_class:
             metrics["acc_top2"] = MulticlassAccuracy(n, top_k=min(2, n), average="micro")
+            metrics["precision_macro"] = MulticlassPrecision(n, average="macro")
+            metrics["recall_macro"] = MulticlassRecall(n, average="macro")
+            metrics["ece"] = MulticlassCalibrationError(n, n_bins=ECE_BINS, norm="l1")
             for name, metric in (
                 ("precision", MulticlassPrecision),
                 ("recall", MulticlassRecall),
@@ -182,14 +188,18 @@ class GenreClassifier(LightningModule):
             ):
                 module.eval()
 
-    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor | None:
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(loss, logits) of a batch, with the stage's metrics updated; None for an evaluation batch
+        without images."""
         split = self._split_of(stage)
         self.failed_items.extend((split, index, reason) for index, reason in batch["failed"])
         targets = batch["target"]
         if targets.numel() == 0:
+            if stage != "train":
+                return None
             # Every image of this batch failed to decode. A zero loss that touches every trainable
             # parameter keeps DDP ranks in step (a skipped step on one rank would hang the others).
-            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0 if stage == "train" else None
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0, None
         logits = self._logits(batch, stage)
         loss = self.criterion(logits, targets)
         self._stage_metrics(stage).update(logits, targets)
@@ -206,7 +216,7 @@ class GenreClassifier(LightningModule):
             batch_size=targets.numel(),
             sync_dist=not on_step,
         )
-        return loss
+        return loss, logits
 
     def _split_of(self, stage: str) -> str:
         """The data split a loop reads (genre-eval can point the test loop at another split)."""
@@ -232,14 +242,18 @@ class GenreClassifier(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        return self._shared_step(batch, "train")
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")[0]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._shared_step(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        """Per-image probabilities, targets and dataset indices, for callbacks (see ``artifacts.py``)."""
+        result = self._shared_step(batch, "test")
+        if result is None:
+            return None
+        return {"probs": result[1].detach().softmax(dim=-1), "target": batch["target"], "index": batch["index"]}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self(batch["image"]).softmax(dim=-1)

@@ -15,8 +15,9 @@ from tqdm import tqdm
 from genre_lightning.csvio import write_csv
 from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
 from genre_lightning.data.scan import IMAGE_EXTENSIONS, walk_files
-from genre_lightning.errors import ConfigError, exit_on_user_error
+from genre_lightning.errors import ConfigError, UserFacingError, exit_on_user_error
 from genre_lightning.model import GenreClassifier
+from genre_lightning.results import probability_frame
 from genre_lightning.runtime import CONFIG_DIR
 
 log = logging.getLogger(__name__)
@@ -56,20 +57,14 @@ def predict_files(
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_posters)
     probabilities = torch.full((len(paths), len(model.classes)), float("nan"))
     errors = [""] * len(paths)
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+    with torch.inference_mode(), tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
+        for batch in loader:
             for index, reason in batch["failed"]:
                 errors[index] = reason
             if batch["index"].numel():
                 probabilities[batch["index"]] = model(batch["image"].to(device)).softmax(dim=-1).float().cpu()
-    frame = pd.DataFrame({"file_path": paths})
-    best = probabilities.nan_to_num(-1).argmax(dim=1)
-    frame["top1"] = [model.classes[i] if not err else "" for i, err in zip(best.tolist(), errors, strict=True)]
-    frame["p_top1"] = probabilities.max(dim=1).values.numpy()
-    for column, name in enumerate(model.classes):
-        frame[f"p_{name}"] = probabilities[:, column].numpy()
-    frame["error"] = errors
-    return frame
+            bar.update(batch["index"].numel() + len(batch["failed"]))
+    return probability_frame(paths, probabilities, model.classes, errors)
 
 
 def format_top_k(row: pd.Series, classes: list[str], k: int) -> str:
@@ -90,15 +85,19 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         model, paths, cfg.batch_size, cfg.num_workers, resolve_device(cfg.device), progress=not single
     )
     if single:
+        if frame.iloc[0]["error"]:
+            raise UserFacingError(f"cannot predict {cfg.input}: {frame.iloc[0]['error']}")
         print(format_top_k(frame.iloc[0], model.classes, cfg.top_k))
     else:
         output_csv = Path(cfg.output_csv or Path(cfg.paths.output_dir) / "predictions.csv")
         output_csv.parent.mkdir(parents=True, exist_ok=True)
         write_csv(frame, output_csv)
         failed = int((frame["error"] != "").sum())
+        others = sum(1 for p in walk_files(cfg.input) if p.suffix.lower() not in IMAGE_EXTENSIONS)
         print(
             f"Wrote {len(frame)} predictions to {output_csv}"
             + (f" ({failed} unreadable, see 'error')" if failed else "")
+            + (f"; {others} files without an image extension were not read" if others else "")
         )
     return frame
 

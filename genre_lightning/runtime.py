@@ -61,10 +61,14 @@ def instantiate_all(group: Mapping[str, Any] | None) -> list[Any]:
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
     """The fine-tuning callback first: at each epoch start it decides what trains, and the
-    callbacks after it (the feature cache, ...) see that decision."""
+    callbacks after it (the feature cache, LearningRateMonitor for a new param group) see that."""
     finetune = cfg.get("finetune")
     callbacks = [instantiate(finetune)] if finetune and "_target_" in finetune else []
-    return callbacks + instantiate_all(cfg.get("callbacks"))
+    callbacks += instantiate_all(cfg.get("callbacks"))
+    artifacts = cfg.get("artifacts")
+    if artifacts and "_target_" in artifacts:
+        callbacks.append(instantiate(artifacts))
+    return callbacks
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, open_dict
 from genre_lightning.data.annotations import ANNOTATIONS_FILE
 from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.errors import ConfigError, exit_on_user_error
+from genre_lightning.hparams import log_hparams_with_metrics
 from genre_lightning.model import GenreClassifier
 from genre_lightning.runtime import (
     CONFIG_DIR,
@@ -80,6 +81,7 @@ def train(cfg: DictConfig) -> float | None:
         results["test"] = to_python(test_metrics)
         results["test_ckpt_path"] = best_path or None
     results["skipped_during_run"] = images_skipped_during_run(model.failed_items, datamodule)
+    log_hparams_with_metrics(trainer.loggers, cfg, {**results["final_val"], **results.get("test", {})})
     write_json(output_dir / "metrics.json", results)
     rank_zero_info(f"Run folder: {output_dir}")
 

@@ -47,3 +47,24 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) 
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(poster_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short real run, shared by the results and export tests: 2 epochs of 3 batches, the backbone
+    unfrozen at epoch 1 (so there are two LR param groups), then tested. Returns its run folder."""
+    from genre_lightning.train import train
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    train(
+        train_config(
+            poster_root,
+            run,
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=3",
+            "data.batch_size=16",
+            "finetune=head_then_all",
+            "finetune.milestones=[1]",
+        )
+    )
+    return run

@@ -1,0 +1,226 @@
+"""TestArtifacts: after ``trainer.test`` (genre-train and genre-eval), write what a person reads.
+
+The model's ``test_step`` returns each image's probabilities, target and dataset index; this
+callback collects them on every rank, gathers them on global rank 0 (DDP shards the test set
+without repeats), and writes into the run folder:
+
+* ``test_predictions.csv``: one row per test image (file, true label, top-1, probabilities);
+* ``confusion_matrix.csv``: counts, rows = true genre, columns = predicted genre;
+* ``figures/``: confusion matrix, most confident mistakes, training samples after the
+  transforms, predicted-vs-true distribution, reliability diagram (also TensorBoard images);
+* a per-class table on the console.
+
+The metrics themselves (per-class, macro, top-2, ECE) are torchmetrics in the model and land in
+``metrics.json`` through ``trainer.test``; the table prints those same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import rich
+import torch
+import torch.distributed as dist
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+
+from genre_lightning import figures
+from genre_lightning.data.imageio import UnreadableImage, read_rgb
+from genre_lightning.model import ECE_BINS
+from genre_lightning.results import Predictions, calibration_bins, per_class_table
+from genre_lightning.runtime import to_python
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = "test_predictions.csv"
+CONFUSION_FILE = "confusion_matrix.csv"
+FIGURES_DIR = "figures"
+THUMBNAIL = 256  # longest side, in pixels, of a poster shown in the mistakes grid
+
+
+class TestArtifacts(Callback):
+    """Collect per-image test predictions and write tables and figures into ``output_dir``.
+
+    Args:
+        output_dir: the run folder.
+        max_mistakes: how many misclassified posters the mistakes grid shows (most confident first).
+        samples_per_class: training samples per genre in the training-samples grid.
+        columns: images per row in the mistakes grid.
+        print_table: print the per-class table on the console.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        max_mistakes: int = 24,
+        samples_per_class: int = 4,
+        columns: int = 6,
+        print_table: bool = True,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.max_mistakes = max_mistakes
+        self.samples_per_class = samples_per_class
+        self.columns = columns
+        self.print_table = print_table
+        self._parts: dict[str, list[torch.Tensor]] = {}
+        self.written: dict[str, Path] = {}
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._parts = {"probs": [], "target": [], "index": []}
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not isinstance(outputs, dict) or "probs" not in outputs:
+            return  # a batch whose images all failed to decode
+        for key in self._parts:
+            self._parts[key].append(outputs[key].detach().float().cpu() if key == "probs" else outputs[key].cpu())
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        predictions = self._gather(trainer, pl_module)
+        if not trainer.is_global_zero:
+            return
+        if predictions is None or not len(predictions.targets):
+            log.warning("No test predictions were collected: no tables or figures written")
+            return
+        self.written = self._write(trainer, pl_module, predictions)
+        log.info("Test artifacts: %s", ", ".join(str(p.relative_to(self.output_dir)) for p in self.written.values()))
+
+    def _gather(self, trainer: Trainer, pl_module: LightningModule) -> Predictions | None:
+        """Every rank's predictions on global rank 0, in dataset order (None on the other ranks)."""
+        classes = list(pl_module.classes)
+        local = {
+            key: torch.cat(parts) if parts else torch.empty((0, len(classes)) if key == "probs" else 0)
+            for key, parts in self._parts.items()
+        }
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            # Ranks hold different numbers of images; all_gather_object handles the uneven sizes.
+            gathered: list[dict[str, torch.Tensor] | None] = [None] * trainer.world_size
+            dist.all_gather_object(gathered, local)
+            parts = [p for p in gathered if p is not None]
+        else:
+            parts = [local]
+        if not trainer.is_global_zero:
+            return None
+        index = torch.cat([p["index"] for p in parts]).long()
+        probs = torch.cat([p["probs"] for p in parts])
+        target = torch.cat([p["target"] for p in parts]).long()
+        # Dataset order; an index seen twice (a sampler that pads shards) counts once.
+        unique, first = np.unique(index.numpy(), return_index=True)
+        order = torch.from_numpy(first)
+        dataset = _test_dataset(trainer)
+        paths = [dataset.paths[i] for i in unique.tolist()] if dataset is not None else [str(i) for i in unique]
+        return Predictions(probs[order], target[order], paths, classes)
+
+    def _write(self, trainer: Trainer, pl_module: LightningModule, predictions: Predictions) -> dict[str, Path]:
+        out, classes = self.output_dir, predictions.classes
+        out.mkdir(parents=True, exist_ok=True)
+        written: dict[str, Path] = {}
+        split = getattr(trainer.datamodule, "test_split", "test")
+
+        predictions.frame().to_csv(out / PREDICTIONS_FILE, index=False)
+        written["predictions"] = out / PREDICTIONS_FILE
+        matrix = predictions.confusion_matrix()
+        confusion = pd.DataFrame(matrix, index=pd.Index(classes, name="true\\predicted"), columns=classes)
+        confusion.to_csv(out / CONFUSION_FILE)
+        written["confusion_csv"] = out / CONFUSION_FILE
+
+        metrics = to_python({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        support = matrix.sum(axis=1).tolist()
+        if self.print_table:
+            rich.print(per_class_table(metrics, classes, support))
+
+        figures_to_write: dict[str, tuple[str, Figure]] = {
+            "confusion_matrix": (
+                "test/confusion_matrix",
+                figures.confusion_matrix_figure(matrix, classes, f"Confusion matrix, {split} split"),
+            ),
+            "mistakes": ("test/mistakes", self._mistakes_figure(predictions, split)),
+            "genre_distribution": (
+                "test/genre_distribution",
+                figures.distribution_figure(support, matrix.sum(axis=0).tolist(), classes),
+            ),
+            "reliability": (
+                "test/reliability",
+                figures.reliability_figure(
+                    calibration_bins(predictions.probs, predictions.targets, ECE_BINS), metrics.get("test/ece")
+                ),
+            ),
+        }
+        samples = self._train_samples_figure(trainer, pl_module)
+        if samples is not None:
+            figures_to_write["train_samples"] = ("train/samples", samples)
+        tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        for name, (tag, figure) in figures_to_write.items():
+            written[name] = figures.save_png(figure, out / FIGURES_DIR / f"{name}.png")
+            for logger in tensorboards:
+                logger.experiment.add_figure(tag, figure, global_step=trainer.global_step, close=False)
+        for logger in tensorboards:
+            logger.experiment.flush()
+        return written
+
+    def _mistakes_figure(self, predictions: Predictions, split: str) -> Figure:
+        mistakes = predictions.most_confident_mistakes(self.max_mistakes)
+        total_wrong = int((predictions.preds != predictions.targets).sum())
+        images, captions = [], []
+        for row in mistakes.itertuples():
+            images.append(_thumbnail(row.file_path))
+            captions.append(f"True: {row.label} /\nPred: {row.top1} ({row.p_top1:.3f})\n{_short(row.file_path)}")
+        title = f"Most confident mistakes, {split} split: {len(images)} of {total_wrong} shown"
+        return figures.image_grid(images, captions, title, columns=self.columns, caption_color="#b00020")
+
+    def _train_samples_figure(self, trainer: Trainer, pl_module: LightningModule) -> Figure | None:
+        """``samples_per_class`` training images per genre, through the training transform, one row per genre."""
+        datasets = getattr(trainer.datamodule, "datasets", {}) or {}
+        dataset = datasets.get("train")
+        if dataset is None or len(dataset) == 0 or self.samples_per_class < 1:
+            return None
+        classes = list(pl_module.classes)
+        mean, std = pl_module.data_config["mean"], pl_module.data_config["std"]
+        targets = np.asarray(dataset.targets)
+        rng = np.random.default_rng(0)
+        images, captions = [], []
+        for label, name in enumerate(classes):
+            members = np.flatnonzero(targets == label)
+            for index in rng.permutation(members)[: self.samples_per_class].tolist():
+                item = dataset[index]
+                if not isinstance(item, dict):
+                    continue  # unreadable file: the data report lists it
+                images.append(figures.to_display(item["image"], mean, std))
+                captions.append(f"{name}\n{_short(dataset.paths[index])}")
+        columns = self.samples_per_class
+        title = "Training samples after the training transform (de-normalised)"
+        return figures.image_grid(images, captions, title, columns=columns)
+
+
+def _test_dataset(trainer: Trainer) -> Any:
+    loaders = trainer.test_dataloaders
+    loader = loaders[0] if isinstance(loaders, Sequence) else loaders
+    dataset = getattr(loader, "dataset", None)
+    return dataset if hasattr(dataset, "paths") else None
+
+
+def _thumbnail(path: str) -> np.ndarray:
+    try:
+        image = read_rgb(path)
+    except UnreadableImage:
+        return np.ones((THUMBNAIL, THUMBNAIL, 3))
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    return np.asarray(image)
+
+
+def _short(path: str, width: int = 28) -> str:
+    name = Path(path).name
+    return name if len(name) <= width else name[: width - 3] + "..."

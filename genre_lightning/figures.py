@@ -1,0 +1,126 @@
+"""Plotting only: each function turns numbers or images into a matplotlib ``Figure`` of a fixed size.
+
+Figures are built with the object-oriented API (no pyplot state, no display needed) and
+saved at ``DPI``, so a figure of ``figsize`` (w, h) inches is a ``w*DPI x h*DPI`` PNG.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay
+
+DPI = 100
+CONFUSION_SIZE = (11.0, 5.0)
+DISTRIBUTION_SIZE = (7.0, 4.5)
+RELIABILITY_SIZE = (6.0, 7.0)
+GRID_CELL = (2.2, 3.0)  # inches per image, caption included
+GRID_TITLE = 0.5  # inches above the grid for its title
+
+
+def save_png(figure: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI)
+    return path
+
+
+def confusion_matrix_figure(matrix: np.ndarray, classes: Sequence[str], title: str = "") -> Figure:
+    """Counts (left) and row-normalised fractions (right): rows are the true genre."""
+    figure = Figure(figsize=CONFUSION_SIZE, layout="constrained")
+    counts_ax, normalised_ax = figure.subplots(1, 2)
+    totals = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+    for ax, values, fmt, name in (
+        (counts_ax, matrix, "d", "counts"),
+        (normalised_ax, normalised, ".2f", "row-normalised (recall on the diagonal)"),
+    ):
+        display = ConfusionMatrixDisplay(values, display_labels=list(classes))
+        display.plot(ax=ax, values_format=fmt, cmap="Blues", colorbar=False)
+        ax.set_title(name)
+        ax.set_xlabel("predicted genre")
+        ax.set_ylabel("true genre")
+    figure.suptitle(f"{title or 'Confusion matrix'} ({int(matrix.sum())} images)")
+    return figure
+
+
+def distribution_figure(true_counts: Sequence[int], predicted_counts: Sequence[int], classes: Sequence[str]) -> Figure:
+    """How often each genre is true and how often it is predicted, side by side."""
+    figure = Figure(figsize=DISTRIBUTION_SIZE, layout="constrained")
+    ax = figure.subplots()
+    x = np.arange(len(classes))
+    width = 0.4
+    for offset, counts, label, color in (
+        (-width / 2, true_counts, "true", "#4c72b0"),
+        (width / 2, predicted_counts, "predicted", "#dd8452"),
+    ):
+        bars = ax.bar(x + offset, counts, width, label=label, color=color)
+        ax.bar_label(bars, fontsize=8)
+    ax.set_xticks(x, list(classes))
+    ax.set_ylabel("images")
+    ax.set_title(f"Predicted vs true genre ({int(sum(true_counts))} images)")
+    ax.legend()
+    return figure
+
+
+def reliability_figure(bins: pd.DataFrame, ece: float | None) -> Figure:
+    """Accuracy against confidence per bin (top), and how many images fall in each bin (bottom)."""
+    figure = Figure(figsize=RELIABILITY_SIZE, layout="constrained")
+    top, bottom = figure.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    width = bins["upper"] - bins["lower"]
+    filled = bins["count"] > 0
+    centres = (bins["lower"] + bins["upper"]) / 2
+    top.bar(bins["lower"][filled], bins["accuracy"][filled], width[filled], align="edge", edgecolor="black",
+            color="#4c72b0", label="accuracy in the bin")  # fmt: skip
+    top.plot(centres[filled], bins["confidence"][filled], "o", color="#c44e52", label="mean confidence in the bin")
+    top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.legend(loc="upper left")
+    top.set_title("Reliability diagram" + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    bottom.bar(bins["lower"], bins["count"], width, align="edge", color="gray", edgecolor="black")
+    bottom.set_xlim(0, 1)
+    bottom.set_xlabel("confidence (top-1 probability)")
+    bottom.set_ylabel("images")
+    return figure
+
+
+def grid_shape(count: int, columns: int) -> tuple[int, int]:
+    """(rows, columns) of a grid of ``count`` images at most ``columns`` wide."""
+    columns = max(1, min(columns, count))
+    return max(1, math.ceil(count / columns)), columns
+
+
+def image_grid(
+    images: Sequence[np.ndarray],
+    captions: Sequence[str],
+    title: str,
+    columns: int = 6,
+    caption_color: str = "black",
+) -> Figure:
+    """Images (H, W, 3 arrays in [0, 1] or uint8) in a grid, each with its caption above it."""
+    rows, columns = grid_shape(len(images), columns)
+    figure = Figure(figsize=(columns * GRID_CELL[0], rows * GRID_CELL[1] + GRID_TITLE), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, image, caption in zip(axes, images, captions, strict=False):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=8, color=caption_color)
+    if not images:
+        axes[0].text(0.5, 0.5, "nothing to show", ha="center", va="center", transform=axes[0].transAxes)
+    figure.suptitle(title)
+    return figure
+
+
+def to_display(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """A normalised (3, H, W) model input back to an (H, W, 3) picture in [0, 1]."""
+    mean_t = torch.tensor(mean, dtype=image.dtype).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=image.dtype).view(-1, 1, 1)
+    return (image * std_t + mean_t).clamp(0, 1).permute(1, 2, 0).cpu().numpy()

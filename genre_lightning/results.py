@@ -1,0 +1,115 @@
+"""What a set of predictions says: the probability table, confusion matrix, calibration bins,
+the most confident mistakes, and the per-class table printed after a test. No plotting here
+(that is ``figures.py``) and no Lightning (that is ``artifacts.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.table import Table
+from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+
+def probability_frame(
+    paths: Sequence[str], probabilities: torch.Tensor, classes: Sequence[str], errors: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """``file_path, top1, p_top1, p_<class>...`` (and ``error`` when ``errors`` is given).
+
+    Rows whose probabilities are NaN (an image that could not be read) get an empty ``top1``.
+    """
+    probabilities = probabilities.float().cpu()
+    readable = ~probabilities.isnan().any(dim=1)
+    best = probabilities.nan_to_num(-1).argmax(dim=1)
+    frame = pd.DataFrame({"file_path": list(paths)})
+    frame["top1"] = [classes[i] if ok else "" for i, ok in zip(best.tolist(), readable.tolist(), strict=True)]
+    frame["p_top1"] = probabilities.max(dim=1).values.numpy()
+    for column, name in enumerate(classes):
+        frame[f"p_{name}"] = probabilities[:, column].numpy()
+    if errors is not None:
+        frame["error"] = list(errors)
+    return frame
+
+
+@dataclass
+class Predictions:
+    """Per-image test results, in dataset order: ``probs`` (N, C), ``targets`` (N,), ``paths``."""
+
+    probs: torch.Tensor
+    targets: torch.Tensor
+    paths: list[str]
+    classes: list[str]
+
+    @property
+    def preds(self) -> torch.Tensor:
+        return self.probs.argmax(dim=1)
+
+    def frame(self) -> pd.DataFrame:
+        """The probability table with the true ``label`` and ``correct`` added (test_predictions.csv)."""
+        frame = probability_frame(self.paths, self.probs, self.classes)
+        frame.insert(1, "label", [self.classes[t] for t in self.targets.tolist()])
+        frame["correct"] = frame["label"] == frame["top1"]
+        return frame
+
+    def confusion_matrix(self) -> np.ndarray:
+        """Counts, rows = true genre, columns = predicted genre (torchmetrics)."""
+        matrix = multiclass_confusion_matrix(self.preds, self.targets, num_classes=len(self.classes))
+        return matrix.numpy()
+
+    def most_confident_mistakes(self, limit: int) -> pd.DataFrame:
+        """Up to ``limit`` misclassified images, the most confident (highest ``p_top1``) first."""
+        frame = self.frame()
+        wrong = frame[~frame["correct"]]
+        return wrong.sort_values("p_top1", ascending=False, kind="stable").head(limit)
+
+
+def calibration_bins(probs: torch.Tensor, targets: torch.Tensor, n_bins: int) -> pd.DataFrame:
+    """Top-1 confidence binned on ``[0, 1]`` in ``n_bins`` equal bins, ``lower <= p < upper`` as in
+    torchmetrics: count, mean confidence and accuracy per bin (the reliability diagram).
+
+    ``sum(count * |accuracy - confidence|) / N`` over these bins is torchmetrics' ECE, except that
+    torchmetrics keeps a confidence of exactly 1.0 in a bin of its own, where we count it in the last bin.
+    """
+    confidence, predicted = probs.float().max(dim=1)
+    correct = (predicted == targets).float()
+    edges = torch.linspace(0, 1, n_bins + 1)
+    index = (torch.bucketize(confidence, edges, right=True) - 1).clamp(max=n_bins - 1)
+    count = torch.zeros(n_bins).scatter_add_(0, index, torch.ones_like(confidence))
+    conf_sum = torch.zeros(n_bins).scatter_add_(0, index, confidence)
+    acc_sum = torch.zeros(n_bins).scatter_add_(0, index, correct)
+    nonzero = count.clamp(min=1)
+    return pd.DataFrame(
+        {
+            "lower": edges[:-1].numpy(),
+            "upper": edges[1:].numpy(),
+            "count": count.numpy().astype(int),
+            "confidence": (conf_sum / nonzero).numpy(),
+            "accuracy": (acc_sum / nonzero).numpy(),
+        }
+    )
+
+
+def per_class_table(
+    metrics: Mapping[str, float], classes: Sequence[str], support: Sequence[int], prefix: str = "test/"
+) -> Table:
+    """Precision, recall, F1 and support per genre, the macro averages, then accuracy, top-2 and ECE."""
+    table = Table(title=f"{prefix.rstrip('/')} results ({sum(support)} images)", title_justify="left")
+    for column in ("genre", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "genre" else "right")
+
+    def value(key: str) -> str:
+        number = metrics.get(prefix + key)
+        return "-" if number is None else f"{number:.3f}"
+
+    for name, count in zip(classes, support, strict=True):
+        table.add_row(name, value(f"precision/{name}"), value(f"recall/{name}"), value(f"f1/{name}"), str(count))
+    table.add_section()
+    table.add_row(
+        "macro avg", value("precision_macro"), value("recall_macro"), value("f1_macro"), str(sum(support)), style="bold"
+    )
+    table.caption = f"accuracy {value('acc')}   top-2 accuracy {value('acc_top2')}   ECE {value('ece')}"
+    table.caption_justify = "left"
+    return table
