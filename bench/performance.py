@@ -279,7 +279,7 @@ class EpochLog(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self.start = time.perf_counter()
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:  # after the module has logged val/acc
         if not trainer.sanity_checking:
             self.epochs.append((time.perf_counter() - self.start, float(trainer.callback_metrics["val/acc"])))
 
