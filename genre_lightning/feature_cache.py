@@ -86,11 +86,12 @@ class FrozenFeatureCache(Callback):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._stores: dict[str, FeatureStore] = {}
 
-    def _store_for(self, trainer: Trainer, pl_module: LightningModule) -> FeatureStore:
+    def _store_for(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> FeatureStore:
         config = {
             "backbone": pl_module.hparams.backbone,
             "weights": backbone_fingerprint(pl_module),
             "data_config": {k: str(v) for k, v in sorted(pl_module.data_config.items())},
+            "flip_averaged": pl_module.flip_averaged(stage),
         }
         name = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
         if name not in self._stores:
@@ -104,7 +105,7 @@ class FrozenFeatureCache(Callback):
         if not usable:
             pl_module.feature_store = None
             return
-        store = self._store_for(trainer, pl_module)
+        store = self._store_for(trainer, pl_module, stage)
         store.stages = {stage}
         pl_module.feature_store = store
 

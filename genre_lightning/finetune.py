@@ -111,9 +111,18 @@ class GradualUnfreeze(BaseFinetuning):
             and epoch >= self.milestones[self.unfrozen_chunks]
         ):
             index = self.unfrozen_chunks
-            lr = optimizer.param_groups[0]["lr"] * self.backbone_lr_scale * self.lr_decay**index
+            head = optimizer.param_groups[0]
+            scale = self.backbone_lr_scale * self.lr_decay**index
+            lr = head["lr"] * scale
             self._set_trainable(index + 1)
-            self._add_param_group(pl_module.trainer, optimizer, chunks[index], lr, name=f"backbone{index + 1}")
+            self._add_param_group(
+                pl_module.trainer,
+                optimizer,
+                chunks[index],
+                lr,
+                base_lr=head.get("initial_lr", head["lr"]) * scale,
+                name=f"backbone{index + 1}",
+            )
             self.unfrozen_chunks += 1
             rank_zero_info(
                 f"Epoch {epoch}: unfroze backbone chunk {index + 1}/{len(chunks)} "
@@ -122,17 +131,19 @@ class GradualUnfreeze(BaseFinetuning):
 
     @staticmethod
     def _add_param_group(
-        trainer: Trainer, optimizer: Optimizer, params: list[nn.Parameter], lr: float, name: str
+        trainer: Trainer, optimizer: Optimizer, params: list[nn.Parameter], lr: float, base_lr: float, name: str
     ) -> None:
+        """Add ``params`` as a group starting at ``lr``; ``base_lr`` is its LR before any scheduling
+        (what closed-form schedulers such as warm-up + cosine scale), scaled like ``lr``."""
         present = {id(p) for group in optimizer.param_groups for p in group["params"]}
         new = [p for p in params if id(p) not in present]
         if not new:
             return
-        optimizer.add_param_group({"params": new, "lr": lr, "initial_lr": lr, "name": name})
+        optimizer.add_param_group({"params": new, "lr": lr, "initial_lr": base_lr, "name": name})
         # LR schedulers keep one base LR per group; without this the new group is not scheduled.
         for config in trainer.lr_scheduler_configs:
             if config.scheduler.optimizer is optimizer:
-                for attribute, value in (("base_lrs", lr), ("min_lrs", 0.0)):
+                for attribute, value in (("base_lrs", base_lr), ("min_lrs", 0.0)):
                     values = getattr(config.scheduler, attribute, None)
                     if isinstance(values, list) and len(values) < len(optimizer.param_groups):
                         values.append(value)

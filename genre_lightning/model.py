@@ -55,6 +55,7 @@ class GenreClassifier(LightningModule):
         drop_rate: dropout before the classifier (timm's ``drop_rate``).
         data_config: overrides of timm's data config (``input_size``, ``crop_pct``, ...); None keeps timm's.
         channels_last: run the network in channels-last memory format.
+        tta_hflip: at evaluation and prediction, average the logits of each image and its mirror image.
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class GenreClassifier(LightningModule):
         drop_rate: float = 0.0,
         data_config: Mapping[str, Any] | None = None,
         channels_last: bool = False,
+        tta_hflip: bool = False,
     ) -> None:
         super().__init__()
         classes, optimizer, scheduler, data_config = map(to_plain, (classes, optimizer, scheduler, data_config))
@@ -86,6 +88,7 @@ class GenreClassifier(LightningModule):
                 "drop_rate": drop_rate,
                 "data_config": data_config,
                 "channels_last": channels_last,
+                "tta_hflip": tta_hflip,
             }
         )
         self.classes = list(classes)
@@ -146,18 +149,31 @@ class GenreClassifier(LightningModule):
         return getattr(self, f"{stage}_metrics")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(self._memory_format(images))
+        logits = self.net(self._memory_format(images))
+        if self.hparams.tta_hflip and not self.training:
+            logits = (logits + self.net(self._memory_format(images.flip(-1)))) / 2
+        return logits
+
+    def flip_averaged(self, stage: str) -> bool:
+        """Whether this stage averages each image with its mirror image (test-time augmentation)."""
+        return bool(self.hparams.tta_hflip) and stage != "train"
 
     def _memory_format(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
 
     @torch.no_grad()
-    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features (what the classifier sees), computed in eval mode."""
+    def backbone_features(self, images: torch.Tensor, flip_average: bool = False) -> torch.Tensor:
+        """Pooled backbone features (what the classifier sees), computed in eval mode. Averaged with
+        the mirror image's features when ``flip_average`` (the classifier is linear, so this equals
+        averaging the logits)."""
         modes = [(module, module.training) for module in self.net.modules()]
         self.net.eval()
         try:
-            return self.net.forward_head(self.net.forward_features(self._memory_format(images)), pre_logits=True)
+            views = [images, images.flip(-1)] if flip_average else [images]
+            pooled = [
+                self.net.forward_head(self.net.forward_features(self._memory_format(v)), pre_logits=True) for v in views
+            ]
+            return sum(pooled) / len(pooled)
         finally:
             for module, mode in modes:
                 module.training = mode
@@ -172,7 +188,9 @@ class GenreClassifier(LightningModule):
         store = self.feature_store
         # Checked per step too: a fine-tuning callback may have unfrozen layers since the store was attached.
         if store is not None and stage in store.stages and backbone_is_frozen(self):
-            return self.classify_features(store.features(batch["key"], batch["image"], self.backbone_features))
+            flip = self.flip_averaged(stage)
+            features = store.features(batch["key"], batch["image"], lambda x: self.backbone_features(x, flip))
+            return self.classify_features(features)
         return self(batch["image"])
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler, WeightedRandomSampler
 
 from genre_lightning.data.annotations import ANNOTATIONS_FILE, prepare_annotations, read_split_file, split_digest
 from genre_lightning.data.cache import DecodedImageCache, cover_side
@@ -50,6 +51,7 @@ class PosterDataModule(LightningDataModule):
         demo: Mapping[str, Any] | None = None,
         test_split: str = "test",
         cache_dir: str | None = None,
+        balanced_sampling: bool = False,
     ) -> None:
         super().__init__()
         if not classes:
@@ -82,6 +84,7 @@ class PosterDataModule(LightningDataModule):
             raise ConfigError("split", test_split, f"one of {list(SPLITS)}")
         self.test_split = test_split  # genre-eval can evaluate the val (or train) split instead
         self.cache_dir = cache_dir  # decoded-image cache (opt-in)
+        self.balanced_sampling = balanced_sampling
         self.data_config: dict[str, Any] | None = None
         self._demo_ready = False
         self.frame: pd.DataFrame | None = None
@@ -146,9 +149,9 @@ class PosterDataModule(LightningDataModule):
                 image_cache=image_cache,
             )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset, sampler = self.datasets[split], None
-        if not shuffle and self.trainer is not None and self.trainer.world_size > 1:
+    def _loader(self, split: str, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
+        dataset = self.datasets[split]
+        if split != "train" and self.trainer is not None and self.trainer.world_size > 1:
             # Evaluation under DDP: shard without padding, so every image is counted exactly once
             # (Lightning's default DistributedSampler repeats images to even out the shards).
             sampler = UnrepeatedDistributedSampler(
@@ -167,7 +170,12 @@ class PosterDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        if not self.balanced_sampling:
+            return self._loader("train", shuffle=True)
+        # Every genre drawn equally often: each image weighted by 1 / its genre's count.
+        targets = torch.tensor(self.datasets["train"].targets)
+        weights = 1.0 / torch.bincount(targets, minlength=len(self.classes)).clamp(min=1)[targets]
+        return self._loader("train", shuffle=False, sampler=WeightedRandomSampler(weights, len(targets)))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
