@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -105,6 +106,8 @@ class CheckLauncher(HydraCallback):
 
     @exit_on_user_error
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns an exception in a callback into a warning; a ConfigError here exits (status 2).
+        HydraConfig.instance().set_config(config)  # paths in the launcher config use ${hydra:runtime.cwd}
         OmegaConf.to_container(config.hydra.launcher, resolve=True)
 
 
