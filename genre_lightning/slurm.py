@@ -118,8 +118,10 @@ class Requeued(SystemExit):
 class RequeueOnSignal(Callback):
     """On the Slurm timeout/preemption signal: save ``last.ckpt`` at a step boundary, requeue, exit.
 
-    Inert outside a Slurm batch job. Outside ``fit`` the signal goes to whoever handled it before
-    (submitit: it requeues the job, which then resumes from ``last.ckpt``).
+    The signal is acted on at the end of the current training batch, or at the end of ``fit`` if
+    it came during the last validation. Inert outside a Slurm batch job. Outside ``fit`` the
+    signal goes to whoever handled it before (submitit: it requeues the job, which then resumes
+    from ``last.ckpt``).
     """
 
     def __init__(self, signals: tuple[int, ...] | list[int] = REQUEUE_SIGNALS) -> None:
@@ -148,9 +150,16 @@ class RequeueOnSignal(Callback):
         log.info("Slurm job %s: %s will checkpoint and requeue", slurm_job_id(), "/".join(s.name for s in self.signals))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self._requeue_if_signalled(trainer)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A signal during the last validation: requeue rather than risk being killed while testing.
+        self._requeue_if_signalled(trainer)
+
+    def _requeue_if_signalled(self, trainer: Trainer) -> None:
         if not self._previous:
             return
-        # Every rank takes the same decision at the same step, whichever rank got the signal.
+        # Every rank takes the same decision at the same point, whichever rank got the signal.
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
         path = self.checkpoint_path(trainer)

@@ -72,6 +72,7 @@ def test_all_visible_gpus_cannot_be_sized_for_slurm():
         launcher("trainer=ddp").tasks_per_node  # noqa: B018 (resolving is the test); trainer=ddp means devices=-1
 
 
+@pytest.mark.slow
 def test_a_bad_launcher_value_is_one_line_before_anything_is_submitted(poster_root: Path, tmp_path: Path):
     require(HAVE_SUBMITIT_PLUGIN, NO_PLUGIN)
     done = run_cli("genre-train", "-m", "hydra/launcher=slurm", "trainer=ddp", f"data.root={poster_root}", cwd=tmp_path)
@@ -209,9 +210,11 @@ def test_preempted_ddp_job_checkpoints_requeues_and_resumes_in_its_run_folder(
             ["squeue", f"--name={job_name}", "-h", "-o", "%i"], capture_output=True, text=True
         ).stdout.strip()
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+        requeued = re.compile(r"JobState=(PENDING|RUNNING|COMPLETED).*Restarts=1", re.DOTALL)
+        wait_for(lambda: requeued.search(scontrol_job(job_id)), 120, "the job to be requeued")
         # Slurm makes a requeued batch job wait ~2 minutes before it is eligible again; let it start now.
-        wait_for(lambda: "JobState=PENDING" in scontrol_job(job_id), 120, "the job to be requeued")
-        subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+        if "Reason=BeginTime" in scontrol_job(job_id):
+            subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
         output, _ = process.communicate(timeout=400)
     finally:
         if process.poll() is None:
