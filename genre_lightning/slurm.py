@@ -2,9 +2,9 @@
 Slurm signal.
 
 Why not Lightning's own ``SLURMEnvironment(auto_requeue=True)`` handler? Under submitit (Hydra's
-Slurm launcher) it never runs: submitit installs its handler for the same signal first and
-Lightning does not replace an existing handler. And where it runs, it saves the checkpoint inside
-the signal handler, at whatever bytecode the main thread was executing: possibly in the middle of
+Slurm launcher) it never runs: it listens to USR1 while submitit asks Slurm for USR2, and set to
+USR2 it finds submitit's handler installed and keeps it. And where it runs, it saves the
+checkpoint inside the signal handler, at whatever bytecode the main thread was executing: possibly in the middle of
 an optimizer step, and under DDP with a barrier that can interleave with the gradient all-reduce
 of another rank. :class:`RequeueOnSignal` only records the signal in its handler; at the end of
 the next training batch all ranks agree (one all-reduce of a flag), save ``last.ckpt`` together,
@@ -48,7 +48,7 @@ def _devices_per_node(devices: Any) -> int:
         raise ConfigError(
             "trainer.devices",
             devices,
-            "a number of devices per node when launching on Slurm (hydra/launcher=slurm), e.g. trainer.devices=4",
+            "a number of devices per node for hydra/launcher=slurm or local (one task each), e.g. trainer.devices=4",
         )
     return count
 

@@ -78,8 +78,8 @@ def test_a_bad_launcher_value_is_one_line_before_anything_is_submitted(poster_ro
     done = run_cli("genre-train", "-m", "hydra/launcher=slurm", "trainer=ddp", f"data.root={poster_root}", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
-        "error: trainer.devices=-1 is not valid: expected a number of devices per node when launching on Slurm "
-        "(hydra/launcher=slurm), e.g. trainer.devices=4"
+        "error: trainer.devices=-1 is not valid: expected a number of devices per node for hydra/launcher=slurm "
+        "or local (one task each), e.g. trainer.devices=4"
     )
     assert not (tmp_path / "outputs").exists()  # no split made, nothing submitted
 
