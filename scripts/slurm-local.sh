@@ -126,15 +126,18 @@ wait_idle() {
 }
 
 stop_daemon() {
-    local name=$1 pidfile=$2
-    if running "$pidfile"; then
-        kill "$(cat "$pidfile")"
-        for _ in $(seq 20); do
-            running "$pidfile" || break
-            sleep 0.5
-        done
-        say "stopped $name"
-    fi
+    local name=$1 pidfile=$2 pid
+    running "$pidfile" || return 0
+    pid=$(cat "$pidfile")
+    kill "$pid"
+    for _ in $(seq 60); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            say "stopped $name"
+            return
+        fi
+        sleep 0.5
+    done
+    die "$name (pid $pid) still running 30s after SIGTERM"
 }
 
 case "${1:-}" in

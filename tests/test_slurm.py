@@ -91,10 +91,12 @@ def test_a_bad_launcher_value_is_one_line_before_anything_is_submitted(poster_ro
 def slurm() -> None:
     require(HAVE_SUBMITIT_PLUGIN, NO_PLUGIN)
     require(shutil.which("sbatch") is not None, "no Slurm here (sbatch not found): run scripts/slurm-local.sh up")
-    state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
-    up = state.returncode == 0 and re.search(r"idle|mixed|allocated", state.stdout)
-    answer = (state.stderr or state.stdout).strip()
-    require(bool(up), f"Slurm does not answer ({answer}): run scripts/slurm-local.sh up")
+    try:
+        state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+        up, answer = state.returncode == 0 and re.search(r"idle|mixed|allocated", state.stdout), state.stderr.strip()
+    except subprocess.TimeoutExpired:
+        up, answer = False, "sinfo: no answer in 15 s"
+    require(bool(up), f"Slurm is not up ({answer or 'no idle node'}): run scripts/slurm-local.sh up")
 
 
 @pytest.fixture
