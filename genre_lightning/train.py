@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning.pytorch as pl
@@ -27,8 +28,11 @@ from genre_lightning.runtime import (
     to_python,
     write_json,
 )
+from genre_lightning.slurm import RequeueOnSignal, export_submitit_local_ranks, register_resolvers
+from genre_lightning.sweep import local_ddp_job, shared_split_file
 
 log = logging.getLogger(__name__)
+register_resolvers()  # used by conf/hydra/launcher/*.yaml
 
 
 def _reuse_split_of_resumed_run(cfg: DictConfig) -> None:
@@ -45,6 +49,28 @@ def _reuse_split_of_resumed_run(cfg: DictConfig) -> None:
         log.info("Resuming: reusing the split of %s", sibling)
 
 
+def _use_shared_sweep_split(cfg: DictConfig) -> None:
+    """A multirun job compares on the sweep's one split (made by genre_lightning.sweep.SharedSplit)."""
+    shared = shared_split_file(cfg)
+    if shared:
+        with open_dict(cfg):
+            cfg.data.split_file = shared
+
+
+def _resume_in_place(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
+    """The checkpoint to resume from: ``ckpt_path``, else this run folder's own ``last.ckpt``.
+
+    A requeued Slurm job (or a rerun with ``hydra.run.dir=<run>``) continues where it stopped.
+    """
+    if cfg.ckpt_path or not cfg.get("auto_resume", True):
+        return cfg.ckpt_path
+    last = RequeueOnSignal.checkpoint_path(trainer)
+    if not last.is_file():
+        return None
+    log.info("Resuming from %s (this run folder's last checkpoint)", last)
+    return str(last)
+
+
 def build(
     cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()
 ) -> tuple[PosterDataModule, GenreClassifier, pl.Trainer]:
@@ -57,16 +83,10 @@ def build(
     return datamodule, model, trainer
 
 
-@exit_on_user_error
-def train(cfg: DictConfig) -> float | None:
-    """Fit, test the best checkpoint, write ``metrics.json``; return ``cfg.optimized_metric``."""
-    _reuse_split_of_resumed_run(cfg)
-    output_dir = Path(cfg.paths.output_dir)
-    show_and_save_config(cfg, output_dir, show=cfg.get("print_config", True))
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule, model, trainer = build(cfg)
-
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+def _fit_and_test(
+    cfg: DictConfig, datamodule: PosterDataModule, model: GenreClassifier, trainer: pl.Trainer
+) -> dict[str, Any]:
+    trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_in_place(cfg, trainer), weights_only=True)
     fit_metrics = to_python(trainer.callback_metrics)
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""
@@ -82,6 +102,22 @@ def train(cfg: DictConfig) -> float | None:
         results["test_ckpt_path"] = best_path or None
     results["skipped_during_run"] = images_skipped_during_run(model.failed_items, datamodule)
     log_hparams_with_metrics(trainer.loggers, cfg, {**results["final_val"], **results.get("test", {})})
+    return results
+
+
+@exit_on_user_error
+def train(cfg: DictConfig) -> float | None:
+    """Fit, test the best checkpoint, write ``metrics.json``; return ``cfg.optimized_metric``."""
+    _reuse_split_of_resumed_run(cfg)
+    _use_shared_sweep_split(cfg)
+    export_submitit_local_ranks()
+    output_dir = Path(cfg.paths.output_dir)
+    show_and_save_config(cfg, output_dir, show=cfg.get("print_config", True))
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule, model, trainer = build(cfg)
+
+    with local_ddp_job(cfg, output_dir, trainer.world_size):
+        results = _fit_and_test(cfg, datamodule, model, trainer)
     write_json(output_dir / "metrics.json", results)
     rank_zero_info(f"Run folder: {output_dir}")
 

@@ -26,6 +26,15 @@ FAST = [
 ]
 
 
+def require(available: bool, reason: str) -> None:
+    """Skip when something optional is missing on a developer machine; under CI=true, fail instead."""
+    if available:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: this test must run, not skip)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def poster_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic posters, 30 per genre, 48x72 JPEGs in genre folders."""

@@ -72,9 +72,10 @@ def test_finetune_options(option, tmp_path):
 @pytest.mark.parametrize("option", options("callbacks"))
 def test_callback_options(option, tmp_path):
     callbacks = build_callbacks(compose_config("train", [f"callbacks={option}", "finetune=none"], tmp_path))
-    checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
-    assert checkpoint.monitor == "val/acc" and checkpoint.save_last
-    assert Path(checkpoint.dirpath) == tmp_path / "checkpoints"
+    best, last = (c for c in callbacks if isinstance(c, ModelCheckpoint))
+    assert best.monitor == "val/acc" and best.mode == "max" and best.save_top_k == 1
+    assert last.monitor is None and last.filename == "last"  # last.ckpt after every validation
+    assert Path(best.dirpath) == Path(last.dirpath) == tmp_path / "checkpoints"
     assert any(isinstance(c, LearningRateMonitor) for c in callbacks)
 
 

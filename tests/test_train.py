@@ -46,3 +46,24 @@ def test_resume_continues_from_last_checkpoint_on_the_same_split(poster_root: Pa
     assert resumed["epoch"] == 2 and resumed["global_step"] == 3 * 3
     first_split = (tmp_path / "first" / "annotations.csv").read_text()
     assert (tmp_path / "second" / "annotations.csv").read_text() == first_split
+
+
+def test_rerun_in_the_same_run_folder_continues_from_its_last_checkpoint(poster_root: Path, tmp_path: Path):
+    """What a requeued Slurm job does: the same run folder, no ckpt_path, training goes on."""
+    train(train_config(poster_root, tmp_path, *SHORT))
+    train(train_config(poster_root, tmp_path, *SHORT, "trainer.max_epochs=3"))
+    # 2 epochs of 3 steps, then the third epoch only (not 3 more epochs from scratch).
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3 * 3
+    # auto_resume=false starts again from scratch.
+    train(train_config(poster_root, tmp_path, *SHORT, "trainer.max_epochs=1", "auto_resume=false"))
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_last_ckpt_is_the_last_epoch_even_when_val_acc_did_not_improve(poster_root: Path, tmp_path: Path):
+    # "Best" = lowest epoch: no epoch after the first improves on it.
+    best_is_first = ["callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"]
+    train(train_config(poster_root, tmp_path, *SHORT, "trainer.max_epochs=3", *best_is_first))
+    best = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name != "last.ckpt"]
+    assert len(best) == 1 and best[0].startswith("epoch00")
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 3 * 3)

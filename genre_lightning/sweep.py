@@ -1,0 +1,113 @@
+"""Multiruns: one split for the whole sweep, made once before any job starts.
+
+:class:`SharedSplit` is a Hydra callback (``hydra.callbacks`` in conf/train.yaml). Its
+``on_multirun_start`` runs once, in the process that launches the sweep (the login node under
+Slurm), before the sweeper starts any job. It runs the data module's ``prepare_data`` with the
+sweep folder as output folder: demo posters if asked for, scan, verify, split. The sweep folder
+then holds ``annotations.csv``, ``data_report.json`` and ``split_settings.json`` (the data settings
+that made the split). A job uses that split when its own split settings are the same, so
+``-m model=a,b seed=1,2,3`` compares all jobs on one test set, while ``-m data.split_seed=0,1``
+still gets one split per seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from omegaconf import DictConfig, OmegaConf, read_write
+
+from genre_lightning.data.annotations import ANNOTATIONS_FILE
+from genre_lightning.errors import exit_on_user_error
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "split_settings.json"
+# The data settings a split depends on (not batch size, workers or augmentation).
+SPLIT_KEYS = ("classes", "root", "annotations", "fractions", "split_seed", "demo")
+
+
+def split_settings(data: DictConfig) -> dict[str, Any]:
+    """The resolved settings that decide the split, comparable between the launcher and the jobs."""
+    return {key: OmegaConf.to_container(data, resolve=True).get(key) for key in SPLIT_KEYS}
+
+
+def _multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+class SharedSplit(Callback):
+    """Prepare the sweep's split once, in the sweep folder, before the jobs start."""
+
+    @exit_on_user_error
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        data = config.get("data")
+        if not data or "_target_" not in data or data.get("split_file") or config.get("ckpt_path"):
+            return  # nothing to share: an explicit split file, or a resumed checkpoint's own split
+        HydraConfig.instance().set_config(config)  # the data config's paths use ${hydra:runtime.cwd}
+        sweep_dir = Path(config.hydra.sweep.dir)
+        datamodule = instantiate(data, output_dir=str(sweep_dir))
+        datamodule.prepare_data()
+        (sweep_dir / SETTINGS_FILE).write_text(json.dumps(split_settings(data), indent=2))
+        log.info("Sweep split: %s (used by every job whose data settings match)", sweep_dir / ANNOTATIONS_FILE)
+
+
+def shared_split_file(cfg: DictConfig) -> str | None:
+    """The sweep's ``annotations.csv`` for this multirun job, or None (not a multirun, other data settings)."""
+    if not _multirun() or cfg.data.get("split_file"):
+        return None
+    sweep_dir = Path(HydraConfig.get().sweep.dir)
+    shared, settings = sweep_dir / ANNOTATIONS_FILE, sweep_dir / SETTINGS_FILE
+    if not shared.is_file() or not settings.is_file():
+        return None
+    if json.loads(settings.read_text()) != split_settings(cfg.data):
+        log.warning("This job's data settings differ from the sweep's (%s): it makes its own split", settings)
+        return None
+    return str(shared)
+
+
+@contextmanager
+def local_ddp_job(cfg: DictConfig, output_dir: Path, world_size: int) -> Iterator[None]:
+    """Run this multirun job's fit and test with local DDP processes that belong to this job.
+
+    Lightning starts local ranks > 0 by re-running the command line with ``hydra.run.dir`` set to
+    the parent's ``hydra.run.dir``. In a multirun that command line is the whole sweep
+    (``-m a=1,2``), so each child would start a sweep of its own in a new folder. Here the command
+    line becomes this job's overrides (and its split file), ``hydra.run.dir`` this job's folder.
+    Afterwards the process group and the variables Lightning exported are removed, so the next
+    job of the sweep, in this same process, starts its own processes again.
+    """
+    spawns_ranks = world_size > 1 and _multirun() and not SLURMEnvironment.detect() and "LOCAL_RANK" not in os.environ
+    if not spawns_ranks:
+        yield
+        return
+    hydra_cfg = HydraConfig.get()
+    overrides = [*hydra_cfg.overrides.task]
+    if cfg.data.get("split_file"):
+        overrides.append(f"data.split_file={cfg.data.split_file}")
+    saved_argv, saved_run_dir, saved_environ = sys.argv, hydra_cfg.run.dir, dict(os.environ)
+    sys.argv = [sys.argv[0], *overrides]
+    with read_write(hydra_cfg.run):
+        hydra_cfg.run.dir = str(output_dir)
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved_environ)
+        sys.argv = saved_argv
+        with read_write(hydra_cfg.run):
+            hydra_cfg.run.dir = saved_run_dir

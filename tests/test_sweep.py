@@ -1,0 +1,116 @@
+"""Multiruns as a user starts them (`genre-train -m ...`): one shared split, DDP jobs, Optuna search."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from tests.conftest import FAST, require, run_cli
+
+pytestmark = pytest.mark.slow
+
+TINY_JOB = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "data.batch_size=8",
+    "logger=csv",
+    "finetune=none",
+    "test=false",
+]
+
+
+def multirun(poster_root: Path, tmp_path: Path, *overrides: str) -> tuple[Path, list[Path], str]:
+    """Run ``genre-train -m`` with outputs under ``tmp_path/outputs``; the sweep folder and its job folders."""
+    done = run_cli(
+        "genre-train",
+        "-m",
+        *FAST,
+        *TINY_JOB,
+        f"data.root={poster_root}",
+        f"paths.output_root={tmp_path / 'outputs'}",
+        *overrides,
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # One multirun folder under outputs/<task>/multiruns/.
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    jobs = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    return sweep, jobs, done.stdout + done.stderr
+
+
+def test_multirun_jobs_share_one_split_made_once(poster_root: Path, tmp_path: Path):
+    sweep, jobs, _ = multirun(poster_root, tmp_path, "seed=1,2", "data.split_seed=0,5")
+    assert len(jobs) == 4
+    shared = (sweep / "annotations.csv").read_text()
+    own_splits = []
+    settings = set()
+    for job in jobs:
+        cfg = OmegaConf.load(job / "config.yaml")
+        settings.add((cfg.seed, cfg.data.split_seed))
+        assert json.loads((job / "metrics.json").read_text())["best_val"]["val/acc"] >= 0
+        split = (job / "annotations.csv").read_text()
+        report = json.loads((job / "data_report.json").read_text())
+        if cfg.data.split_seed == 0:  # the sweep's data settings: the sweep's split, copied, not made again
+            assert cfg.data.split_file == str(sweep / "annotations.csv")
+            assert report["split_file"] == str(sweep / "annotations.csv")
+            assert split == shared
+        else:  # a swept split seed: the job makes its own split
+            assert cfg.data.split_file is None and "split_file" not in report
+            own_splits.append(split)
+    assert settings == {(1, 0), (2, 0), (1, 5), (2, 5)}
+    assert own_splits[0] == own_splits[1] != shared
+
+
+def test_ddp_jobs_in_a_local_multirun_stay_in_their_job_folders(poster_root: Path, tmp_path: Path):
+    """Lightning starts rank 1 by re-running the command line: it must run this job, not the sweep."""
+    sweep, jobs, output = multirun(poster_root, tmp_path, "trainer=ddp_cpu", "seed=1,2")
+    assert [j.name for j in jobs] == ["0", "1"]
+    assert output.count("MEMBER: 2/2") == 2  # each job really ran two processes
+    # Nothing outside the sweep folder: no run folder or second sweep made by a rank-1 process.
+    outside = [p for p in (tmp_path / "outputs").rglob("*") if sweep not in (p, *p.parents)]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in outside) == ["outputs/train", "outputs/train/multiruns"]
+    assert not (tmp_path / "lightning_logs").exists()
+    for job in jobs:
+        assert sorted(p.name for p in job.iterdir()) == [
+            ".hydra",
+            "annotations.csv",
+            "checkpoints",
+            "config.yaml",
+            "csv",
+            "data_report.json",
+            "metrics.json",
+            "train.log",
+        ]
+        assert (job / "annotations.csv").read_text() == (sweep / "annotations.csv").read_text()
+
+
+def test_optuna_search_maximises_the_val_accuracy_the_jobs_return(poster_root: Path, tmp_path: Path):
+    require(
+        importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None,
+        'hydra-optuna-sweeper is not installed: pip install -e ".[optuna]"',
+    )
+    sweep, jobs, _ = multirun(
+        poster_root,
+        tmp_path,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+    )
+    assert len(jobs) == 3
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    scores = {job.name: json.loads((job / "metrics.json").read_text())["best_val"]["val/acc"] for job in jobs}
+    best_job = max(scores, key=scores.get)
+    assert results["best_value"] == pytest.approx(scores[best_job])
+    # The best parameters are the ones that job ran with, and the trials tried different ones.
+    overrides = {job.name: yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) for job in jobs}
+    for key, value in results["best_params"].items():
+        assert f"{key}={value}" in overrides[best_job]
+    lrs = {next(o for o in overrides[j] if o.startswith("model.optimizer.lr=")) for j in overrides}
+    assert len(lrs) == 3
+    # All trials are compared on the sweep's one split.
+    assert all((job / "annotations.csv").read_text() == (sweep / "annotations.csv").read_text() for job in jobs)
