@@ -46,6 +46,8 @@ def evaluate(cfg: DictConfig) -> dict:
     show_and_save_config(cfg, output_dir, show=cfg.get("print_config", True))
     pl.seed_everything(cfg.seed, workers=True)
     model = GenreClassifier.from_checkpoint(cfg.ckpt_path)
+    if cfg.get("tta_hflip") is not None:
+        model.hparams.tta_hflip = bool(cfg.tta_hflip)
     split_file = split_file_for(cfg.ckpt_path, cfg.data.get("split_file"))
     datamodule = instantiate(cfg.data, classes=model.classes, split_file=split_file, test_split=cfg.split)
     datamodule.set_data_config(model.data_config)
