@@ -143,8 +143,12 @@ def plain_net_and_transform(setup: Setup):
 
 
 def plain_train(setup: Setup, steps: int, warmup: int) -> float:
+    """The same work by hand: same files, transform, network, optimizer, batch size, loader workers
+    and memory format as genre-train's config, so the ratio is the framework's own cost."""
     seed_everything(0)
     net, transform, cfg = plain_net_and_transform(setup)
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    net = net.to(memory_format=memory_format)
     frame = setup.frame[setup.frame["split"] == "train"]
     dataset = NotebookPosters(list(frame["file_path"]), [GENRES.index(x) for x in frame["label"]], transform)
     workers = cfg.data.num_workers
@@ -156,7 +160,7 @@ def plain_train(setup: Setup, steps: int, warmup: int) -> float:
     net.train()
     ends = []
     for images, labels in loader:
-        loss = criterion(net(images), labels)
+        loss = criterion(net(images.contiguous(memory_format=memory_format)), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -204,8 +208,9 @@ def section_predict(setup: Setup, rounds: int) -> list[tuple[str, str, str]]:
         "predict: inference_mode, 0 workers": lambda: rate(model, paths, 0, channels_last=False),
         "predict: inference_mode, 1 loader worker": lambda: rate(model, paths, 1, channels_last=False),
         "predict: inference_mode, 2 loader workers": lambda: rate(model, paths, 2, channels_last=False),
-        "predict: + channels_last, 0 workers (genre-predict default)": lambda: rate(model, paths, 0),
-        "predict: + channels_last, 1 worker": lambda: rate(model, paths, 1),
+        "predict: + channels_last, 0 workers": lambda: rate(model, paths, 0, freeze=False),
+        "predict: + channels_last, 1 worker": lambda: rate(model, paths, 1, freeze=False),
+        "predict: + channels_last + frozen trace, 0 workers (genre-predict default)": lambda: rate(model, paths, 0),
         "predict: + channels_last + bf16, 0 workers (precision=bf16)": lambda: rate(model, paths, 0, bf16=True),
     }
     results = {name: [] for name in variants}
@@ -217,7 +222,7 @@ def section_predict(setup: Setup, rounds: int) -> list[tuple[str, str, str]]:
         (name, f"{statistics.median(v):.1f} img/s", f"{statistics.median(v) / base:.2f}x")
         for name, v in results.items()
     ]
-    fp32 = predict_files(model, paths, progress=False)
+    fp32 = predict_files(model, paths, progress=False, freeze=False)
     bf16 = predict_files(model, paths, progress=False, bf16=True)
     columns = [f"p_{g}" for g in GENRES]
     same = (fp32["top1"] == bf16["top1"]).mean()
@@ -226,13 +231,27 @@ def section_predict(setup: Setup, rounds: int) -> list[tuple[str, str, str]]:
     return rows
 
 
-def rate(model: GenreClassifier, paths: list[str], workers: int, channels_last: bool = True, bf16: bool = False):
+def rate(
+    model: GenreClassifier,
+    paths: list[str],
+    workers: int,
+    channels_last: bool = True,
+    bf16: bool = False,
+    freeze: bool = True,
+) -> float:
     if not channels_last:  # undo an earlier channels-last run
         model.net.to(memory_format=torch.contiguous_format)
         model.hparams.channels_last = False
     start = time.perf_counter()
     predict_files(
-        model, paths, batch_size=32, num_workers=workers, progress=False, channels_last=channels_last, bf16=bf16
+        model,
+        paths,
+        batch_size=32,
+        num_workers=workers,
+        progress=False,
+        channels_last=channels_last,
+        bf16=bf16,
+        freeze=freeze,
     )
     return len(paths) / (time.perf_counter() - start)
 

@@ -40,6 +40,17 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+class FlipAveraged(nn.Module):
+    """Test-time augmentation: logits averaged over an image and its left-right mirror image."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (self.net(images) + self.net(images.flip(-1))) / 2
+
+
 class GenreClassifier(LightningModule):
     """A timm backbone with a ``len(classes)``-way head, torchmetrics, and optimiser/scheduler from config.
 
@@ -149,10 +160,13 @@ class GenreClassifier(LightningModule):
         return getattr(self, f"{stage}_metrics")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.net(self._memory_format(images))
-        if self.hparams.tta_hflip and not self.training:
-            logits = (logits + self.net(self._memory_format(images.flip(-1)))) / 2
-        return logits
+        net = self.net if self.training else self.inference_net()
+        return net(self._memory_format(images))
+
+    def inference_net(self) -> nn.Module:
+        """The plain network that evaluation and prediction run: with flip TTA, the average of the
+        logits of each image and its mirror image."""
+        return FlipAveraged(self.net) if self.hparams.tta_hflip else self.net
 
     def flip_averaged(self, stage: str) -> bool:
         """Whether this stage averages each image with its mirror image (test-time augmentation)."""

@@ -10,6 +10,7 @@ from lightning.pytorch import seed_everything
 from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.demo import GENRES
 from genre_lightning.model import GenreClassifier
+from genre_lightning.predict import frozen_forward
 from genre_lightning.schedulers import WarmupCosineLR
 from genre_lightning.train import build
 from tests.conftest import train_config
@@ -84,3 +85,14 @@ def test_balanced_sampling_draws_genres_equally(poster_root: Path, tmp_path: Pat
         drawn.update(next(iter(dm.train_dataloader()))["target"].tolist())
     shares = [drawn[i] / sum(drawn.values()) for i in range(4)]
     assert all(abs(share - 0.25) < 0.05 for share in shares), shares
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_frozen_inference_trace_is_used_and_matches_the_model(tta: bool):
+    model = GenreClassifier("resnet10t", GENRES, tta_hflip=tta).eval()
+    images = torch.randn(3, 3, 48, 32)
+    with torch.inference_mode():
+        forward = frozen_forward(model, images)
+        assert forward is not model  # the trace was built, not the fallback
+        assert torch.allclose(forward(images), model(images), atol=1e-4)
+        assert torch.allclose(forward(images[:1]), model(images[:1]), atol=1e-4)  # any batch size

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The accuracy study behind docs/RESULTS.md, one genre-train run per line, on the real posters.
+# Variants are chosen on the validation split (test=false: the test split is not even evaluated);
+# the chosen recipe and the study's recipe then run with three seeds each, tested once.
+#   scripts/accuracy_runs.sh variants | final | study
+set -euo pipefail
+cd "$(dirname "$0")/.."
+POSTERS=${POSTERS:-../shared/data/four_genre_posters}
+WEIGHTS=${WEIGHTS:-../shared/weights}
+OUT=${OUT:-outputs/accuracy}
+
+run() {  # run NAME OVERRIDES...: one genre-train, its wall time appended to $OUT/times.tsv
+    local name=$1; shift
+    mkdir -p "$OUT"
+    local start=$(date +%s)
+    genre-train data.root="$POSTERS" trainer.enable_progress_bar=false print_config=false \
+        hydra.run.dir="$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
+    printf '%s\t%s\n' "$name" "$(( $(date +%s) - start ))" >> "$OUT/times.tsv"
+}
+
+case "${1:-}" in
+variants)
+    run v01_best_cpu            experiment=best_cpu test=false
+    run v02_bf16                experiment=best_cpu test=false trainer.precision=bf16-mixed
+    run v03_no_augment          experiment=best_cpu test=false data.augment=null
+    run v04_square_224          experiment=best_cpu test=false model.data_config.input_size=[3,224,224]
+    run v05_head_then_all       experiment=best_cpu test=false finetune=head_then_all finetune.milestones=[1] finetune.backbone_lr_scale=0.3
+    run v06_gradual             experiment=best_cpu test=false finetune=gradual finetune.milestones=[1,2,3] finetune.backbone_lr_scale=0.3 finetune.lr_decay=0.5
+    run v07_ema                 experiment=best_cpu test=false callbacks=ema
+    run v08_balanced            experiment=best_cpu test=false data.balanced_sampling=true
+    run v09_randaugment         experiment=best_cpu test=false +data.augment.auto_augment=rand-m7-mstd0.5
+    run v10_no_label_smoothing  experiment=best_cpu test=false model.label_smoothing=0
+    run v11_mobilenetv2         experiment=best_cpu test=false model=mobilenetv2_100 model.weights="$WEIGHTS/mobilenetv2_100.in1k.safetensors"
+    ;;
+final)
+    for seed in 1 2 3; do run best_cpu_seed$seed experiment=best_cpu seed=$seed; done
+    ;;
+study)
+    for seed in 1 2 3; do
+        run study_lite0_seed$seed experiment=seed_efficientnet_b0 seed=$seed model.backbone=tf_efficientnet_lite0 \
+            model.weights="$WEIGHTS/tf_efficientnet_lite0.in1k.safetensors" model.channels_last=true
+    done
+    ;;
+*)
+    echo "usage: $0 variants|final|study" >&2; exit 2 ;;
+esac
