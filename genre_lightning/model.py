@@ -166,7 +166,7 @@ class GenreClassifier(LightningModule):
     def inference_net(self) -> nn.Module:
         """The plain network that evaluation and prediction run: with flip TTA, the average of the
         logits of each image and its mirror image."""
-        return FlipAveraged(self.net) if self.hparams.tta_hflip else self.net
+        return FlipAveraged(self.net).train(self.training) if self.hparams.tta_hflip else self.net
 
     def flip_averaged(self, stage: str) -> bool:
         """Whether this stage averages each image with its mirror image (test-time augmentation)."""
