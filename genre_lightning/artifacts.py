@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 
 from genre_lightning import figures
 from genre_lightning.data.imageio import UnreadableImage, read_rgb
-from genre_lightning.model import ECE_BINS
+from genre_lightning.metrics import ECE_BINS
 from genre_lightning.results import Predictions, calibration_bins, per_class_table
 from genre_lightning.runtime import to_python
 

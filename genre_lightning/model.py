@@ -13,24 +13,17 @@ import torch.nn as nn
 from hydra.utils import instantiate
 from lightning.pytorch import LightningModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torchmetrics import ClasswiseWrapper, MeanMetric, MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassCalibrationError,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
+from torchmetrics import MeanMetric, MetricCollection
 
 from genre_lightning.backbone import create_backbone, resolve_data_config
 from genre_lightning.errors import ConfigError
 from genre_lightning.feature_cache import FeatureStore, backbone_is_frozen
+from genre_lightning.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.01}
 # Bins of the expected calibration error (torchmetrics' default); the reliability diagram uses the same.
-ECE_BINS = 15
 
 
 def to_plain(value: Any) -> Any:
@@ -108,9 +101,9 @@ class GenreClassifier(LightningModule):
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.train_metrics = self._metrics("train/")
-        self.val_metrics = self._metrics("val/")
-        self.test_metrics = self._metrics("test/", per_class=True)
+        self.train_metrics = classification_metrics(self.classes, "train/")
+        self.val_metrics = classification_metrics(self.classes, "val/")
+        self.test_metrics = classification_metrics(self.classes, "test/", detailed=True)
         # Accuracy where any genre of a multi-genre item counts (duplicate policy multi_genre).
         self.val_acc_multi_genre = MeanMetric()
         self.test_acc_multi_genre = MeanMetric()
@@ -118,25 +111,6 @@ class GenreClassifier(LightningModule):
         self.feature_store: FeatureStore | None = None
         # Images that failed to decode during the run: (split, dataset index, reason).
         self.failed_items: list[tuple[str, int, str]] = []
-
-    def _metrics(self, prefix: str, per_class: bool = False) -> MetricCollection:
-        n = len(self.classes)
-        metrics: dict[str, Any] = {
-            "acc": MulticlassAccuracy(n, average="micro"),
-            "f1_macro": MulticlassF1Score(n, average="macro"),
-        }
-        if per_class:
-            metrics["acc_top2"] = MulticlassAccuracy(n, top_k=min(2, n), average="micro")
-            metrics["precision_macro"] = MulticlassPrecision(n, average="macro")
-            metrics["recall_macro"] = MulticlassRecall(n, average="macro")
-            metrics["ece"] = MulticlassCalibrationError(n, n_bins=ECE_BINS, norm="l1")
-            for name, metric in (
-                ("precision", MulticlassPrecision),
-                ("recall", MulticlassRecall),
-                ("f1", MulticlassF1Score),
-            ):
-                metrics[name] = ClasswiseWrapper(metric(n, average=None), labels=self.classes, prefix=f"{name}/")
-        return MetricCollection(metrics, prefix=prefix)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GenreClassifier:

@@ -11,6 +11,7 @@ OUT=${OUT:-outputs/accuracy}
 
 run() {  # run NAME OVERRIDES...: one genre-train, its wall time appended to $OUT/times.tsv
     local name=$1; shift
+    [ -f "$OUT/$name/metrics.json" ] && return 0  # done already: the list can be re-run after a stop
     mkdir -p "$OUT"
     local start=$(date +%s)
     genre-train data.root="$POSTERS" trainer.enable_progress_bar=false print_config=false \
@@ -20,17 +21,20 @@ run() {  # run NAME OVERRIDES...: one genre-train, its wall time appended to $OU
 
 case "${1:-}" in
 variants)
-    run v01_best_cpu            experiment=best_cpu test=false
-    run v02_bf16                experiment=best_cpu test=false trainer.precision=bf16-mixed
-    run v03_no_augment          experiment=best_cpu test=false data.augment=null
-    run v04_square_224          experiment=best_cpu test=false model.data_config.input_size=[3,224,224]
-    run v05_head_then_all       experiment=best_cpu test=false finetune=head_then_all finetune.milestones=[1] finetune.backbone_lr_scale=0.3
-    run v06_gradual             experiment=best_cpu test=false finetune=gradual finetune.milestones=[1,2,3] finetune.backbone_lr_scale=0.3 finetune.lr_decay=0.5
+    # Round 1: every layer at lr 1e-3 from the start (then best_cpu), in float32 and bf16.
+    run v01_full_finetune       experiment=best_cpu test=false finetune=none trainer.max_epochs=15
+    run v02_full_finetune_bf16  experiment=best_cpu test=false finetune=none trainer.max_epochs=15 trainer.precision=bf16-mixed
+    # Round 2: best_cpu (head first, then the backbone at 0.1x the LR), one change at a time.
+    run v03_best_cpu            experiment=best_cpu test=false
+    run v04_gradual             experiment=best_cpu test=false finetune=gradual finetune.milestones=[1,3,5] finetune.backbone_lr_scale=0.1 finetune.lr_decay=0.5
+    run v05_randaugment         experiment=best_cpu test=false +data.augment.auto_augment=rand-m7-mstd0.5
+    run v06_384x256             experiment=best_cpu test=false model.data_config.input_size=[3,384,256]
     run v07_ema                 experiment=best_cpu test=false callbacks=ema
-    run v08_balanced            experiment=best_cpu test=false data.balanced_sampling=true
-    run v09_randaugment         experiment=best_cpu test=false +data.augment.auto_augment=rand-m7-mstd0.5
-    run v10_no_label_smoothing  experiment=best_cpu test=false model.label_smoothing=0
-    run v11_mobilenetv2         experiment=best_cpu test=false model=mobilenetv2_100 model.weights="$WEIGHTS/mobilenetv2_100.in1k.safetensors"
+    run v08_no_augment          experiment=best_cpu test=false data.augment=null
+    run v09_square_224          experiment=best_cpu test=false model.data_config.input_size=[3,224,224]
+    run v10_balanced            experiment=best_cpu test=false data.balanced_sampling=true
+    run v11_no_label_smoothing  experiment=best_cpu test=false model.label_smoothing=0
+    run v12_mobilenetv2         experiment=best_cpu test=false model=mobilenetv2_100 model.weights="$WEIGHTS/mobilenetv2_100.in1k.safetensors"
     ;;
 final)
     for seed in 1 2 3; do run best_cpu_seed$seed experiment=best_cpu seed=$seed; done
