@@ -13,6 +13,7 @@ import torch.nn as nn
 from hydra.utils import instantiate
 from lightning.pytorch import LightningModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from timm.data import Mixup
 from torchmetrics import MeanMetric, MetricCollection
 
 from genre_lightning.backbone import create_backbone, resolve_data_config
@@ -57,6 +58,9 @@ class GenreClassifier(LightningModule):
         scheduler_interval: ``epoch`` or ``step``.
         label_smoothing: cross-entropy label smoothing.
         drop_rate: dropout before the classifier (timm's ``drop_rate``).
+        drop_path_rate: stochastic depth in the backbone (timm's ``drop_path_rate``).
+        mixup: options of timm's ``Mixup`` (``mixup_alpha``, ``cutmix_alpha``, ``prob``...) for training
+            batches, or None; label smoothing then happens inside the mixed targets.
         data_config: overrides of timm's data config (``input_size``, ``crop_pct``, ...); None keeps timm's.
         channels_last: run the network in channels-last memory format.
         tta_hflip: at evaluation and prediction, average the logits of each image and its mirror image.
@@ -76,9 +80,13 @@ class GenreClassifier(LightningModule):
         data_config: Mapping[str, Any] | None = None,
         channels_last: bool = False,
         tta_hflip: bool = False,
+        drop_path_rate: float = 0.0,
+        mixup: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        classes, optimizer, scheduler, data_config = map(to_plain, (classes, optimizer, scheduler, data_config))
+        classes, optimizer, scheduler, data_config, mixup = map(
+            to_plain, (classes, optimizer, scheduler, data_config, mixup)
+        )
         self.save_hyperparameters(
             {
                 "backbone": backbone,
@@ -93,10 +101,14 @@ class GenreClassifier(LightningModule):
                 "data_config": data_config,
                 "channels_last": channels_last,
                 "tta_hflip": tta_hflip,
+                "drop_path_rate": drop_path_rate,
+                "mixup": mixup,
             }
         )
         self.classes = list(classes)
-        self.net = create_backbone(backbone, len(self.classes), pretrained, weights, drop_rate=drop_rate)
+        extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+        self.net = create_backbone(backbone, len(self.classes), pretrained, weights, drop_rate=drop_rate, **extra)
+        self.mixup = Mixup(**mixup, label_smoothing=label_smoothing, num_classes=len(self.classes)) if mixup else None
         self.data_config = resolve_data_config(self.net, data_config)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         if channels_last:
@@ -206,9 +218,15 @@ class GenreClassifier(LightningModule):
             # Every image of this batch failed to decode. A zero loss that touches every trainable
             # parameter keeps DDP ranks in step (a skipped step on one rank would hang the others).
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0, None
-        logits = self._logits(batch, stage)
-        loss = self.criterion(logits, targets)
-        self._stage_metrics(stage).update(logits, targets)
+        if stage == "train" and self.mixup is not None and targets.numel() % 2 == 0:
+            # Mixed images and soft targets; no accuracy for them (it would not mean much).
+            images, soft_targets = self.mixup(batch["image"], targets)
+            logits = self(images)
+            loss = torch.sum(-soft_targets * logits.log_softmax(dim=-1), dim=-1).mean()
+        else:
+            logits = self._logits(batch, stage)
+            loss = self.criterion(logits, targets)
+            self._stage_metrics(stage).update(logits, targets)
         if "label_set" in batch and stage != "train":
             hit = batch["label_set"].gather(1, logits.argmax(dim=1, keepdim=True)).float()
             getattr(self, f"{stage}_acc_multi_genre").update(hit)
@@ -231,6 +249,8 @@ class GenreClassifier(LightningModule):
 
     def _log_epoch_metrics(self, stage: str) -> None:
         # compute() covers every batch of the epoch and syncs across DDP ranks itself.
+        if not any(metric.update_called for metric in self._stage_metrics(stage).values()):
+            return  # e.g. training where every batch was mixed (mixup)
         values = self._stage_metrics(stage).compute()
         self.log_dict(values, prog_bar=stage == "val", sync_dist=True)  # already synced; this silences a warning
         self._stage_metrics(stage).reset()

@@ -96,3 +96,28 @@ def test_frozen_inference_trace_is_used_and_matches_the_model(tta: bool):
         assert forward is not model  # the trace was built, not the fallback
         assert torch.allclose(forward(images), model(images), atol=1e-4)
         assert torch.allclose(forward(images[:1]), model(images[:1]), atol=1e-4)  # any batch size
+
+
+def test_mixup_trains_on_soft_targets_and_skips_train_accuracy(poster_root: Path, tmp_path: Path):
+    cfg = train_config(
+        poster_root,
+        tmp_path,
+        "model.mixup={mixup_alpha: 0.4, cutmix_alpha: 1.0, prob: 1.0}",
+        "model.label_smoothing=0.1",
+        "model.drop_path_rate=0.1",
+        "data.batch_size=8",
+        "finetune=none",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "test=false",
+        "logger=csv",
+    )
+    seed_everything(0)
+    datamodule, model, trainer = build(cfg)
+    before = model.net.fc.weight.detach().clone()
+    trainer.fit(model, datamodule=datamodule)
+    assert model.mixup is not None and model.mixup.label_smoothing == 0.1
+    assert not torch.equal(before, model.net.fc.weight)  # it trained
+    logged = trainer.logged_metrics
+    assert "train/loss_epoch" in logged and "val/acc" in logged and "train/acc" not in logged
