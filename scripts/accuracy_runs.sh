@@ -27,14 +27,15 @@ variants)
     # Round 2: best_cpu (head first, then the backbone at 0.1x the LR), one change at a time.
     run v03_best_cpu            experiment=best_cpu test=false
     run v04_gradual             experiment=best_cpu test=false finetune=gradual finetune.milestones=[1,3,5] finetune.backbone_lr_scale=0.1 finetune.lr_decay=0.5
+    run v13_mixup_cutmix        experiment=best_cpu test=false model.mixup='{mixup_alpha:0.2,cutmix_alpha:1.0,prob:0.5}'
     run v05_randaugment         experiment=best_cpu test=false +data.augment.auto_augment=rand-m7-mstd0.5
-    run v06_384x256             experiment=best_cpu test=false model.data_config.input_size=[3,384,256]
     run v07_ema                 experiment=best_cpu test=false callbacks=ema
     run v08_no_augment          experiment=best_cpu test=false data.augment=null
     run v09_square_224          experiment=best_cpu test=false model.data_config.input_size=[3,224,224]
     run v10_balanced            experiment=best_cpu test=false data.balanced_sampling=true
     run v11_no_label_smoothing  experiment=best_cpu test=false model.label_smoothing=0
     run v12_mobilenetv2         experiment=best_cpu test=false model=mobilenetv2_100 model.weights="$WEIGHTS/mobilenetv2_100.in1k.safetensors"
+    run v06_384x256             experiment=best_cpu test=false model.data_config.input_size=[3,384,256]
     ;;
 final)
     for seed in 1 2 3; do run best_cpu_seed$seed experiment=best_cpu seed=$seed; done

@@ -47,8 +47,8 @@ def launcher(*overrides: str) -> DictConfig:
 @pytest.mark.parametrize(
     "overrides, nodes, tasks, gpus, cpus",
     [
-        (["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"], 2, 4, 4, 3),
-        (["trainer=gpu"], 1, 1, 1, 3),
+        (["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "data.num_workers=2"], 2, 4, 4, 3),
+        (["trainer=gpu", "data.num_workers=2"], 1, 1, 1, 3),
         (["trainer=ddp_cpu", "data.num_workers=0"], 1, 2, None, 1),
         (["trainer=cpu", "data.num_workers=5"], 1, 1, None, 6),
     ],
