@@ -208,9 +208,9 @@ def section_predict(setup: Setup, rounds: int) -> list[tuple[str, str, str]]:
         "predict: inference_mode, 0 workers": lambda: rate(model, paths, 0, channels_last=False),
         "predict: inference_mode, 1 loader worker": lambda: rate(model, paths, 1, channels_last=False),
         "predict: inference_mode, 2 loader workers": lambda: rate(model, paths, 2, channels_last=False),
-        "predict: + channels_last, 0 workers": lambda: rate(model, paths, 0, freeze=False),
-        "predict: + channels_last, 1 worker": lambda: rate(model, paths, 1, freeze=False),
-        "predict: + channels_last + frozen trace, 0 workers (genre-predict default)": lambda: rate(model, paths, 0),
+        "predict: + channels_last, 0 workers (genre-predict default)": lambda: rate(model, paths, 0),
+        "predict: + channels_last, 1 worker": lambda: rate(model, paths, 1),
+        "predict: + channels_last + frozen trace, 0 workers (freeze=true)": lambda: rate(model, paths, 0, freeze=True),
         "predict: + channels_last + bf16, 0 workers (precision=bf16)": lambda: rate(model, paths, 0, bf16=True),
     }
     results = {name: [] for name in variants}
@@ -237,7 +237,7 @@ def rate(
     workers: int,
     channels_last: bool = True,
     bf16: bool = False,
-    freeze: bool = True,
+    freeze: bool = False,
 ) -> float:
     if not channels_last:  # undo an earlier channels-last run
         model.net.to(memory_format=torch.contiguous_format)

@@ -50,7 +50,7 @@ def predict_files(
     progress: bool = True,
     channels_last: bool = True,
     bf16: bool = False,
-    freeze: bool = True,
+    freeze: bool = False,
 ) -> pd.DataFrame:
     """Probabilities for each file: ``file_path, top1, p_top1, p_<class>..., error``.
 
