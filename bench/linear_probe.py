@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from genre_lightning.backbone import resolve_data_config
+from genre_lightning.backbone import create_backbone, resolve_data_config
 from genre_lightning.csvio import read_csv
 from genre_lightning.data.annotations import prepare_annotations
 from genre_lightning.data.dataset import build_transforms
@@ -38,8 +37,7 @@ WEIGHTS = SHARED / "weights"
 @torch.inference_mode()
 def features(backbone: str, size: tuple[int, int], paths: list[str], batch_size: int = 32) -> np.ndarray:
     """Pooled backbone features of each poster, squashed to ``size`` (height, width), no crop."""
-    weights = WEIGHTS / f"{backbone}.in1k.safetensors"
-    net = timm.create_model(backbone, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(weights)})
+    net = create_backbone(backbone, num_classes=0, weights=str(WEIGHTS / f"{backbone}.in1k.safetensors"))
     net = net.eval().to(memory_format=torch.channels_last)
     overrides = {"input_size": [3, *size], "crop_pct": 1.0, "crop_mode": "squash"}
     _, transform = build_transforms(resolve_data_config(net, overrides), None)
@@ -71,8 +69,9 @@ def main() -> None:
         for text in args.sizes:
             size = tuple(int(x) for x in text.split("x"))
             start = time.perf_counter()
-            x_train = features(backbone, size, list(train["file_path"]))
-            x_val = features(backbone, size, list(val["file_path"]))
+            # One model and one pass for both splits: train rows first, then val rows.
+            x = features(backbone, size, [*train["file_path"], *val["file_path"]])
+            x_train, x_val = x[: len(train)], x[len(train) :]
             probe = make_pipeline(StandardScaler(), LogisticRegression(C=args.C, max_iter=5000))
             probe.fit(x_train, train["label"])
             accuracy = (probe.predict(x_val) == val["label"].to_numpy()).mean()
