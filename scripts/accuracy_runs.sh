@@ -40,6 +40,8 @@ variants)
     run v10_balanced            experiment=best_cpu test=false data.balanced_sampling=true
     run v11_no_label_smoothing  experiment=best_cpu test=false model.label_smoothing=0
     run v12_mobilenetv2         experiment=best_cpu test=false model=mobilenetv2_100 model.weights="$WEIGHTS/mobilenetv2_100.in1k.safetensors"
+    # Round 3: MobileNetV2 was still rising at epoch 20 (v12): 30 epochs, about 10 minutes.
+    run v16_mobilenetv2_30_epochs experiment=best_cpu test=false model=mobilenetv2_100 model.weights="$WEIGHTS/mobilenetv2_100.in1k.safetensors" trainer.max_epochs=30
     # Not run for docs/RESULTS.md (time): the linear probe found no gain from 336x224 over 288x192.
     # run v06_384x256           experiment=best_cpu test=false model.data_config.input_size=[3,384,256]
     ;;
