@@ -32,7 +32,7 @@ def exit_on_user_error(task: F) -> F:
         try:
             return task(*args, **kwargs)
         except Exception as err:
-            user_error = _find_user_error(err)
+            user_error = find_user_error(err)
             if user_error is None:
                 raise
             print(f"error: {user_error}", file=sys.stderr, flush=True)
@@ -41,7 +41,7 @@ def exit_on_user_error(task: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _find_user_error(err: BaseException | None) -> BaseException | None:
+def find_user_error(err: BaseException | None) -> BaseException | None:
     """The user error itself, also when a library wrapped it (Hydra's instantiate does)."""
     while err is not None:
         if isinstance(err, ConfigError | UserFacingError):

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -30,7 +31,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from genre_lightning.data.annotations import ANNOTATIONS_FILE
-from genre_lightning.errors import exit_on_user_error
+from genre_lightning.errors import ConfigError, exit_on_user_error, find_user_error
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,26 @@ class SharedSplit(Callback):
             return  # nothing to share: an explicit split file, or a resumed checkpoint's own split
         HydraConfig.instance().set_config(config)  # the data config's paths use ${hydra:runtime.cwd}
         sweep_dir = Path(config.hydra.sweep.dir)
-        datamodule = instantiate(data, output_dir=str(sweep_dir))
-        datamodule.prepare_data()
+        try:
+            datamodule = instantiate(data, output_dir=str(sweep_dir))
+            datamodule.prepare_data()
+        except Exception as error:
+            swept = swept_split_settings(config)
+            if not swept or not isinstance(find_user_error(error), ConfigError):
+                raise
+            # The launcher's config lacks the swept values (a swept data.root is unset here): the
+            # jobs make their own splits, and a real mistake still fails in its job.
+            log.info("No shared split (sweep over %s: %s): each job makes its own", ", ".join(swept), error)
+            return
         (sweep_dir / SETTINGS_FILE).write_text(json.dumps(split_settings(data), indent=2))
         log.info("Sweep split: %s (used by every job whose data settings match)", sweep_dir / ANNOTATIONS_FILE)
+
+
+def swept_split_settings(config: DictConfig) -> list[str]:
+    """The split settings (or the whole ``data`` group) that this multirun's command line sweeps."""
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    split_keys = {"data", *(f"data.{key}" for key in SPLIT_KEYS)}
+    return [o.key_or_group for o in parsed if o.is_sweep_override() and o.key_or_group in split_keys]
 
 
 def shared_split_file(cfg: DictConfig) -> str | None:

@@ -2,8 +2,10 @@
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from omegaconf import OmegaConf
@@ -23,7 +25,7 @@ TINY_JOB = [
 ]
 
 
-def multirun(poster_root: Path, tmp_path: Path, *overrides: str) -> tuple[Path, list[Path], str]:
+def multirun(poster_root: Path | str, tmp_path: Path, *overrides: str) -> tuple[Path, list[Path], str]:
     """Run ``genre-train -m`` with outputs under ``tmp_path/outputs``; the sweep folder and its job folders."""
     done = run_cli(
         "genre-train",
@@ -64,6 +66,17 @@ def test_multirun_jobs_share_one_split_made_once(poster_root: Path, tmp_path: Pa
             own_splits.append(split)
     assert settings == {(1, 0), (2, 0), (1, 5), (2, 5)}
     assert own_splits[0] == own_splits[1] != shared
+
+
+def test_a_sweep_over_data_roots_gives_each_job_its_own_split(poster_root: Path, tmp_path: Path):
+    other_root = shutil.copytree(poster_root, tmp_path / "other_posters")
+    sweep, jobs, output = multirun(f"{poster_root},{other_root}", tmp_path)
+    assert "each job makes its own" in output
+    assert not (sweep / "annotations.csv").exists()
+    for job, root in zip(jobs, (poster_root, other_root), strict=True):
+        assert OmegaConf.load(job / "config.yaml").data.root == str(root)
+        files = pd.read_csv(job / "annotations.csv")["file_path"]
+        assert len(files) == 120 and all(Path(f).is_relative_to(root) for f in files)
 
 
 def test_ddp_jobs_in_a_local_multirun_stay_in_their_job_folders(poster_root: Path, tmp_path: Path):
