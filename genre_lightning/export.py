@@ -83,11 +83,12 @@ def onnx_logits(path: Path, images: torch.Tensor) -> np.ndarray:
 
 
 def export_torchscript(model: GenreClassifier, path: Path, example: torch.Tensor) -> None:
-    # The timm network itself (forward of the LightningModule only adds an optional memory format):
-    # LightningModule.to_torchscript is deprecated and goes away in Lightning 2.8.
+    # The network evaluation runs (the timm network, averaged with the mirror image under flip TTA);
+    # the LightningModule's forward only adds a memory format. LightningModule.to_torchscript is
+    # deprecated and goes away in Lightning 2.8.
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; said once below instead
-        torch.jit.save(torch.jit.trace(model.net.eval(), example), str(path))
+        torch.jit.save(torch.jit.trace(model.eval().inference_net(), example), str(path))
     log.warning("TorchScript (torch.jit) is deprecated in PyTorch 2.14; format=onnx is the supported path")
 
 
@@ -113,6 +114,8 @@ def sidecar(model: GenreClassifier, fmt: str, artifact: Path, ckpt_path: str, pa
         "classes": list(model.classes),
         "input": {"name": INPUT_NAME, "shape": ["batch", channels, height, width], "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(model.classes)], "note": "logits; softmax -> p"},
+        # Flip test-time augmentation happens inside the artifact: send each image once.
+        "tta_hflip": bool(model.hparams.tta_hflip),
         "preprocessing": {
             "input_size": list(config["input_size"]),
             "interpolation": config.get("interpolation"),

@@ -75,6 +75,34 @@ def test_artifact_and_sidecar_reproduce_the_test_run(tiny_run: Path, tmp_path: P
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
+def test_a_flip_tta_checkpoint_exports_its_averaging(tiny_run: Path, tmp_path: Path, fmt: str, suffix: str):
+    """A checkpoint trained with tta_hflip (experiment=best_cpu) evaluates on each image and its
+    mirror image: the artifact must compute the same average, not the plain network."""
+    saved = torch.load(best_checkpoint(tiny_run), map_location="cpu", weights_only=True)
+    saved["hyper_parameters"]["tta_hflip"] = True
+    checkpoint = tmp_path / "run" / "checkpoints" / "tta.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save(saved, checkpoint)
+    (tmp_path / "run" / "annotations.csv").write_bytes((tiny_run / "annotations.csv").read_bytes())
+
+    result = export(compose_config("export", [f"ckpt_path={checkpoint}", f"format={fmt}"], tmp_path))
+    artifact = tmp_path / f"model{suffix}"
+    sidecar = json.loads(artifact.with_name(artifact.name + ".json").read_text())
+    assert result["parity"]["passed"] and sidecar["tta_hflip"] is True
+
+    tested = pd.read_csv(tiny_run / "test_predictions.csv")
+    images = preprocess_like_a_server(list(tested["file_path"]), sidecar["preprocessing"])
+    logits = run_artifact(artifact, fmt, images)
+    model = GenreClassifier.from_checkpoint(str(checkpoint)).eval()
+    with torch.inference_mode():
+        batch = torch.from_numpy(images)
+        averaged = ((model.net(batch) + model.net(batch.flip(-1))) / 2).numpy()
+        plain = model.net(batch).numpy()
+    assert np.abs(logits - averaged).max() < 1e-4
+    assert np.abs(plain - averaged).max() > 1e-3  # so the check above tells the two apart
+
+
 def test_an_unknown_format_is_a_one_line_error(tiny_run: Path, tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         export(compose_config("export", [f"ckpt_path={best_checkpoint(tiny_run)}", "format=tflite"], tmp_path))
