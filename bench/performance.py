@@ -205,13 +205,16 @@ def section_predict(setup: Setup, rounds: int) -> list[tuple[str, str, str]]:
     model.net.load_state_dict(net.state_dict())
     variants = {
         "predict: plain eval loop": lambda: plain_eval(setup, paths, net, transform),
-        "predict: inference_mode, 0 workers": lambda: rate(model, paths, 0, channels_last=False),
+        "predict: inference_mode, 0 workers": lambda: rate(model, paths, 0, channels_last=False, prefetch=False),
         "predict: inference_mode, 1 loader worker": lambda: rate(model, paths, 1, channels_last=False),
         "predict: inference_mode, 2 loader workers": lambda: rate(model, paths, 2, channels_last=False),
-        "predict: + channels_last, 0 workers (genre-predict default)": lambda: rate(model, paths, 0),
+        "predict: + channels_last, 0 workers": lambda: rate(model, paths, 0, prefetch=False),
         "predict: + channels_last, 1 worker": lambda: rate(model, paths, 1),
-        "predict: + channels_last + frozen trace, 0 workers (freeze=true)": lambda: rate(model, paths, 0, freeze=True),
-        "predict: + channels_last + bf16, 0 workers (precision=bf16)": lambda: rate(model, paths, 0, bf16=True),
+        "predict: + channels_last, decode thread (genre-predict default)": lambda: rate(model, paths, 0),
+        "predict: + channels_last + decode thread + frozen trace (freeze=true)": lambda: rate(
+            model, paths, 0, freeze=True
+        ),
+        "predict: + channels_last + decode thread + bf16 (precision=bf16)": lambda: rate(model, paths, 0, bf16=True),
     }
     results = {name: [] for name in variants}
     for _ in range(rounds):
@@ -238,6 +241,7 @@ def rate(
     channels_last: bool = True,
     bf16: bool = False,
     freeze: bool = False,
+    prefetch: bool = True,
 ) -> float:
     if not channels_last:  # undo an earlier channels-last run
         model.net.to(memory_format=torch.contiguous_format)
@@ -252,6 +256,7 @@ def rate(
         channels_last=channels_last,
         bf16=bf16,
         freeze=freeze,
+        prefetch=prefetch,
     )
     return len(paths) / (time.perf_counter() - start)
 

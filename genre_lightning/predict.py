@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import hydra
 import pandas as pd
@@ -24,6 +26,8 @@ from genre_lightning.runtime import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
+Batch = TypeVar("Batch")
+
 
 def list_inputs(path: str | Path) -> list[str]:
     """One image file, or every image file under a folder (sorted, sub-folders included)."""
@@ -41,6 +45,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def prefetched(batches: Iterable[Batch]) -> Iterator[Batch]:
+    """Yield ``batches`` while one background thread prepares the next: JPEG decoding and resizing
+    release the GIL, so decoding batch i + 1 overlaps the model's work on batch i, without the
+    process start-up and tensor copies of DataLoader workers (README "Performance")."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        iterator = iter(batches)
+        pending = pool.submit(next, iterator, None)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(next, iterator, None)
+            yield batch
+
+
 def predict_files(
     model: GenreClassifier,
     paths: list[str],
@@ -51,12 +67,15 @@ def predict_files(
     channels_last: bool = True,
     bf16: bool = False,
     freeze: bool = False,
+    prefetch: bool = True,
 ) -> pd.DataFrame:
     """Probabilities for each file: ``file_path, top1, p_top1, p_<class>..., error``.
 
     A file that cannot be decoded gets an ``error`` and empty probabilities; it never stops the run.
-    ``channels_last``, ``freeze`` (a frozen TorchScript trace: BatchNorm folded into the convolutions)
-    and ``bf16`` (autocast) are the speed settings measured in README "Performance".
+    ``channels_last``, ``freeze`` (a frozen TorchScript trace: BatchNorm folded into the convolutions),
+    ``bf16`` (autocast) and ``prefetch`` (decode the next batch in a thread while the model runs; with
+    ``num_workers`` > 0 the loader's workers do that instead) are the speed settings measured in
+    README "Performance".
     """
     device = torch.device(device)
     model = model.to(device).eval()
@@ -75,7 +94,7 @@ def predict_files(
         autocast,
         tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar,
     ):
-        for batch in loader:
+        for batch in prefetched(loader) if prefetch and num_workers == 0 else loader:
             for index, reason in batch["failed"]:
                 errors[index] = reason
             if batch["index"].numel():
@@ -134,6 +153,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         channels_last=cfg.channels_last,
         bf16=cfg.precision == "bf16",
         freeze=cfg.freeze,
+        prefetch=cfg.prefetch,
     )
     if single:
         if frame.iloc[0]["error"]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from genre_lightning.predict import predict
+from genre_lightning.predict import predict, prefetched
 from tests.conftest import compose_config
 
 CLASSES = ["Action", "Comedy", "Horror", "Romance"]
@@ -28,7 +29,22 @@ def predict_config(run: Path, input_path: Path, out: Path, *overrides: str):
     )
 
 
-def test_folder_gives_one_row_per_image_with_the_test_runs_probabilities(tiny_run: Path, tmp_path: Path, capsys):
+def test_prefetched_yields_every_batch_in_order_prepared_by_another_thread():
+    made_in = []
+
+    def batches():
+        for i in range(5):
+            made_in.append(threading.current_thread().name)
+            yield i
+
+    assert list(prefetched(batches())) == [0, 1, 2, 3, 4]
+    assert len(made_in) == 5 and all(name.startswith("decode") for name in made_in)
+
+
+@pytest.mark.parametrize("prefetch", ["true", "false"])
+def test_folder_gives_one_row_per_image_with_the_test_runs_probabilities(
+    tiny_run: Path, tmp_path: Path, capsys, prefetch: str
+):
     tested = pd.read_csv(tiny_run / "test_predictions.csv")
     inbox = tmp_path / "inbox"
     (inbox / "nested").mkdir(parents=True)
@@ -42,7 +58,7 @@ def test_folder_gives_one_row_per_image_with_the_test_runs_probabilities(tiny_ru
     (inbox / "empty.png").write_bytes(b"")
     (inbox / "notes.txt").write_text("not an image")
 
-    frame = predict(predict_config(tiny_run, inbox, tmp_path / "run"))
+    frame = predict(predict_config(tiny_run, inbox, tmp_path / "run", f"prefetch={prefetch}"))
     out = pd.read_csv(tmp_path / "run" / "predictions.csv", keep_default_na=False)
     assert list(out.columns) == ["file_path", "top1", "p_top1", *[f"p_{c}" for c in CLASSES], "error"]
     assert len(out) == len(tested) + 2 == len(frame)  # every image file, readable or not; not the .txt
