@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from genre_lightning.data.duplicates import perceptual_hash
-from genre_lightning.data.imageio import UnreadableImage, decode_rgb, read_image_bytes
+from genre_lightning.data.imageio import UnreadableImage, decode_rgb, read_image_bytes, unexpected_error_reason
 from genre_lightning.errors import ConfigError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
@@ -157,12 +157,21 @@ def read_candidates_csv(csv_path: str | Path, classes: Sequence[str]) -> list[Ca
 
 
 def verify(candidate: Candidate, min_side: int = 1) -> ImageRecord | Skipped:
-    """Decode the file fully (the only reliable test of a JPEG) and hash its bytes and its looks."""
+    """Decode the file fully (the only reliable test of a JPEG) and hash its bytes and its looks.
+
+    Never raises for a bad file: one file a decoder chokes on in an unforeseen way must not
+    stop the scan (it runs in a thread pool, where an exception would end the whole run)."""
     try:
-        data = read_image_bytes(candidate.path)
-        image = decode_rgb(data)
+        return _verify(candidate, min_side)
     except UnreadableImage as err:
         return Skipped(candidate.path, candidate.label, str(err))
+    except Exception as err:  # last resort: skip the file with the error's type and message
+        return Skipped(candidate.path, candidate.label, unexpected_error_reason(err))
+
+
+def _verify(candidate: Candidate, min_side: int) -> ImageRecord | Skipped:
+    data = read_image_bytes(candidate.path)
+    image = decode_rgb(data, candidate.path)
     if min(image.size) < min_side:
         return Skipped(
             candidate.path,
