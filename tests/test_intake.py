@@ -14,7 +14,7 @@ from genre_lightning.data import scan as scan_module
 from genre_lightning.data.annotations import prepare_annotations
 from genre_lightning.data.dataset import PosterDataset
 from genre_lightning.data.demo import GENRES
-from genre_lightning.data.imageio import decode_rgb, read_rgb
+from genre_lightning.data.imageio import MAX_FILE_BYTES, UnreadableImage, decode_rgb, read_rgb
 from genre_lightning.data.scan import Candidate, verify_all
 from genre_lightning.model import GenreClassifier
 from genre_lightning.predict import predict_files
@@ -171,3 +171,13 @@ def test_an_unforeseen_decoder_exception_is_a_skip_not_a_crash(poster_root: Path
     monkeypatch.setattr(dataset_module, "read_rgb", lambda path: buggy(decode_rgb)(b"", path))
     dataset = PosterDataset([victim], [0], transform=lambda image: image)
     assert dataset[0] == (0, "unexpected decode error: IndexError: tile index out of range")
+
+
+def test_a_huge_file_is_skipped_before_it_is_read(tmp_path: Path):
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as handle:  # sparse: no disk or memory is really used
+        handle.truncate(MAX_FILE_BYTES + 2**20)
+    (outcome,) = verify_all([Candidate(str(huge), "Action")])[1]
+    assert outcome.reason == f"file too large: {MAX_FILE_BYTES // 2**20 + 1} MiB > {MAX_FILE_BYTES // 2**20} MiB limit"
+    with pytest.raises(UnreadableImage, match="^file too large"):
+        read_rgb(huge)

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 # check stops a "decompression bomb" (a tiny file that declares huge dimensions) before
 # it allocates gigabytes. PIL warns above its own limit; we make that an error.
 MAX_PIXELS = 64_000_000
+# Files larger than this are refused before they are read: a scraped "poster" of gigabytes is
+# not a poster, and reading it whole into memory (in several threads at once) could exhaust RAM.
+MAX_FILE_BYTES = 256 * 1024 * 1024
 _WHITE = (255, 255, 255)
 # EXIF orientation -> the transpose that shows the image upright (as PIL's ImageOps.exif_transpose).
 _ORIENTATION = {
@@ -103,6 +106,10 @@ def read_image_bytes(path: str | Path) -> bytes:
         # A named pipe or device called *.jpg would block or never end: only regular files are read.
         if not stat.S_ISREG(info.st_mode):
             raise UnreadableImage("not a regular file: a pipe, socket or device")
+        if info.st_size > MAX_FILE_BYTES:
+            raise UnreadableImage(
+                f"file too large: {info.st_size / 2**20:.0f} MiB > {MAX_FILE_BYTES // 2**20} MiB limit"
+            )
         data = Path(path).read_bytes()
     except OSError as err:
         raise UnreadableImage(f"cannot read file: {err.strerror or err}") from err
