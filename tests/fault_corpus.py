@@ -165,4 +165,6 @@ def build_fault_corpus(root: Path, per_genre: int = 12, size: tuple[int, int] = 
     os.symlink("..", horror / "loop")  # directory symlink loop
     corpus.ignored["Horror/loop"] = "directory symlink"
     _save(draw_poster("Action", rng, (48, 72)), root / "Drama" / "drama.jpg")
+    _save(draw_poster("Comedy", rng, (48, 72)), root / "loose.jpg")  # next to the genre folders
+    corpus.ignored["loose.jpg"] = "not inside a genre folder"
     return corpus

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ def read_split_file(path: str | Path, classes: Sequence[str], key: str = "data.s
     unknown_splits = sorted(set(frame["split"]) - set(SPLITS))
     if unknown_splits:
         raise ConfigError(key, str(path), f"split values among {list(SPLITS)} (found {unknown_splits})")
+    # A relative path is relative to the CSV's own folder (as for data.annotations), never to
+    # the working directory, so the same file is found from anywhere; absolute paths stay as they are.
+    frame["file_path"] = [p if os.path.isabs(p) else os.path.abspath(path.parent / p) for p in frame["file_path"]]
     gone = [p for p in frame["file_path"] if not Path(p).is_file()]
     if gone:
         raise ConfigError(key, str(path), f"a split whose files exist ({len(gone)} missing, e.g. {gone[0]!r})")
