@@ -51,6 +51,7 @@ def test_data_report_lists_each_corrupt_file_with_its_reason(messy_root: Path, t
         "kept": 30,
         "skipped": 1,
         "skipped_by_reason": {"corrupt image data": 1},
+        "merged": 0,
         "ignored": 0,
     }
     assert report["per_class"]["Romance"]["ignored"] == 1

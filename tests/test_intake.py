@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from genre_lightning.csvio import read_csv
 from genre_lightning.data import dataset as dataset_module
@@ -18,6 +19,7 @@ from genre_lightning.data.imageio import MAX_FILE_BYTES, UnreadableImage, decode
 from genre_lightning.data.scan import Candidate, verify_all
 from genre_lightning.model import GenreClassifier
 from genre_lightning.predict import predict_files
+from genre_lightning.prepare import summary_tables
 from genre_lightning.train import train
 from tests.conftest import train_config
 from tests.fault_corpus import build_fault_corpus
@@ -105,6 +107,20 @@ def test_policy_multi_genre_merges_each_group_into_one_multi_label_item(corpus, 
         "Comedy/also_comedy.jpg": "Action/action_001.jpg",
         "Horror/action_copy_resized.jpg": "Action/action_002.jpg",
     }
+    # Merged files still count as found: found = kept + skipped + merged, per genre and in all.
+    per_class = report["per_class"]
+    assert (per_class["Comedy"]["merged"], per_class["Horror"]["merged"], per_class["Action"]["merged"]) == (1, 1, 0)
+    for genre, row in per_class.items():
+        assert row["found"] == row["kept"] + row["skipped"] + row["merged"], genre
+        assert row["found"] == sum(p.startswith(genre + "/") for p in corpus.kept | set(corpus.skipped)), genre
+    assert report["n_found"] == len(corpus.kept) + len(corpus.skipped) and report["n_merged"] == 2
+    console = Console(record=True, width=200)
+    console.print(summary_tables(report)[0])
+    cells = [line.replace("┃", " ").replace("│", " ").split() for line in console.export_text().splitlines()]
+    header, comedy = (words for words in cells if words[:1] in (["genre"], ["Comedy"]))
+    assert header[:5] == ["genre", "found", "kept", "skipped", "merged"]
+    comedy_counts = [str(per_class["Comedy"][k]) for k in ("found", "kept", "skipped")]
+    assert comedy[:5] == ["Comedy", *comedy_counts, "1"]
 
 
 def test_bad_policy_is_a_one_line_config_error(corpus, tmp_path: Path):

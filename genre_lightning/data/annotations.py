@@ -95,6 +95,7 @@ def make_annotations(
     summary = duplicate_summary(paths, labels, sha256, groups, classes)
     outcome = apply_policy(paths, labels, groups, options["policy"], classes)
     result.skipped.extend(Skipped(paths[i], labels[i], reason) for i, reason in outcome.dropped)
+    result.merged = [Skipped(paths[i], labels[i], f"merged into {paths[j]}") for i, j in outcome.merged]
     result.records = [records[i] for i in outcome.keep]
     report = result.report(classes)
     if not result.records:

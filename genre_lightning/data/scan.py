@@ -55,28 +55,33 @@ class ScanResult:
     skipped: list[Skipped] = field(default_factory=list)
     ignored: list[Skipped] = field(default_factory=list)  # not images at all (wrong extension, ...)
     unknown_folders: list[str] = field(default_factory=list)
+    # Files folded into another file's item by the multi_genre duplicate policy: neither kept nor skipped.
+    merged: list[Skipped] = field(default_factory=list)
 
     def report(self, classes: Sequence[str]) -> dict:
-        """The JSON-ready ``data_report.json`` content."""
+        """The JSON-ready ``data_report.json`` content. Per genre, found = kept + skipped + merged."""
         kept = Counter(r.label for r in self.records)
         skipped = Counter(s.label for s in self.skipped)
+        merged = Counter(s.label for s in self.merged)
         ignored = Counter(s.label for s in self.ignored)
         reasons = Counter(reason_kind(s.reason) for s in self.skipped)
         by_class_reason = Counter((s.label, reason_kind(s.reason)) for s in self.skipped)
         per_class = {
             c: {
-                "found": kept.get(c, 0) + skipped.get(c, 0),
+                "found": kept.get(c, 0) + skipped.get(c, 0) + merged.get(c, 0),
                 "kept": kept.get(c, 0),
                 "skipped": skipped.get(c, 0),
                 "skipped_by_reason": {r: by_class_reason[(c, r)] for r in sorted(reasons) if by_class_reason[(c, r)]},
+                "merged": merged.get(c, 0),
                 "ignored": ignored.get(c, 0),
             }
             for c in classes
         }
         return {
-            "n_found": len(self.records) + len(self.skipped),
+            "n_found": len(self.records) + len(self.skipped) + len(self.merged),
             "n_kept": len(self.records),
             "n_skipped": len(self.skipped),
+            "n_merged": len(self.merged),
             "n_ignored": len(self.ignored),
             "n_outside_genre_folders": sum(s.label is None for s in self.ignored),
             "per_class": per_class,
