@@ -223,3 +223,11 @@ def test_annotation_csv_input_with_a_file_name_that_is_not_utf8(poster_root: Pat
     out = prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, annotations=tmp_path / "list.csv")
     paths = list(read_csv(out)["file_path"])
     assert len(paths) == 21 and os.fsdecode(name) in paths
+
+
+def test_annotation_csv_without_one_readable_image_names_data_annotations(tmp_path: Path):
+    (tmp_path / "broken.jpg").write_bytes(b"<html>404</html>")
+    csv = tmp_path / "list.csv"
+    csv.write_text("file_path,label\nbroken.jpg,Action\n")
+    with pytest.raises(ConfigError, match=r"^data.annotations='.*list.csv' is not valid: expected a CSV that lists"):
+        prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, annotations=csv)

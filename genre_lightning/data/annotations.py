@@ -22,7 +22,13 @@ from typing import Any
 import pandas as pd
 
 from genre_lightning.csvio import read_csv, write_csv
-from genre_lightning.data.duplicates import apply_policy, duplicate_summary, group_duplicates
+from genre_lightning.data.duplicates import (
+    DEFAULT_OPTIONS,
+    apply_policy,
+    check_duplicate_options,
+    duplicate_summary,
+    group_duplicates,
+)
 from genre_lightning.data.scan import Skipped, scan
 from genre_lightning.data.split import SPLITS, stratified_group_split
 from genre_lightning.errors import ConfigError
@@ -32,7 +38,7 @@ log = logging.getLogger(__name__)
 ANNOTATIONS_FILE = "annotations.csv"
 REPORT_FILE = "data_report.json"
 COLUMNS = ["file_path", "label", "split", "sha256", "group", "labels"]
-DEFAULT_DUPLICATES = {"policy": "keep", "near_threshold": 6}
+DEFAULT_DUPLICATES = DEFAULT_OPTIONS
 
 
 def read_split_file(path: str | Path, classes: Sequence[str], key: str = "data.split_file") -> pd.DataFrame:
@@ -86,7 +92,7 @@ def make_annotations(
 
     Returns the annotations table and the data report.
     """
-    options = {**DEFAULT_DUPLICATES, **(duplicates or {})}
+    options = check_duplicate_options(duplicates)  # before the scan: a typo must not cost a full scan
     result = scan(classes, root=root, annotations=annotations, num_threads=verify_threads, min_side=min_image_side)
     records = sorted(result.records, key=lambda r: r.path)
     paths, labels = [r.path for r in records], [r.label for r in records]
@@ -99,7 +105,9 @@ def make_annotations(
     result.records = [records[i] for i in outcome.keep]
     report = result.report(classes)
     if not result.records:
-        raise ConfigError("data.root", str(root or annotations), "a folder with readable images in its genre folders")
+        if annotations:
+            raise ConfigError("data.annotations", str(annotations), "a CSV that lists at least one readable image")
+        raise ConfigError("data.root", str(root), "a folder with readable images in its genre folders")
     empty = [c for c in classes if report["per_class"][c]["kept"] == 0]
     if empty:
         raise ConfigError("data.classes", list(classes), f"genres with at least one usable image (none for {empty})")
