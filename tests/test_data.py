@@ -1,6 +1,7 @@
 """Scanning, verification, the data report, and annotations.csv as output and as input."""
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -231,3 +232,11 @@ def test_annotation_csv_without_one_readable_image_names_data_annotations(tmp_pa
     csv.write_text("file_path,label\nbroken.jpg,Action\n")
     with pytest.raises(ConfigError, match=r"^data.annotations='.*list.csv' is not valid: expected a CSV that lists"):
         prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, annotations=csv)
+
+
+def test_training_logs_unknown_folders_and_ignored_files(messy_root: Path, tmp_path: Path, caplog):
+    shutil.copy(messy_root / "Action" / "action_0000.jpg", messy_root / "loose.jpg")
+    with caplog.at_level(logging.WARNING, logger="genre_lightning.data.annotations"):
+        prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=messy_root)
+    assert "Folders that are not a configured genre (not used): Drama" in caplog.messages
+    assert any(m.startswith("Ignored 2 file(s) (1 not inside a genre folder,") for m in caplog.messages)

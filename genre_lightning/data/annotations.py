@@ -202,6 +202,16 @@ def _log_summary(report: dict, classes: Sequence[str]) -> None:
         log.warning(
             "Skipped %d file(s); reasons in %s: %s", report["n_skipped"], REPORT_FILE, report["skipped_by_reason"]
         )
+    # genre-train prints no table: these lines are its only sign that files were left out.
+    if report.get("unknown_folders"):
+        log.warning("Folders that are not a configured genre (not used): %s", ", ".join(report["unknown_folders"]))
+    if report.get("n_ignored"):
+        log.warning(
+            "Ignored %d file(s) (%d not inside a genre folder, the rest not images or directory links); listed in %s",
+            report["n_ignored"],
+            report.get("n_outside_genre_folders", 0),
+            REPORT_FILE,
+        )
     duplicates = report.get("duplicates")
     if duplicates and duplicates["n_groups"]:
         log.info(
