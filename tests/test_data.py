@@ -15,6 +15,8 @@ from genre_lightning.data.annotations import prepare_annotations, read_split_fil
 from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.demo import GENRES, draw_poster
 from genre_lightning.errors import ConfigError
+from genre_lightning.prepare import prepare
+from genre_lightning.runtime import compose_config
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -240,3 +242,28 @@ def test_training_logs_unknown_folders_and_ignored_files(messy_root: Path, tmp_p
         prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=messy_root)
     assert "Folders that are not a configured genre (not used): Drama" in caplog.messages
     assert any(m.startswith("Ignored 2 file(s) (1 not inside a genre folder,") for m in caplog.messages)
+
+
+def test_genre_data_with_a_split_file_verifies_it_and_prints_the_per_genre_table(
+    poster_root: Path, tmp_path: Path, capsys
+):
+    root = tmp_path / "posters"
+    shutil.copytree(poster_root, root)
+    first = prepare_annotations(tmp_path / "a", GENRES, FRACTIONS, seed=0, root=root)
+    broken = Path(read_csv(first)["file_path"].iloc[0])  # breaks after the split was made
+    broken.write_bytes(broken.read_bytes()[:200])
+    cfg = compose_config("prepare", [f"data.split_file={first}", "data.min_image_side=1"], tmp_path / "b")
+    report = prepare(cfg)
+    label = broken.parent.name
+    assert report["per_class"][label] == {
+        "found": 30,
+        "kept": 29,
+        "skipped": 1,
+        "skipped_by_reason": {"corrupt image data": 1},
+        "merged": 0,
+        "ignored": 0,
+    }
+    assert [s["path"] for s in report["skipped"]] == [str(broken)]
+    assert read_csv(tmp_path / "b" / "annotations.csv").equals(read_csv(first))  # the split is reused as it is
+    printed = capsys.readouterr().out
+    assert "Data intake" in printed and "corrupt image data" in printed

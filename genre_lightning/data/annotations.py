@@ -29,7 +29,7 @@ from genre_lightning.data.duplicates import (
     duplicate_summary,
     group_duplicates,
 )
-from genre_lightning.data.scan import Skipped, scan
+from genre_lightning.data.scan import Candidate, ScanResult, Skipped, scan, verify_all
 from genre_lightning.data.split import SPLITS, stratified_group_split
 from genre_lightning.errors import ConfigError
 
@@ -173,11 +173,7 @@ def prepare_annotations(
     output_dir.mkdir(parents=True, exist_ok=True)
     if split_file:
         frame = read_split_file(split_file, classes)
-        report = {
-            "split_file": str(Path(split_file).resolve()),
-            "n_kept": len(frame),
-            "split": {"counts": _split_counts(frame, classes)},
-        }
+        report = split_file_report(frame, classes, split_file, verify_threads, min_image_side)
     else:
         frame, report = make_annotations(
             classes, fractions, seed, root, annotations, verify_threads, min_image_side, duplicates
@@ -190,6 +186,23 @@ def prepare_annotations(
     report_path.with_name(REPORT_FILE + ".tmp").replace(report_path)
     _log_summary(report, classes)
     return target
+
+
+def split_file_report(
+    frame: pd.DataFrame, classes: Sequence[str], split_file: str | Path, verify_threads: int = 4, min_side: int = 1
+) -> dict:
+    """The data report of a reused split: every listed file verified again, counted per genre.
+
+    The split itself is reused exactly (its rows are not changed); a file that no longer
+    verifies is reported here and skipped, with its reason, when training reads it."""
+    candidates = [Candidate(p, label) for p, label in zip(frame["file_path"], frame["label"], strict=True)]
+    records, skipped = verify_all(candidates, verify_threads, min_side)
+    report = ScanResult(records=records, skipped=skipped).report(classes)
+    report["split_file"] = str(Path(split_file).resolve())
+    report["split"] = {"counts": _split_counts(frame, classes)}
+    if skipped:
+        log.warning("%d file(s) listed in %s no longer verify; the split is reused as it is", len(skipped), split_file)
+    return report
 
 
 def _log_summary(report: dict, classes: Sequence[str]) -> None:
