@@ -17,19 +17,19 @@ from genre_lightning.runtime import CONFIG_DIR, show_and_save_config
 
 
 def summary_tables(report: dict) -> list[Table]:
-    """Per genre: files found, kept, skipped and ignored; then the skipped files by reason."""
+    """Per genre: files found, kept, skipped, merged (multi_genre) and ignored; then the skipped files by reason."""
     genres = list(report["per_class"])
+    # found = kept + skipped + merged: the merged column appears whenever a file was merged.
+    keys = ["found", "kept", "skipped", "merged", "ignored"]
+    if not report.get("n_merged"):
+        keys.remove("merged")
     counts = Table(title="Data intake")
-    for column in ("genre", "found", "kept", "skipped", "ignored (not images)"):
+    for column in ("genre", *keys[:-1], "ignored (not images)"):
         counts.add_column(column, justify="left" if column == "genre" else "right")
     for genre in genres:
         row = report["per_class"][genre]
-        counts.add_row(genre, *(str(row[k]) for k in ("found", "kept", "skipped", "ignored")))
-    counts.add_row(
-        "all",
-        *(str(sum(report["per_class"][g][k] for g in genres)) for k in ("found", "kept", "skipped", "ignored")),
-        style="bold",
-    )
+        counts.add_row(genre, *(str(row.get(k, 0)) for k in keys))
+    counts.add_row("all", *(str(sum(report["per_class"][g].get(k, 0) for g in genres)) for k in keys), style="bold")
     tables = [counts]
     if report.get("skipped_by_reason"):
         reasons = Table(title="Skipped, by reason (details per file in data_report.json)")

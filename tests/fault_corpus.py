@@ -45,6 +45,12 @@ def _png_declaring(width: int, height: int) -> bytes:
     )
 
 
+def _jpeg_bytes(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", **options)
+    return buffer.getvalue()
+
+
 def _save(image: Image.Image, path: Path, **options) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, **options)
@@ -109,6 +115,22 @@ def build_fault_corpus(root: Path, per_genre: int = 12, size: tuple[int, int] = 
     exif[0x0112] = 6  # "rotate 90 CW to display": stored 60x40, shown 40x60
     _save(rotated, comedy / "exif_rotated.jpg", exif=exif.tobytes())
     kept("Comedy/exif_rotated.jpg", (40, 60))
+    # Damaged EXIF, pixels intact: kept. A tag id hit by a bit flip (Make 0x010F -> 0x0122, a
+    # SHORT tag now holding text) made PIL's exif_transpose raise struct.error; the orientation
+    # tag itself is intact, so the image is still shown upright.
+    exif[0x010F] = "Cam"
+    damaged = _jpeg_bytes(rotated, exif=exif.tobytes())
+    assert damaged.count(b"\x01\x0f\x00\x02") == 1
+    (comedy / "exif_damaged_tag.jpg").write_bytes(damaged.replace(b"\x01\x0f\x00\x02", b"\x01\x22\x00\x02"))
+    kept("Comedy/exif_damaged_tag.jpg", (40, 60))
+    # A damaged EXIF header (TIFF byte order "MM" -> "MG"): the orientation cannot be read at
+    # all (PIL raises SyntaxError), so the image is kept as stored, not rotated.
+    buffer = io.BytesIO()
+    rotated.save(buffer, format="WEBP", exif=exif.tobytes())
+    webp = buffer.getvalue()
+    assert webp.count(b"MM\x00*") == 1
+    (comedy / "exif_bad_header.webp").write_bytes(webp.replace(b"MM\x00*", b"MG\x00*"))
+    kept("Comedy/exif_bad_header.webp", (60, 40))
     poster = draw_poster("Horror", rng, (48, 72))
     for name, options in (
         ("UPPER.JPG", {"format": "JPEG"}),
@@ -143,4 +165,6 @@ def build_fault_corpus(root: Path, per_genre: int = 12, size: tuple[int, int] = 
     os.symlink("..", horror / "loop")  # directory symlink loop
     corpus.ignored["Horror/loop"] = "directory symlink"
     _save(draw_poster("Action", rng, (48, 72)), root / "Drama" / "drama.jpg")
+    _save(draw_poster("Comedy", rng, (48, 72)), root / "loose.jpg")  # next to the genre folders
+    corpus.ignored["loose.jpg"] = "not inside a genre folder"
     return corpus

@@ -11,6 +11,7 @@ from PIL import Image
 
 from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.dataset import build_transforms
+from genre_lightning.errors import ConfigError, _find_user_error
 from genre_lightning.finetune import GradualUnfreeze
 from genre_lightning.runtime import CONFIG_DIR, build_callbacks, build_loggers, compose_config
 
@@ -121,3 +122,45 @@ def test_seed_experiments_reproduce_the_study_recipe(model, tmp_path):
 def test_demo_experiment_is_offline_and_small(tmp_path):
     cfg = compose_config("train", ["experiment=demo"], tmp_path)
     assert cfg.data.demo is not None and not cfg.model.pretrained and cfg.trainer.accelerator == "cpu"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("data.duplicates.policy=dedupe", "data.duplicates.policy='dedupe' is not valid: expected one of ['keep'"),
+        ("data.duplicates.near_threshold=-1", "data.duplicates.near_threshold=-1 is not valid: expected an integer"),
+        ("data.duplicates.near_threshold=six", "data.duplicates.near_threshold='six' is not valid"),
+        ("data.duplicates.near_threshold=2.5", "data.duplicates.near_threshold=2.5 is not valid"),
+        ("data.duplicates.near_threshold=true", "data.duplicates.near_threshold=True is not valid"),
+    ],
+)
+@pytest.mark.parametrize("task", ["train", "prepare"])
+def test_duplicate_options_are_checked_before_any_scan(task, override, expected, tmp_path):
+    # data.root has no genre folders: a scan would fail on data.classes, so this error comes first.
+    cfg = compose_config(task, [f"data.root={tmp_path}", override], tmp_path)
+    with pytest.raises(Exception) as err:
+        instantiate(cfg.data)
+    user_error = _find_user_error(err.value)
+    assert isinstance(user_error, ConfigError) and str(user_error).startswith(expected)
+    assert "\n" not in str(user_error)
+
+
+def test_demo_refuses_a_folder_that_is_not_its_own_in_one_line(tmp_path):
+    root = tmp_path / "my_posters"
+    (root / "Action").mkdir(parents=True)
+    (root / "Action" / "mine.jpg").write_bytes(b"user data")
+    datamodule = instantiate(compose_config("prepare", ["data=demo", f"data.root={root}"], tmp_path).data)
+    with pytest.raises(ConfigError, match=r"^data.root='.*my_posters' is not valid: expected an empty or missing"):
+        datamodule.prepare_data()
+    assert (root / "Action" / "mine.jpg").read_bytes() == b"user data"
+    assert sorted(p.name for p in root.rglob("*")) == ["Action", "mine.jpg"]
+
+
+def test_demo_fills_an_empty_folder(tmp_path):
+    root = tmp_path / "empty"
+    root.mkdir()
+    datamodule = instantiate(
+        compose_config("prepare", ["data=demo", f"data.root={root}", "data.demo.per_class=4"], tmp_path).data
+    )
+    datamodule.prepare_data()
+    assert len(list(root.glob("*/*.jpg"))) == 16 and (root / "demo_manifest.json").is_file()

@@ -1,6 +1,7 @@
 """Scanning, verification, the data report, and annotations.csv as output and as input."""
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -9,10 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from genre_lightning.data.annotations import prepare_annotations, split_digest
+from genre_lightning.csvio import read_csv, write_csv
+from genre_lightning.data.annotations import prepare_annotations, read_split_file, split_digest
 from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.demo import GENRES, draw_poster
 from genre_lightning.errors import ConfigError
+from genre_lightning.prepare import prepare
+from genre_lightning.runtime import compose_config
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -50,6 +54,7 @@ def test_data_report_lists_each_corrupt_file_with_its_reason(messy_root: Path, t
         "kept": 30,
         "skipped": 1,
         "skipped_by_reason": {"corrupt image data": 1},
+        "merged": 0,
         "ignored": 0,
     }
     assert report["per_class"]["Romance"]["ignored"] == 1
@@ -152,3 +157,113 @@ def test_dataset_turns_a_file_that_breaks_after_the_scan_into_a_counted_skip(pos
     batch = next(iter(dm.train_dataloader()))
     assert len(batch["failed"]) == 1 and batch["failed"][0][1].startswith("cannot read file")
     assert batch["image"].shape[0] == len(dm.datasets["train"]) - 1
+
+
+def test_a_relative_data_root_writes_absolute_paths(poster_root: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(poster_root.parent)
+    out = prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=poster_root.name)
+    frame = read_csv(out)
+    assert all(os.path.isabs(p) for p in frame["file_path"])
+    monkeypatch.chdir(tmp_path)  # genre-eval, a resume or data.split_file from another folder
+    again = read_split_file(out, GENRES)
+    assert list(again["file_path"]) == list(frame["file_path"])
+    assert all(Path(p).is_file() for p in again["file_path"])
+
+
+def test_split_file_paths_are_relative_to_its_own_folder(poster_root: Path, tmp_path: Path, monkeypatch):
+    first = read_csv(prepare_annotations(tmp_path / "a", GENRES, FRACTIONS, seed=0, root=poster_root))
+    moved = first.copy()
+    # Half the rows relative to the CSV's folder, half absolute (kept exactly as written).
+    moved.loc[::2, "file_path"] = [os.path.relpath(p, tmp_path / "lists") for p in first["file_path"][::2]]
+    (tmp_path / "lists").mkdir()
+    write_csv(moved, tmp_path / "lists" / "split.csv")
+    monkeypatch.chdir(poster_root)  # a working directory the relative paths do not start from
+    frame = read_split_file(tmp_path / "lists" / "split.csv", GENRES)
+    assert list(frame["file_path"]) == list(first["file_path"])
+    assert split_digest(frame) == split_digest(first)
+
+
+def test_an_unreadable_sub_folder_is_reported_not_skipped_silently(poster_root: Path, tmp_path: Path, monkeypatch):
+    root = tmp_path / "posters"
+    shutil.copytree(poster_root, root)
+    (root / "Horror" / "locked").mkdir()
+    Image.new("RGB", (48, 72)).save(root / "Horror" / "locked" / "inside.jpg")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # the tests run as root, which reads a mode-000 folder anyway
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=root)
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["skipped"] == [
+        {"path": str(root / "Horror" / "locked"), "label": "Horror", "reason": "cannot read folder: Permission denied"}
+    ]
+    assert report["per_class"]["Horror"]["skipped_by_reason"] == {"cannot read folder": 1}
+
+
+def test_images_directly_in_data_root_are_listed_as_ignored(poster_root: Path, tmp_path: Path):
+    root = tmp_path / "posters"
+    shutil.copytree(poster_root, root)
+    shutil.copy(root / "Action" / "action_0000.jpg", root / "loose.JPG")
+    (root / "README.txt").write_text("not an image: not reported")
+    prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=root)
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert [(s["path"], s["label"], s["reason"].split(":")[0]) for s in report["ignored"]] == [
+        (str(root / "loose.JPG"), None, "not inside a genre folder")
+    ]
+    assert report["n_ignored"] == 1 and report["n_outside_genre_folders"] == 1
+
+
+def test_annotation_csv_input_with_a_file_name_that_is_not_utf8(poster_root: Path, tmp_path: Path):
+    name = os.fsencode(tmp_path) + b"/caf\xe9.jpg"  # Latin-1: not valid UTF-8
+    with open(name, "wb") as handle:
+        handle.write((poster_root / "Action" / "action_0000.jpg").read_bytes())
+    rows = [f"{poster_root / g / f'{g.lower()}_{i:04d}.jpg'},{g}".encode() for g in GENRES for i in range(1, 6)]
+    (tmp_path / "list.csv").write_bytes(b"\n".join([b"file_path,label", name + b",Action", *rows]) + b"\n")
+    out = prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, annotations=tmp_path / "list.csv")
+    paths = list(read_csv(out)["file_path"])
+    assert len(paths) == 21 and os.fsdecode(name) in paths
+
+
+def test_annotation_csv_without_one_readable_image_names_data_annotations(tmp_path: Path):
+    (tmp_path / "broken.jpg").write_bytes(b"<html>404</html>")
+    csv = tmp_path / "list.csv"
+    csv.write_text("file_path,label\nbroken.jpg,Action\n")
+    with pytest.raises(ConfigError, match=r"^data.annotations='.*list.csv' is not valid: expected a CSV that lists"):
+        prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, annotations=csv)
+
+
+def test_training_logs_unknown_folders_and_ignored_files(messy_root: Path, tmp_path: Path, caplog):
+    shutil.copy(messy_root / "Action" / "action_0000.jpg", messy_root / "loose.jpg")
+    with caplog.at_level(logging.WARNING, logger="genre_lightning.data.annotations"):
+        prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=messy_root)
+    assert "Folders that are not a configured genre (not used): Drama" in caplog.messages
+    assert any(m.startswith("Ignored 2 file(s) (1 not inside a genre folder,") for m in caplog.messages)
+
+
+def test_genre_data_with_a_split_file_verifies_it_and_prints_the_per_genre_table(
+    poster_root: Path, tmp_path: Path, capsys
+):
+    root = tmp_path / "posters"
+    shutil.copytree(poster_root, root)
+    first = prepare_annotations(tmp_path / "a", GENRES, FRACTIONS, seed=0, root=root)
+    broken = Path(read_csv(first)["file_path"].iloc[0])  # breaks after the split was made
+    broken.write_bytes(broken.read_bytes()[:200])
+    cfg = compose_config("prepare", [f"data.split_file={first}", "data.min_image_side=1"], tmp_path / "b")
+    report = prepare(cfg)
+    label = broken.parent.name
+    assert report["per_class"][label] == {
+        "found": 30,
+        "kept": 29,
+        "skipped": 1,
+        "skipped_by_reason": {"corrupt image data": 1},
+        "merged": 0,
+        "ignored": 0,
+    }
+    assert [s["path"] for s in report["skipped"]] == [str(broken)]
+    assert read_csv(tmp_path / "b" / "annotations.csv").equals(read_csv(first))  # the split is reused as it is
+    printed = capsys.readouterr().out
+    assert "Data intake" in printed and "corrupt image data" in printed

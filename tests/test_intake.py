@@ -1,18 +1,25 @@
 """Data intake on a generated fault corpus: every case gets the right outcome, nothing changes."""
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from genre_lightning.csvio import read_csv
+from genre_lightning.data import dataset as dataset_module
+from genre_lightning.data import scan as scan_module
 from genre_lightning.data.annotations import prepare_annotations
+from genre_lightning.data.dataset import PosterDataset
 from genre_lightning.data.demo import GENRES
-from genre_lightning.data.imageio import read_rgb
+from genre_lightning.data.imageio import MAX_FILE_BYTES, UnreadableImage, decode_rgb, read_rgb
+from genre_lightning.data.scan import Candidate, verify_all
 from genre_lightning.model import GenreClassifier
 from genre_lightning.predict import predict_files
+from genre_lightning.prepare import summary_tables
 from genre_lightning.train import train
 from tests.conftest import train_config
 from tests.fault_corpus import build_fault_corpus
@@ -100,6 +107,20 @@ def test_policy_multi_genre_merges_each_group_into_one_multi_label_item(corpus, 
         "Comedy/also_comedy.jpg": "Action/action_001.jpg",
         "Horror/action_copy_resized.jpg": "Action/action_002.jpg",
     }
+    # Merged files still count as found: found = kept + skipped + merged, per genre and in all.
+    per_class = report["per_class"]
+    assert (per_class["Comedy"]["merged"], per_class["Horror"]["merged"], per_class["Action"]["merged"]) == (1, 1, 0)
+    for genre, row in per_class.items():
+        assert row["found"] == row["kept"] + row["skipped"] + row["merged"], genre
+        assert row["found"] == sum(p.startswith(genre + "/") for p in corpus.kept | set(corpus.skipped)), genre
+    assert report["n_found"] == len(corpus.kept) + len(corpus.skipped) and report["n_merged"] == 2
+    console = Console(record=True, width=200)
+    console.print(summary_tables(report)[0])
+    cells = [line.replace("┃", " ").replace("│", " ").split() for line in console.export_text().splitlines()]
+    header, comedy = (words for words in cells if words[:1] in (["genre"], ["Comedy"]))
+    assert header[:5] == ["genre", "found", "kept", "skipped", "merged"]
+    comedy_counts = [str(per_class["Comedy"][k]) for k in ("found", "kept", "skipped")]
+    assert comedy[:5] == ["Comedy", *comedy_counts, "1"]
 
 
 def test_bad_policy_is_a_one_line_config_error(corpus, tmp_path: Path):
@@ -135,3 +156,44 @@ def test_multi_genre_accuracy_counts_any_genre_of_a_merged_group(poster_root: Pa
     exact_hit = [p == label for p, label in zip(predicted, test_rows["label"], strict=True)]
     assert metrics["test/acc_multi_genre"] == pytest.approx(sum(any_hit) / len(any_hit), abs=1e-6)
     assert metrics["test/acc"] == pytest.approx(sum(exact_hit) / len(exact_hit), abs=1e-6)
+
+
+def test_unreadable_exif_orientation_keeps_the_image_as_stored_and_says_so(corpus, caplog):
+    with caplog.at_level(logging.WARNING, logger="genre_lightning.data.imageio"):
+        image = read_rgb(corpus.root / "Comedy" / "exif_bad_header.webp")
+    assert image.size == (60, 40)  # stored landscape; its (unreadable) orientation said "rotate"
+    assert "exif_bad_header.webp: EXIF orientation unreadable (SyntaxError" in caplog.text
+
+
+def test_an_unforeseen_decoder_exception_is_a_skip_not_a_crash(poster_root: Path, monkeypatch):
+    # No file we know of still triggers one (the damaged-EXIF crash is fixed), so a decoder bug
+    # is stood in for: the scan's thread pool and a training batch must survive it.
+    victim = str(poster_root / "Action" / "action_0003.jpg")
+
+    def buggy(decode):
+        def wrapper(data, name="image"):
+            if str(name) == victim:
+                raise IndexError("tile index out of range")
+            return decode(data, name)
+
+        return wrapper
+
+    monkeypatch.setattr(scan_module, "decode_rgb", buggy(scan_module.decode_rgb))
+    records, skipped = verify_all([Candidate(victim, "Action"), Candidate(victim[:-6] + "04.jpg", "Action")])
+    assert len(records) == 1
+    assert [(s.path, s.reason) for s in skipped] == [
+        (victim, "unexpected decode error: IndexError: tile index out of range")
+    ]
+    monkeypatch.setattr(dataset_module, "read_rgb", lambda path: buggy(decode_rgb)(b"", path))
+    dataset = PosterDataset([victim], [0], transform=lambda image: image)
+    assert dataset[0] == (0, "unexpected decode error: IndexError: tile index out of range")
+
+
+def test_a_huge_file_is_skipped_before_it_is_read(tmp_path: Path):
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as handle:  # sparse: no disk or memory is really used
+        handle.truncate(MAX_FILE_BYTES + 2**20)
+    (outcome,) = verify_all([Candidate(str(huge), "Action")])[1]
+    assert outcome.reason == f"file too large: {MAX_FILE_BYTES // 2**20 + 1} MiB > {MAX_FILE_BYTES // 2**20} MiB limit"
+    with pytest.raises(UnreadableImage, match="^file too large"):
+        read_rgb(huge)

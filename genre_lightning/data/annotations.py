@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,14 @@ from typing import Any
 import pandas as pd
 
 from genre_lightning.csvio import read_csv, write_csv
-from genre_lightning.data.duplicates import apply_policy, duplicate_summary, group_duplicates
-from genre_lightning.data.scan import Skipped, scan
+from genre_lightning.data.duplicates import (
+    DEFAULT_OPTIONS,
+    apply_policy,
+    check_duplicate_options,
+    duplicate_summary,
+    group_duplicates,
+)
+from genre_lightning.data.scan import Candidate, ScanResult, Skipped, scan, verify_all
 from genre_lightning.data.split import SPLITS, stratified_group_split
 from genre_lightning.errors import ConfigError
 
@@ -31,7 +38,7 @@ log = logging.getLogger(__name__)
 ANNOTATIONS_FILE = "annotations.csv"
 REPORT_FILE = "data_report.json"
 COLUMNS = ["file_path", "label", "split", "sha256", "group", "labels"]
-DEFAULT_DUPLICATES = {"policy": "keep", "near_threshold": 6}
+DEFAULT_DUPLICATES = DEFAULT_OPTIONS
 
 
 def read_split_file(path: str | Path, classes: Sequence[str], key: str = "data.split_file") -> pd.DataFrame:
@@ -51,6 +58,9 @@ def read_split_file(path: str | Path, classes: Sequence[str], key: str = "data.s
     unknown_splits = sorted(set(frame["split"]) - set(SPLITS))
     if unknown_splits:
         raise ConfigError(key, str(path), f"split values among {list(SPLITS)} (found {unknown_splits})")
+    # A relative path is relative to the CSV's own folder (as for data.annotations), never to
+    # the working directory, so the same file is found from anywhere; absolute paths stay as they are.
+    frame["file_path"] = [p if os.path.isabs(p) else os.path.abspath(path.parent / p) for p in frame["file_path"]]
     gone = [p for p in frame["file_path"] if not Path(p).is_file()]
     if gone:
         raise ConfigError(key, str(path), f"a split whose files exist ({len(gone)} missing, e.g. {gone[0]!r})")
@@ -82,7 +92,7 @@ def make_annotations(
 
     Returns the annotations table and the data report.
     """
-    options = {**DEFAULT_DUPLICATES, **(duplicates or {})}
+    options = check_duplicate_options(duplicates)  # before the scan: a typo must not cost a full scan
     result = scan(classes, root=root, annotations=annotations, num_threads=verify_threads, min_side=min_image_side)
     records = sorted(result.records, key=lambda r: r.path)
     paths, labels = [r.path for r in records], [r.label for r in records]
@@ -91,10 +101,13 @@ def make_annotations(
     summary = duplicate_summary(paths, labels, sha256, groups, classes)
     outcome = apply_policy(paths, labels, groups, options["policy"], classes)
     result.skipped.extend(Skipped(paths[i], labels[i], reason) for i, reason in outcome.dropped)
+    result.merged = [Skipped(paths[i], labels[i], f"merged into {paths[j]}") for i, j in outcome.merged]
     result.records = [records[i] for i in outcome.keep]
     report = result.report(classes)
     if not result.records:
-        raise ConfigError("data.root", str(root or annotations), "a folder with readable images in its genre folders")
+        if annotations:
+            raise ConfigError("data.annotations", str(annotations), "a CSV that lists at least one readable image")
+        raise ConfigError("data.root", str(root), "a folder with readable images in its genre folders")
     empty = [c for c in classes if report["per_class"][c]["kept"] == 0]
     if empty:
         raise ConfigError("data.classes", list(classes), f"genres with at least one usable image (none for {empty})")
@@ -160,11 +173,7 @@ def prepare_annotations(
     output_dir.mkdir(parents=True, exist_ok=True)
     if split_file:
         frame = read_split_file(split_file, classes)
-        report = {
-            "split_file": str(Path(split_file).resolve()),
-            "n_kept": len(frame),
-            "split": {"counts": _split_counts(frame, classes)},
-        }
+        report = split_file_report(frame, classes, split_file, verify_threads, min_image_side)
     else:
         frame, report = make_annotations(
             classes, fractions, seed, root, annotations, verify_threads, min_image_side, duplicates
@@ -179,6 +188,23 @@ def prepare_annotations(
     return target
 
 
+def split_file_report(
+    frame: pd.DataFrame, classes: Sequence[str], split_file: str | Path, verify_threads: int = 4, min_side: int = 1
+) -> dict:
+    """The data report of a reused split: every listed file verified again, counted per genre.
+
+    The split itself is reused exactly (its rows are not changed); a file that no longer
+    verifies is reported here and skipped, with its reason, when training reads it."""
+    candidates = [Candidate(p, label) for p, label in zip(frame["file_path"], frame["label"], strict=True)]
+    records, skipped = verify_all(candidates, verify_threads, min_side)
+    report = ScanResult(records=records, skipped=skipped).report(classes)
+    report["split_file"] = str(Path(split_file).resolve())
+    report["split"] = {"counts": _split_counts(frame, classes)}
+    if skipped:
+        log.warning("%d file(s) listed in %s no longer verify; the split is reused as it is", len(skipped), split_file)
+    return report
+
+
 def _log_summary(report: dict, classes: Sequence[str]) -> None:
     counts = report["split"]["counts"]
     log.info(
@@ -188,6 +214,16 @@ def _log_summary(report: dict, classes: Sequence[str]) -> None:
     if report.get("n_skipped"):
         log.warning(
             "Skipped %d file(s); reasons in %s: %s", report["n_skipped"], REPORT_FILE, report["skipped_by_reason"]
+        )
+    # genre-train prints no table: these lines are its only sign that files were left out.
+    if report.get("unknown_folders"):
+        log.warning("Folders that are not a configured genre (not used): %s", ", ".join(report["unknown_folders"]))
+    if report.get("n_ignored"):
+        log.warning(
+            "Ignored %d file(s) (%d not inside a genre folder, the rest not images or directory links); listed in %s",
+            report["n_ignored"],
+            report.get("n_outside_genre_folders", 0),
+            REPORT_FILE,
         )
     duplicates = report.get("duplicates")
     if duplicates and duplicates["n_groups"]:

@@ -17,6 +17,7 @@ from genre_lightning.data.annotations import ANNOTATIONS_FILE, prepare_annotatio
 from genre_lightning.data.cache import DecodedImageCache, cover_side
 from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
 from genre_lightning.data.demo import ensure_demo_posters
+from genre_lightning.data.duplicates import check_duplicate_options
 from genre_lightning.data.split import SPLITS, check_fractions
 from genre_lightning.errors import ConfigError
 
@@ -78,6 +79,7 @@ class PosterDataModule(LightningDataModule):
         self.augment = dict(augment) if augment is not None else None
         self.verify_threads = verify_threads
         self.min_image_side = min_image_side
+        check_duplicate_options(duplicates)  # here, not after a scan of every file (also for genre-data)
         self.duplicates = dict(duplicates) if duplicates else None
         self.demo = dict(demo) if demo else None
         if test_split not in SPLITS:

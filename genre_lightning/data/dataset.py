@@ -10,7 +10,7 @@ from timm.data import create_transform
 from torch.utils.data import Dataset, default_collate
 
 from genre_lightning.data.cache import DecodedImageCache
-from genre_lightning.data.imageio import UnreadableImage, read_rgb
+from genre_lightning.data.imageio import UnreadableImage, read_rgb, unexpected_error_reason
 
 # The keys of timm's data config that create_transform understands.
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -69,6 +69,8 @@ class PosterDataset(Dataset):
                 image = read_rgb(self.paths[index])
         except UnreadableImage as err:
             return index, str(err)
+        except Exception as err:  # last resort: one file a decoder chokes on must not stop an epoch
+            return index, unexpected_error_reason(err)
         item = {"image": self.transform(image), "target": self.targets[index], "index": index, "key": self.keys[index]}
         if self.label_sets is not None:
             item["label_set"] = torch.zeros(self.num_classes, dtype=torch.bool)

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from genre_lightning.errors import ConfigError
+
 GENRES = ("Action", "Comedy", "Horror", "Romance")
 GENERATOR_VERSION = 1
 
@@ -86,6 +88,15 @@ def ensure_demo_posters(
     manifest_path = root / "demo_manifest.json"
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest:
         return root
+    # Replace only a folder this generator made (it has our manifest) or an empty one, never user
+    # data; checked before drawing anything.
+    if root.exists() and not manifest_path.is_file() and not (root.is_dir() and not any(root.iterdir())):
+        raise ConfigError(
+            "data.root",
+            str(root),
+            "an empty or missing folder, or one made by data=demo (it holds demo_manifest.json); "
+            "this one holds other files, which are never overwritten",
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=root.parent))
     rng = np.random.default_rng(seed)
@@ -94,11 +105,7 @@ def ensure_demo_posters(
         for index in range(per_class):
             draw_poster(genre, rng, size).save(staging / genre / f"{genre.lower()}_{index:04d}.jpg", quality=90)
     (staging / manifest_path.name).write_text(json.dumps(manifest, indent=2))
-    # Replace only a folder this generator made (it has our manifest), never user data.
-    if root.exists():
-        if not manifest_path.is_file():
-            shutil.rmtree(staging)
-            raise FileExistsError(f"{root} exists and is not a generated demo folder; refusing to overwrite it")
+    if manifest_path.is_file():
         shutil.rmtree(root)
-    staging.rename(root)
+    staging.rename(root)  # onto a missing or an empty folder
     return root

@@ -10,8 +10,9 @@ original (641 of 642 within 6), while the closest two distinct posters are 10 bi
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -20,9 +21,26 @@ from genre_lightning.errors import ConfigError
 
 HASH_BITS = 128
 POLICIES = ("keep", "drop", "multi_genre")
+DEFAULT_OPTIONS = {"policy": "keep", "near_threshold": 6}
 
 
 FLAT_RANGE = 8  # a thumbnail whose brightness varies less than this has no shape to hash
+
+
+def check_duplicate_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``data.duplicates`` with its defaults filled in, checked before any scan (one line per bad value)."""
+    merged = {**DEFAULT_OPTIONS, **(options or {})}
+    if merged["policy"] not in POLICIES:
+        raise ConfigError("data.duplicates.policy", merged["policy"], f"one of {list(POLICIES)}")
+    threshold = merged["near_threshold"]
+    # bool is an int in Python; "near_threshold: true" is a typo, not a distance.
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 0 <= threshold <= HASH_BITS:
+        raise ConfigError(
+            "data.duplicates.near_threshold",
+            threshold,
+            f"an integer number of bits from 0 (exact copies only) to {HASH_BITS}",
+        )
+    return merged
 
 
 def perceptual_hash(image: Image.Image) -> str:

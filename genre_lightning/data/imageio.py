@@ -7,26 +7,49 @@ passes the scan is decoded the same way when the model reads it.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat
 import warnings
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
+
+log = logging.getLogger(__name__)
 
 # Files larger than this many pixels are refused: a poster is well under 10 MP, and the
 # check stops a "decompression bomb" (a tiny file that declares huge dimensions) before
 # it allocates gigabytes. PIL warns above its own limit; we make that an error.
 MAX_PIXELS = 64_000_000
+# Files larger than this are refused before they are read: a scraped "poster" of gigabytes is
+# not a poster, and reading it whole into memory (in several threads at once) could exhaust RAM.
+MAX_FILE_BYTES = 256 * 1024 * 1024
 _WHITE = (255, 255, 255)
+# EXIF orientation -> the transpose that shows the image upright (as PIL's ImageOps.exif_transpose).
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class UnreadableImage(Exception):
     """The file is not an image we can decode; the message is the reason shown to the user."""
 
 
-def decode_rgb(data: bytes) -> Image.Image:
-    """Decode image bytes to an RGB image, with EXIF orientation applied and alpha flattened on white."""
+def unexpected_error_reason(err: Exception) -> str:
+    """The skip reason for an error no known decode failure explains (a bug in a decoder plugin, ...)."""
+    return f"unexpected decode error: {type(err).__name__}: {err}"
+
+
+def decode_rgb(data: bytes, name: str = "image") -> Image.Image:
+    """Decode image bytes to an RGB image, with EXIF orientation applied and alpha flattened on white.
+
+    ``name`` (the file's path) only labels the log line of an unreadable EXIF orientation."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -44,7 +67,21 @@ def decode_rgb(data: bytes) -> Image.Image:
             raise UnreadableImage("not an image: PIL cannot identify the format") from err
         except (OSError, ValueError, SyntaxError, EOFError) as err:
             raise UnreadableImage(f"corrupt image data: {err}") from err
-    return _to_rgb(ImageOps.exif_transpose(image))
+    return _to_rgb(_upright(image, name))
+
+
+def _upright(image: Image.Image, name: str) -> Image.Image:
+    """Apply the EXIF orientation. Only the orientation tag is read: PIL's exif_transpose also
+    rewrites the whole EXIF block and crashes (struct.error, ...) on a damaged unrelated tag.
+    If even the orientation cannot be read, the pixels are fine: keep the image as stored."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as err:  # any EXIF parser failure; the picture itself decoded
+        reason = f"{type(err).__name__}: {err}"
+        log.warning("%s: EXIF orientation unreadable (%s); using the image as stored", name, reason)
+        return image
+    method = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
+    return image.transpose(method) if method is not None else image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -65,9 +102,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def read_image_bytes(path: str | Path) -> bytes:
     """Read a file's bytes (read-only; the file is never modified)."""
     try:
+        info = os.stat(path)
         # A named pipe or device called *.jpg would block or never end: only regular files are read.
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        if not stat.S_ISREG(info.st_mode):
             raise UnreadableImage("not a regular file: a pipe, socket or device")
+        if info.st_size > MAX_FILE_BYTES:
+            raise UnreadableImage(
+                f"file too large: {info.st_size / 2**20:.0f} MiB > {MAX_FILE_BYTES // 2**20} MiB limit"
+            )
         data = Path(path).read_bytes()
     except OSError as err:
         raise UnreadableImage(f"cannot read file: {err.strerror or err}") from err
@@ -78,4 +120,4 @@ def read_image_bytes(path: str | Path) -> bytes:
 
 def read_rgb(path: str | Path) -> Image.Image:
     """Read and decode one image file."""
-    return decode_rgb(read_image_bytes(path))
+    return decode_rgb(read_image_bytes(path), str(path))

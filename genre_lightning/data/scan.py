@@ -16,10 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
+from genre_lightning.csvio import read_csv
 from genre_lightning.data.duplicates import perceptual_hash
-from genre_lightning.data.imageio import UnreadableImage, decode_rgb, read_image_bytes
+from genre_lightning.data.imageio import UnreadableImage, decode_rgb, read_image_bytes, unexpected_error_reason
 from genre_lightning.errors import ConfigError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
@@ -56,29 +55,35 @@ class ScanResult:
     skipped: list[Skipped] = field(default_factory=list)
     ignored: list[Skipped] = field(default_factory=list)  # not images at all (wrong extension, ...)
     unknown_folders: list[str] = field(default_factory=list)
+    # Files folded into another file's item by the multi_genre duplicate policy: neither kept nor skipped.
+    merged: list[Skipped] = field(default_factory=list)
 
     def report(self, classes: Sequence[str]) -> dict:
-        """The JSON-ready ``data_report.json`` content."""
+        """The JSON-ready ``data_report.json`` content. Per genre, found = kept + skipped + merged."""
         kept = Counter(r.label for r in self.records)
         skipped = Counter(s.label for s in self.skipped)
+        merged = Counter(s.label for s in self.merged)
         ignored = Counter(s.label for s in self.ignored)
         reasons = Counter(reason_kind(s.reason) for s in self.skipped)
         by_class_reason = Counter((s.label, reason_kind(s.reason)) for s in self.skipped)
         per_class = {
             c: {
-                "found": kept.get(c, 0) + skipped.get(c, 0),
+                "found": kept.get(c, 0) + skipped.get(c, 0) + merged.get(c, 0),
                 "kept": kept.get(c, 0),
                 "skipped": skipped.get(c, 0),
                 "skipped_by_reason": {r: by_class_reason[(c, r)] for r in sorted(reasons) if by_class_reason[(c, r)]},
+                "merged": merged.get(c, 0),
                 "ignored": ignored.get(c, 0),
             }
             for c in classes
         }
         return {
-            "n_found": len(self.records) + len(self.skipped),
+            "n_found": len(self.records) + len(self.skipped) + len(self.merged),
             "n_kept": len(self.records),
             "n_skipped": len(self.skipped),
+            "n_merged": len(self.merged),
             "n_ignored": len(self.ignored),
+            "n_outside_genre_folders": sum(s.label is None for s in self.ignored),
             "per_class": per_class,
             "skipped_by_reason": dict(sorted(reasons.items())),
             "skipped": [asdict(s) for s in self.skipped],
@@ -94,10 +99,16 @@ def reason_kind(reason: str) -> str:
 
 def find_candidates(root: str | Path, classes: Sequence[str]) -> tuple[list[Candidate], ScanResult]:
     """List image files under ``root/<class>/``; anything else is recorded, never used silently."""
-    root = Path(root)
+    # Absolute: annotations.csv must name the same files from any working directory
+    # (genre-eval, a resumed run, data.split_file); abspath keeps symlinked folders as named.
+    root = Path(os.path.abspath(root))
     if not root.is_dir():
         raise ConfigError("data.root", str(root), "an existing folder with one sub-folder per genre")
-    folders = {p.name for p in root.iterdir() if p.is_dir()}
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as err:
+        raise ConfigError("data.root", str(root), f"a folder we can read ({err.strerror or err})") from err
+    folders = {p.name for p in entries if p.is_dir()}
     missing = [c for c in classes if c not in folders]
     if missing:
         raise ConfigError(
@@ -106,25 +117,46 @@ def find_candidates(root: str | Path, classes: Sequence[str]) -> tuple[list[Cand
             f"genres that exist as folders under {root} (missing: {missing}; found: {sorted(folders)})",
         )
     result = ScanResult(records=[], unknown_folders=sorted(folders - set(classes)))
+    # An image next to the genre folders has no genre: say so instead of passing over it.
+    result.ignored.extend(
+        Skipped(str(p), None, "not inside a genre folder: images must be in data.root/<genre>/")
+        for p in entries
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
     candidates: list[Candidate] = []
     for label in classes:
-        for path in walk_files(
-            root / label,
-            on_directory_link=lambda p, lb=label: result.ignored.append(
-                Skipped(str(p), lb, "directory symlink: not followed")
-            ),
-        ):
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                candidates.append(Candidate(str(path), label))
-            else:
-                result.ignored.append(Skipped(str(path), label, f"not an image extension: {path.suffix!r}"))
+        candidates.extend(_genre_candidates(root / label, label, result))
     return candidates, result
 
 
-def walk_files(folder: Path, on_directory_link: Callable[[Path], None] | None = None) -> Iterable[Path]:
-    """Files under ``folder``, sorted, sub-folders included; directory symlinks are not entered."""
+def _genre_candidates(folder: Path, label: str, result: ScanResult) -> list[Candidate]:
+    """The image files of one genre folder; other files, directory links and unreadable folders go to ``result``."""
+    candidates = []
+    for path in walk_files(
+        folder,
+        on_directory_link=lambda p: result.ignored.append(Skipped(str(p), label, "directory symlink: not followed")),
+        on_error=lambda err: result.skipped.append(
+            Skipped(str(err.filename), label, f"cannot read folder: {err.strerror or err}")
+        ),
+    ):
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            candidates.append(Candidate(str(path), label))
+        else:
+            result.ignored.append(Skipped(str(path), label, f"not an image extension: {path.suffix!r}"))
+    return candidates
+
+
+def walk_files(
+    folder: Path,
+    on_directory_link: Callable[[Path], None] | None = None,
+    on_error: Callable[[OSError], None] | None = None,
+) -> Iterable[Path]:
+    """Files under ``folder``, sorted, sub-folders included; directory symlinks are not entered.
+
+    ``on_error`` receives the error of each folder that cannot be listed (os.walk would
+    otherwise skip it, and every file in it, without a word)."""
     # followlinks=False: a directory symlink is never entered, so a loop cannot trap us.
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error, followlinks=False):
         dirnames.sort()
         if on_directory_link is not None:
             for name in dirnames:
@@ -139,7 +171,8 @@ def read_candidates_csv(csv_path: str | Path, classes: Sequence[str]) -> list[Ca
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise ConfigError("data.annotations", str(csv_path), "an existing CSV file with file_path,label columns")
-    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    # Our own annotations.csv keeps non-UTF-8 file names byte-exact (surrogateescape): read it the same way.
+    frame = read_csv(csv_path)
     missing_columns = {"file_path", "label"} - set(frame.columns)
     if missing_columns:
         raise ConfigError(
@@ -157,12 +190,21 @@ def read_candidates_csv(csv_path: str | Path, classes: Sequence[str]) -> list[Ca
 
 
 def verify(candidate: Candidate, min_side: int = 1) -> ImageRecord | Skipped:
-    """Decode the file fully (the only reliable test of a JPEG) and hash its bytes and its looks."""
+    """Decode the file fully (the only reliable test of a JPEG) and hash its bytes and its looks.
+
+    Never raises for a bad file: one file a decoder chokes on in an unforeseen way must not
+    stop the scan (it runs in a thread pool, where an exception would end the whole run)."""
     try:
-        data = read_image_bytes(candidate.path)
-        image = decode_rgb(data)
+        return _verify(candidate, min_side)
     except UnreadableImage as err:
         return Skipped(candidate.path, candidate.label, str(err))
+    except Exception as err:  # last resort: skip the file with the error's type and message
+        return Skipped(candidate.path, candidate.label, unexpected_error_reason(err))
+
+
+def _verify(candidate: Candidate, min_side: int) -> ImageRecord | Skipped:
+    data = read_image_bytes(candidate.path)
+    image = decode_rgb(data, candidate.path)
     if min(image.size) < min_side:
         return Skipped(
             candidate.path,
@@ -204,5 +246,6 @@ def scan(
         candidates, result = find_candidates(root, classes)
     else:
         raise ConfigError("data.root", None, "a folder of genre sub-folders (or set data.annotations=<csv>)")
-    result.records, result.skipped = verify_all(candidates, num_threads, min_side)
+    result.records, skipped = verify_all(candidates, num_threads, min_side)
+    result.skipped.extend(skipped)  # after the folders the walk could not read
     return result
