@@ -35,7 +35,11 @@ def list_inputs(path: str | Path) -> list[str]:
     if path.is_file():
         return [str(path)]
     if path.is_dir():
-        return [str(p) for p in walk_files(path) if p.suffix.lower() in IMAGE_EXTENSIONS]
+
+        def unreadable_folder(error: OSError) -> None:  # os.walk would skip it without a word
+            log.warning("Cannot read folder %s (%s): its images are not predicted", error.filename, error.strerror)
+
+        return [str(p) for p in walk_files(path, on_error=unreadable_folder) if p.suffix.lower() in IMAGE_EXTENSIONS]
     raise ConfigError("input", str(path), "an existing image file or folder of images")
 
 
