@@ -8,8 +8,9 @@ features. Training uses it only when the training transform is deterministic (no
 augmentation); validation and test use it whenever the backbone is frozen.
 
 The store is named by a fingerprint of the frozen weights, the data config and the backbone,
-and items by content hash, so changed weights, transforms or images never hit stale
-entries. With ``cache_dir`` set, stores are saved as ``<cache_dir>/features/<name>.pt``
+and items by ``cache_key`` (the content hash, or path + size + mtime when the split file has
+no hash), so changed weights, transforms or images never hit stale entries. With ``cache_dir``
+set, stores are saved as ``<cache_dir>/features/<name>.pt``
 (tensors only, loaded with ``weights_only=True``) and reused by later runs.
 """
 
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+
+from genre_lightning.data.cache import cache_key
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,11 @@ class FeatureStore:
             self._saved_size = len(self.table)
 
     def features(self, keys: Sequence[str], images: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]):
-        """Features for a batch: stored ones looked up, the rest computed (and stored)."""
+        """Features for a batch: stored ones looked up, the rest computed (and stored).
+
+        ``keys`` are the dataset's: content hashes, or file paths when the split file has none."""
+        # A path key names the file, not its content: stamp it with size and mtime (see cache_key).
+        keys = [cache_key(key, key) for key in keys]
         missing = [i for i, key in enumerate(keys) if key not in self.table]
         if missing:
             computed = compute(images[missing]).detach().float().cpu()
