@@ -5,7 +5,9 @@ features of an image (seen through a deterministic transform) never change. The
 ``FrozenFeatureCache`` callback then gives the model a ``FeatureStore``; the model runs the
 backbone only for images the store has not seen, and trains the classifier on stored
 features. Training uses it only when the training transform is deterministic (no
-augmentation); validation and test use it whenever the backbone is frozen.
+augmentation) and the backbone has no stochastic depth (``drop_path_rate`` > 0 drops residual
+branches at random in training, which stored eval-mode features would not); validation and
+test use it whenever the backbone is frozen.
 
 The store is named by a fingerprint of the frozen weights, the data config and the backbone,
 and items by ``cache_key`` (the content hash, or path + size + mtime when the split file has
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from timm.layers import DropBlock2d, DropPath
 
 from genre_lightning.data.cache import cache_key
 
@@ -74,6 +77,12 @@ def backbone_is_frozen(pl_module: LightningModule) -> bool:
     return not any(p.requires_grad for p in pl_module.net.parameters() if id(p) not in classifier)
 
 
+def backbone_is_stochastic(pl_module: LightningModule) -> bool:
+    """Whether the backbone draws random numbers in training mode (stochastic depth, DropBlock):
+    then its training-mode features are not a fixed function of the image."""
+    return any(isinstance(m, DropPath | DropBlock2d) and m.drop_prob > 0 for m in pl_module.net.modules())
+
+
 def backbone_fingerprint(pl_module: LightningModule) -> str:
     """A hash of every backbone tensor (weights and BatchNorm statistics), classifier excluded."""
     classifier = {id(p) for p in pl_module.net.get_classifier().parameters()}
@@ -92,6 +101,7 @@ class FrozenFeatureCache(Callback):
     def __init__(self, cache_dir: str | None = None) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._stores: dict[str, FeatureStore] = {}
+        self._said_why_not = False
 
     def _store_for(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> FeatureStore:
         config = {
@@ -118,7 +128,16 @@ class FrozenFeatureCache(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         deterministic = getattr(trainer.datamodule, "augment", "unknown") is None
-        self._attach(trainer, pl_module, "train", deterministic and backbone_is_frozen(pl_module))
+        frozen = backbone_is_frozen(pl_module)
+        stochastic = frozen and deterministic and backbone_is_stochastic(pl_module)
+        if stochastic and not self._said_why_not:
+            self._said_why_not = True
+            log.info(
+                "Frozen-feature cache: not used for training batches, the backbone has stochastic depth "
+                "(model.drop_path_rate=%s); validation and test still use it",
+                pl_module.hparams.get("drop_path_rate"),
+            )
+        self._attach(trainer, pl_module, "train", deterministic and frozen and not stochastic)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._attach(trainer, pl_module, "val", backbone_is_frozen(pl_module))

@@ -207,6 +207,23 @@ def test_linear_probe_with_the_cache_learns_the_same_head(poster_root: Path, tmp
     assert misses2 == misses0 and hits2 - hits0 >= 2 * train_size
 
 
+def test_stochastic_depth_keeps_training_off_the_cache_and_the_head_unchanged(
+    poster_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """With drop_path_rate > 0 a frozen backbone still drops residual branches at random in training;
+    stored (eval-mode) features would train another head, so training must not use them."""
+    common = ["finetune=linear_probe", "trainer.max_epochs=2", "model.drop_path_rate=0.2"]
+    with caplog.at_level("INFO", logger="genre_lightning.feature_cache"):
+        cached, spy = fit(poster_root, tmp_path / "a", *common)
+    plain, _ = fit(poster_root, tmp_path / "b", *common, "~callbacks.feature_cache")
+    for key in ("net.fc.weight", "net.fc.bias"):
+        assert torch.allclose(cached.state_dict()[key], plain.state_dict()[key], atol=1e-5)
+    val_size = (pd.read_csv(tmp_path / "a" / "annotations.csv")["split"] == "val").sum()
+    lookups = [sum(h + m for h, m, _ in epoch) for epoch in spy.per_epoch]
+    assert lookups == [2 * val_size, 3 * val_size]  # validation only: sanity check, then once per epoch
+    assert sum("stochastic depth" in r.getMessage() for r in caplog.records) == 1  # said once, not per epoch
+
+
 def test_cache_is_not_used_once_the_backbone_trains(poster_root: Path, tmp_path: Path):
     # Unfrozen at epoch 1: epoch 1 must run the real backbone (no store lookups for training).
     _, spy = fit(
