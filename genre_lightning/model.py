@@ -116,6 +116,8 @@ class GenreClassifier(LightningModule):
         self.train_metrics = classification_metrics(self.classes, "train/")
         self.val_metrics = classification_metrics(self.classes, "val/")
         self.test_metrics = classification_metrics(self.classes, "test/", detailed=True)
+        # The epoch's training loss (train/loss_epoch), averaged over every rank's images.
+        self.train_loss = MeanMetric()
         # Accuracy where any genre of a multi-genre item counts (duplicate policy multi_genre).
         self.val_acc_multi_genre = MeanMetric()
         self.test_acc_multi_genre = MeanMetric()
@@ -230,17 +232,18 @@ class GenreClassifier(LightningModule):
         if "label_set" in batch and stage != "train":
             hit = batch["label_set"].gather(1, logits.argmax(dim=1, keepdim=True)).float()
             getattr(self, f"{stage}_acc_multi_genre").update(hit)
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=on_step,
-            batch_size=targets.numel(),
-            sync_dist=not on_step,
-        )
+        self._log_loss(stage, loss, targets.numel())
         return loss, logits
+
+    def _log_loss(self, stage: str, loss: torch.Tensor, batch_size: int) -> None:
+        if stage != "train":
+            self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=batch_size, sync_dist=True)
+            return
+        # Per step: this rank's loss, unsynced (an all-reduce every step would cost more than it
+        # tells). Per epoch: the mean over every image of every rank, synced once by the metric.
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+        self.train_loss.update(loss.detach(), weight=batch_size)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
 
     def _split_of(self, stage: str) -> str:
         """The data split a loop reads (genre-eval can point the test loop at another split)."""
