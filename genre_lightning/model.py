@@ -24,6 +24,9 @@ from genre_lightning.metrics import classification_metrics
 log = logging.getLogger(__name__)
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.01}
+# Checkpoint entry with how the data looked in training (the data module's augment options), so
+# genre-eval can show training samples as the model saw them, whatever eval.yaml's data says.
+TRAINING_DATA_KEY = "genre_lightning_training_data"
 # Bins of the expected calibration error (torchmetrics' default); the reliability diagram uses the same.
 
 
@@ -125,6 +128,8 @@ class GenreClassifier(LightningModule):
         self.feature_store: FeatureStore | None = None
         # Images that failed to decode during the run: (split, dataset index, reason).
         self.failed_items: list[tuple[str, int, str]] = []
+        # Read from a loaded checkpoint: {"augment": ...} as trained, or None if it does not say.
+        self.training_data: dict[str, Any] | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GenreClassifier:
@@ -143,6 +148,16 @@ class GenreClassifier(LightningModule):
                 "ckpt_path", str(path), f"a checkpoint that loads with weights_only=True ({first_line})"
             ) from None
         return model.eval()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "augment"):
+            augment = datamodule.augment
+            plain = {k: to_plain(v) for k, v in augment.items()} if augment is not None else None
+            checkpoint[TRAINING_DATA_KEY] = {"augment": plain}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.training_data = checkpoint.get(TRAINING_DATA_KEY)
 
     def _stage_metrics(self, stage: str) -> MetricCollection:
         return getattr(self, f"{stage}_metrics")

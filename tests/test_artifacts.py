@@ -29,11 +29,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from genre_lightning import artifacts as artifacts_module
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.data.imageio import read_rgb
-from genre_lightning.evaluate import evaluate
+from genre_lightning.evaluate import eval_datamodule, evaluate
 from genre_lightning.figures import to_display
+from genre_lightning.model import TRAINING_DATA_KEY, GenreClassifier
 from genre_lightning.results import Predictions, calibration_bins, per_class_table
 from genre_lightning.runtime import build_callbacks
-from tests.conftest import FAST, compose_config, run_cli
+from genre_lightning.train import train
+from tests.conftest import FAST, compose_config, run_cli, train_config
 
 CLASSES = ["Action", "Comedy", "Horror", "Romance"]
 FIGURES = ["confusion_matrix", "mistakes", "genre_distribution", "reliability", "train_samples"]
@@ -213,6 +215,60 @@ def test_genre_eval_writes_the_same_artifacts_for_the_same_checkpoint(tiny_run: 
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert {"test/confusion_matrix", "test/mistakes", "train/samples"} <= set(events.Tags()["images"])
+
+
+def eval_config(ckpt: Path | str, output_dir: Path, *overrides: str):
+    keep = [o for o in FAST if o.startswith(("trainer", "data", "print"))]
+    return compose_config("eval", [*keep, f"ckpt_path={ckpt}", *overrides], output_dir)
+
+
+def random_steps(transform) -> list[str]:
+    return [type(t).__name__ for t in transform.transforms if type(t).__name__.startswith(("Random", "ColorJitter"))]
+
+
+@pytest.mark.parametrize("augment", ["null", "{hflip: 1.0, scale: [0.5, 1.0]}"])
+def test_genre_eval_shows_training_samples_with_the_checkpoints_augmentation(
+    augment: str, poster_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """eval.yaml's data.augment (the posters default: crop, flip, colour jitter) must not replace
+    what the checkpoint was trained with in genre-eval's training-samples figure."""
+    short = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
+    train(train_config(poster_root, tmp_path / "run", *short, "logger=csv", f"data.augment={augment}"))
+    (ckpt,) = (tmp_path / "run" / "checkpoints").glob("epoch*.ckpt")
+    model = GenreClassifier.from_checkpoint(ckpt)
+    cfg = eval_config(ckpt, tmp_path / "eval")
+    assert cfg.data.augment is not None  # the default genre-eval would otherwise have used
+    datamodule = eval_datamodule(cfg, model)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    train_transform = datamodule.datasets["train"].transform
+    if augment == "null":
+        assert datamodule.augment is None and random_steps(train_transform) == []
+        assert train_transform is datamodule.datasets["val"].transform
+        # Then genre-eval draws the very figure genre-train's test drew (same posters, no randomness).
+        evaluate(cfg)
+        pixels = [
+            np.asarray(Image.open(run / "figures" / "train_samples.png"))
+            for run in (tmp_path / "run", tmp_path / "eval")
+        ]
+        np.testing.assert_array_equal(*pixels)
+    else:
+        # (Hydra merges the override into the posters default: color_jitter stays.)
+        assert datamodule.augment == {"scale": [0.5, 1.0], "hflip": 1.0, "color_jitter": 0.2}
+        flip = next(t for t in train_transform.transforms if type(t).__name__ == "RandomHorizontalFlip")
+        assert flip.p == 1.0  # the checkpoint's, not eval.yaml's 0.5
+
+    # A checkpoint from before genre-train recorded it: eval.yaml's data.augment, and a line saying so.
+    old = torch.load(ckpt, weights_only=True)
+    del old[TRAINING_DATA_KEY]
+    torch.save(old, tmp_path / "old.ckpt")
+    cfg = eval_config(
+        tmp_path / "old.ckpt", tmp_path / "eval", f"data.split_file={tmp_path / 'run' / 'annotations.csv'}"
+    )
+    with caplog.at_level("INFO", logger="genre_lightning.evaluate"):
+        fallback = eval_datamodule(cfg, GenreClassifier.from_checkpoint(tmp_path / "old.ckpt"))
+    assert fallback.augment == {"scale": [0.6, 1.0], "hflip": 0.5, "color_jitter": 0.2}
+    assert any("does not record its training augmentation" in r.getMessage() for r in caplog.records)
 
 
 def free_port() -> int:
