@@ -140,15 +140,61 @@ def test_every_figure_is_a_png_of_the_expected_size(tiny_run: Path):
         assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20, f"{name} looks blank"
 
 
-def test_mistakes_shown_are_the_most_confident_wrong_predictions(tiny_run: Path):
+def drawn_mistakes(figure) -> list[tuple[str, str, float, str]]:
+    """(true, predicted, probability, file name) as the captions drawn above the images read."""
+    drawn = []
+    for ax in figure.axes:
+        if ax.images:
+            first, second, name = ax.get_title().splitlines()
+            predicted, probability = second.removeprefix("Pred: ").rstrip(")").split(" (")
+            drawn.append((first.removeprefix("True: ").removesuffix(" /"), predicted, float(probability), name))
+    return drawn
+
+
+def test_mistakes_figure_draws_the_most_confident_wrong_predictions_in_order(tiny_run: Path):
     frame = predictions_of(tiny_run)
+    wrong = frame[frame["label"] != frame["top1"]]
+    assert len(wrong) >= 4  # the fixture run makes mistakes; without them this would check nothing
     probs = torch.tensor(frame[[f"p_{c}" for c in CLASSES]].to_numpy())
     targets = torch.tensor(frame["label"].map(CLASSES.index).to_numpy())
     predictions = Predictions(probs, targets, list(frame["file_path"]), CLASSES)
-    shown = predictions.most_confident_mistakes(3)
-    wrong = frame[frame["label"] != frame["top1"]]
-    assert len(shown) == min(3, len(wrong)) and not shown["correct"].any()
-    assert list(shown["p_top1"]) == pytest.approx(sorted(wrong["p_top1"], reverse=True)[: len(shown)], abs=1e-6)
+    figure, shown = artifacts_module.mistakes_figure(predictions, "test", max_mistakes=3, columns=6)
+
+    expected = wrong.sort_values("p_top1", ascending=False).head(3)
+    assert [(m.file_path, m.true, m.predicted) for m in shown] == list(
+        zip(expected["file_path"], expected["label"], expected["top1"], strict=True)
+    )
+    assert [m.p_top1 for m in shown] == pytest.approx(list(expected["p_top1"]), abs=1e-6)
+    assert [m.p_top1 for m in shown] == sorted((m.p_top1 for m in shown), reverse=True)
+    assert all(m.p_top1 >= p for m in shown for p in wrong["p_top1"].drop(expected.index))
+    assert drawn_mistakes(figure) == [
+        (m.true, m.predicted, pytest.approx(m.p_top1, abs=5e-4), Path(m.file_path).name[:28]) for m in shown
+    ]
+    assert figure.get_suptitle() == f"Most confident mistakes, test split: 3 of {len(wrong)} shown"
+
+
+def test_mistakes_figure_leaves_out_confident_correct_predictions(poster_root: Path):
+    paths = [str(p) for p in sorted(poster_root.rglob("*.jpg"))[:5]]
+    probs = torch.tensor(
+        [
+            [0.97, 0.01, 0.01, 0.01],  # Action, right and most confident of all: not a mistake
+            [0.60, 0.20, 0.10, 0.10],  # Comedy predicted Action at 0.60
+            [0.10, 0.80, 0.05, 0.05],  # Horror predicted Comedy at 0.80
+            [0.30, 0.30, 0.35, 0.05],  # Action predicted Horror at 0.35 (beyond max_mistakes)
+            [0.05, 0.05, 0.05, 0.85],  # Romance, right
+        ]
+    )
+    targets = torch.tensor([0, 1, 2, 0, 3])
+    figure, shown = artifacts_module.mistakes_figure(Predictions(probs, targets, paths, CLASSES), "val", 2, 6)
+    assert [(m.file_path, m.true, m.predicted) for m in shown] == [
+        (paths[2], "Horror", "Comedy"),
+        (paths[1], "Comedy", "Action"),
+    ]
+    assert [(t, p, prob) for t, p, prob, _ in drawn_mistakes(figure)] == [
+        ("Horror", "Comedy", 0.8),
+        ("Comedy", "Action", 0.6),
+    ]
+    assert figure.get_suptitle() == "Most confident mistakes, val split: 2 of 3 shown"
 
 
 def test_training_samples_are_de_normalised_back_to_the_picture(tiny_run: Path, poster_root: Path):
