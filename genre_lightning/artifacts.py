@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -70,6 +70,7 @@ class TestArtifacts(Callback):
         self.print_table = print_table
         self._parts: dict[str, list[torch.Tensor]] = {}
         self.written: dict[str, Path] = {}
+        self.mistakes_shown: list[ShownMistake] = []
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._parts = {"probs": [], "target": [], "index": []}
@@ -172,14 +173,8 @@ class TestArtifacts(Callback):
         return written
 
     def _mistakes_figure(self, predictions: Predictions, split: str) -> Figure:
-        mistakes = predictions.most_confident_mistakes(self.max_mistakes)
-        total_wrong = int((predictions.preds != predictions.targets).sum())
-        images, captions = [], []
-        for row in mistakes.itertuples():
-            images.append(_thumbnail(row.file_path))
-            captions.append(f"True: {row.label} /\nPred: {row.top1} ({row.p_top1:.3f})\n{_short(row.file_path)}")
-        title = f"Most confident mistakes, {split} split: {len(images)} of {total_wrong} shown"
-        return figures.image_grid(images, captions, title, columns=self.columns, caption_color="#b00020")
+        figure, self.mistakes_shown = mistakes_figure(predictions, split, self.max_mistakes, self.columns)
+        return figure
 
     def _train_samples_figure(self, trainer: Trainer, pl_module: LightningModule) -> Figure | None:
         """``samples_per_class`` training images per genre, through the training transform, one row per genre."""
@@ -203,6 +198,29 @@ class TestArtifacts(Callback):
         columns = self.samples_per_class
         title = "Training samples after the training transform (de-normalised)"
         return figures.image_grid(images, captions, title, columns=columns)
+
+
+class ShownMistake(NamedTuple):
+    """One poster of the mistakes grid, as its caption states it."""
+
+    file_path: str
+    true: str
+    predicted: str
+    p_top1: float
+
+
+def mistakes_figure(
+    predictions: Predictions, split: str, max_mistakes: int, columns: int
+) -> tuple[Figure, list[ShownMistake]]:
+    """The most confident mistakes grid, and what it shows, in drawing order (highest ``p_top1`` first)."""
+    mistakes = predictions.most_confident_mistakes(max_mistakes)
+    total_wrong = int((predictions.preds != predictions.targets).sum())
+    shown = [ShownMistake(r.file_path, r.label, r.top1, float(r.p_top1)) for r in mistakes.itertuples()]
+    images = [_thumbnail(m.file_path) for m in shown]
+    captions = [f"True: {m.true} /\nPred: {m.predicted} ({m.p_top1:.3f})\n{_short(m.file_path)}" for m in shown]
+    title = f"Most confident mistakes, {split} split: {len(images)} of {total_wrong} shown"
+    figure = figures.image_grid(images, captions, title, columns=columns, caption_color="#b00020")
+    return figure, shown
 
 
 def _test_dataset(trainer: Trainer) -> Any:

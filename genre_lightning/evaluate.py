@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning.pytorch as pl
@@ -11,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from genre_lightning.data.annotations import ANNOTATIONS_FILE
+from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.errors import ConfigError, exit_on_user_error
 from genre_lightning.hparams import log_hparams_with_metrics
 from genre_lightning.model import GenreClassifier
@@ -39,6 +41,34 @@ def split_file_for(ckpt_path: str | Path, split_file: str | None) -> str:
     return str(sibling)
 
 
+def training_augment(model: GenreClassifier, cfg: DictConfig) -> Any:
+    """The augmentation the checkpoint was trained with (its training-samples figure shows that),
+    or ``data.augment`` for a checkpoint written before genre-train recorded it."""
+    if model.training_data is not None and "augment" in model.training_data:
+        return model.training_data["augment"]
+    fallback = cfg.data.get("augment")
+    log.info(
+        "The checkpoint does not record its training augmentation (written by an older genre-train): "
+        "the training-samples figure uses data.augment=%s",
+        fallback,
+    )
+    return fallback
+
+
+def eval_datamodule(cfg: DictConfig, model: GenreClassifier) -> PosterDataModule:
+    """The data module for ``cfg.split`` of the checkpoint's split file, with its training transform."""
+    split_file = split_file_for(cfg.ckpt_path, cfg.data.get("split_file"))
+    datamodule = instantiate(
+        cfg.data,
+        classes=model.classes,
+        split_file=split_file,
+        test_split=cfg.split,
+        augment=training_augment(model, cfg),
+    )
+    datamodule.set_data_config(model.data_config)
+    return datamodule
+
+
 @exit_on_user_error
 def evaluate(cfg: DictConfig) -> dict:
     """Test ``cfg.ckpt_path`` and write ``metrics.json`` into the run folder."""
@@ -48,16 +78,14 @@ def evaluate(cfg: DictConfig) -> dict:
     model = GenreClassifier.from_checkpoint(cfg.ckpt_path)
     if cfg.get("tta_hflip") is not None:
         model.hparams.tta_hflip = bool(cfg.tta_hflip)
-    split_file = split_file_for(cfg.ckpt_path, cfg.data.get("split_file"))
-    datamodule = instantiate(cfg.data, classes=model.classes, split_file=split_file, test_split=cfg.split)
-    datamodule.set_data_config(model.data_config)
+    datamodule = eval_datamodule(cfg, model)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg), callbacks=build_callbacks(cfg))
     metrics = to_python(trainer.test(model, datamodule=datamodule)[0])
     results = {
         "test": metrics,
         "test_ckpt_path": str(Path(cfg.ckpt_path).resolve()),
         "split": cfg.split,
-        "split_file": split_file,
+        "split_file": datamodule.split_file,
         "skipped_during_run": images_skipped_during_run(model.failed_items, datamodule),
     }
     log_hparams_with_metrics(trainer.loggers, cfg, metrics)

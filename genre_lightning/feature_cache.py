@@ -5,11 +5,14 @@ features of an image (seen through a deterministic transform) never change. The
 ``FrozenFeatureCache`` callback then gives the model a ``FeatureStore``; the model runs the
 backbone only for images the store has not seen, and trains the classifier on stored
 features. Training uses it only when the training transform is deterministic (no
-augmentation); validation and test use it whenever the backbone is frozen.
+augmentation) and the backbone has no stochastic depth (``drop_path_rate`` > 0 drops residual
+branches at random in training, which stored eval-mode features would not); validation and
+test use it whenever the backbone is frozen.
 
 The store is named by a fingerprint of the frozen weights, the data config and the backbone,
-and items by content hash, so changed weights, transforms or images never hit stale
-entries. With ``cache_dir`` set, stores are saved as ``<cache_dir>/features/<name>.pt``
+and items by ``cache_key`` (the content hash, or path + size + mtime when the split file has
+no hash), so changed weights, transforms or images never hit stale entries. With ``cache_dir``
+set, stores are saved as ``<cache_dir>/features/<name>.pt``
 (tensors only, loaded with ``weights_only=True``) and reused by later runs.
 """
 
@@ -23,6 +26,9 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from timm.layers import DropBlock2d, DropPath
+
+from genre_lightning.data.cache import cache_key
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,11 @@ class FeatureStore:
             self._saved_size = len(self.table)
 
     def features(self, keys: Sequence[str], images: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]):
-        """Features for a batch: stored ones looked up, the rest computed (and stored)."""
+        """Features for a batch: stored ones looked up, the rest computed (and stored).
+
+        ``keys`` are the dataset's: content hashes, or file paths when the split file has none."""
+        # A path key names the file, not its content: stamp it with size and mtime (see cache_key).
+        keys = [cache_key(key, key) for key in keys]
         missing = [i for i, key in enumerate(keys) if key not in self.table]
         if missing:
             computed = compute(images[missing]).detach().float().cpu()
@@ -67,6 +77,12 @@ def backbone_is_frozen(pl_module: LightningModule) -> bool:
     return not any(p.requires_grad for p in pl_module.net.parameters() if id(p) not in classifier)
 
 
+def backbone_is_stochastic(pl_module: LightningModule) -> bool:
+    """Whether the backbone draws random numbers in training mode (stochastic depth, DropBlock):
+    then its training-mode features are not a fixed function of the image."""
+    return any(isinstance(m, DropPath | DropBlock2d) and m.drop_prob > 0 for m in pl_module.net.modules())
+
+
 def backbone_fingerprint(pl_module: LightningModule) -> str:
     """A hash of every backbone tensor (weights and BatchNorm statistics), classifier excluded."""
     classifier = {id(p) for p in pl_module.net.get_classifier().parameters()}
@@ -85,6 +101,7 @@ class FrozenFeatureCache(Callback):
     def __init__(self, cache_dir: str | None = None) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._stores: dict[str, FeatureStore] = {}
+        self._said_why_not = False
 
     def _store_for(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> FeatureStore:
         config = {
@@ -111,7 +128,16 @@ class FrozenFeatureCache(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         deterministic = getattr(trainer.datamodule, "augment", "unknown") is None
-        self._attach(trainer, pl_module, "train", deterministic and backbone_is_frozen(pl_module))
+        frozen = backbone_is_frozen(pl_module)
+        stochastic = frozen and deterministic and backbone_is_stochastic(pl_module)
+        if stochastic and not self._said_why_not:
+            self._said_why_not = True
+            log.info(
+                "Frozen-feature cache: not used for training batches, the backbone has stochastic depth "
+                "(model.drop_path_rate=%s); validation and test still use it",
+                pl_module.hparams.get("drop_path_rate"),
+            )
+        self._attach(trainer, pl_module, "train", deterministic and frozen and not stochastic)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._attach(trainer, pl_module, "val", backbone_is_frozen(pl_module))

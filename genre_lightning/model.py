@@ -24,6 +24,9 @@ from genre_lightning.metrics import classification_metrics
 log = logging.getLogger(__name__)
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.01}
+# Checkpoint entry with how the data looked in training (the data module's augment options), so
+# genre-eval can show training samples as the model saw them, whatever eval.yaml's data says.
+TRAINING_DATA_KEY = "genre_lightning_training_data"
 # Bins of the expected calibration error (torchmetrics' default); the reliability diagram uses the same.
 
 
@@ -116,6 +119,8 @@ class GenreClassifier(LightningModule):
         self.train_metrics = classification_metrics(self.classes, "train/")
         self.val_metrics = classification_metrics(self.classes, "val/")
         self.test_metrics = classification_metrics(self.classes, "test/", detailed=True)
+        # The epoch's training loss (train/loss_epoch), averaged over every rank's images.
+        self.train_loss = MeanMetric()
         # Accuracy where any genre of a multi-genre item counts (duplicate policy multi_genre).
         self.val_acc_multi_genre = MeanMetric()
         self.test_acc_multi_genre = MeanMetric()
@@ -123,6 +128,8 @@ class GenreClassifier(LightningModule):
         self.feature_store: FeatureStore | None = None
         # Images that failed to decode during the run: (split, dataset index, reason).
         self.failed_items: list[tuple[str, int, str]] = []
+        # Read from a loaded checkpoint: {"augment": ...} as trained, or None if it does not say.
+        self.training_data: dict[str, Any] | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GenreClassifier:
@@ -141,6 +148,16 @@ class GenreClassifier(LightningModule):
                 "ckpt_path", str(path), f"a checkpoint that loads with weights_only=True ({first_line})"
             ) from None
         return model.eval()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "augment"):
+            augment = datamodule.augment
+            plain = {k: to_plain(v) for k, v in augment.items()} if augment is not None else None
+            checkpoint[TRAINING_DATA_KEY] = {"augment": plain}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.training_data = checkpoint.get(TRAINING_DATA_KEY)
 
     def _stage_metrics(self, stage: str) -> MetricCollection:
         return getattr(self, f"{stage}_metrics")
@@ -230,17 +247,18 @@ class GenreClassifier(LightningModule):
         if "label_set" in batch and stage != "train":
             hit = batch["label_set"].gather(1, logits.argmax(dim=1, keepdim=True)).float()
             getattr(self, f"{stage}_acc_multi_genre").update(hit)
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=on_step,
-            batch_size=targets.numel(),
-            sync_dist=not on_step,
-        )
+        self._log_loss(stage, loss, targets.numel())
         return loss, logits
+
+    def _log_loss(self, stage: str, loss: torch.Tensor, batch_size: int) -> None:
+        if stage != "train":
+            self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=batch_size, sync_dist=True)
+            return
+        # Per step: this rank's loss, unsynced (an all-reduce every step would cost more than it
+        # tells). Per epoch: the mean over every image of every rank, synced once by the metric.
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+        self.train_loss.update(loss.detach(), weight=batch_size)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
 
     def _split_of(self, stage: str) -> str:
         """The data split a loop reads (genre-eval can point the test loop at another split)."""

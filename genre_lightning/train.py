@@ -99,7 +99,8 @@ def _fit_and_test(
         # The best checkpoint, never the last weights (unless no checkpoint was saved at all).
         test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)[0]
         results["test"] = to_python(test_metrics)
-        results["test_ckpt_path"] = best_path or None
+        # What trainer.test really loaded (None: the weights in memory at the end of training).
+        results["test_ckpt_path"] = str(trainer.ckpt_path) if trainer.ckpt_path else None
     results["skipped_during_run"] = images_skipped_during_run(model.failed_items, datamodule)
     log_hparams_with_metrics(trainer.loggers, cfg, {**results["final_val"], **results.get("test", {})})
     return results

@@ -29,11 +29,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from genre_lightning import artifacts as artifacts_module
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.data.imageio import read_rgb
-from genre_lightning.evaluate import evaluate
+from genre_lightning.evaluate import eval_datamodule, evaluate
 from genre_lightning.figures import to_display
+from genre_lightning.model import TRAINING_DATA_KEY, GenreClassifier
 from genre_lightning.results import Predictions, calibration_bins, per_class_table
 from genre_lightning.runtime import build_callbacks
-from tests.conftest import FAST, compose_config, run_cli
+from genre_lightning.train import train
+from tests.conftest import FAST, compose_config, run_cli, train_config
 
 CLASSES = ["Action", "Comedy", "Horror", "Romance"]
 FIGURES = ["confusion_matrix", "mistakes", "genre_distribution", "reliability", "train_samples"]
@@ -138,15 +140,61 @@ def test_every_figure_is_a_png_of_the_expected_size(tiny_run: Path):
         assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20, f"{name} looks blank"
 
 
-def test_mistakes_shown_are_the_most_confident_wrong_predictions(tiny_run: Path):
+def drawn_mistakes(figure) -> list[tuple[str, str, float, str]]:
+    """(true, predicted, probability, file name) as the captions drawn above the images read."""
+    drawn = []
+    for ax in figure.axes:
+        if ax.images:
+            first, second, name = ax.get_title().splitlines()
+            predicted, probability = second.removeprefix("Pred: ").rstrip(")").split(" (")
+            drawn.append((first.removeprefix("True: ").removesuffix(" /"), predicted, float(probability), name))
+    return drawn
+
+
+def test_mistakes_figure_draws_the_most_confident_wrong_predictions_in_order(tiny_run: Path):
     frame = predictions_of(tiny_run)
+    wrong = frame[frame["label"] != frame["top1"]]
+    assert len(wrong) >= 4  # the fixture run makes mistakes; without them this would check nothing
     probs = torch.tensor(frame[[f"p_{c}" for c in CLASSES]].to_numpy())
     targets = torch.tensor(frame["label"].map(CLASSES.index).to_numpy())
     predictions = Predictions(probs, targets, list(frame["file_path"]), CLASSES)
-    shown = predictions.most_confident_mistakes(3)
-    wrong = frame[frame["label"] != frame["top1"]]
-    assert len(shown) == min(3, len(wrong)) and not shown["correct"].any()
-    assert list(shown["p_top1"]) == pytest.approx(sorted(wrong["p_top1"], reverse=True)[: len(shown)], abs=1e-6)
+    figure, shown = artifacts_module.mistakes_figure(predictions, "test", max_mistakes=3, columns=6)
+
+    expected = wrong.sort_values("p_top1", ascending=False).head(3)
+    assert [(m.file_path, m.true, m.predicted) for m in shown] == list(
+        zip(expected["file_path"], expected["label"], expected["top1"], strict=True)
+    )
+    assert [m.p_top1 for m in shown] == pytest.approx(list(expected["p_top1"]), abs=1e-6)
+    assert [m.p_top1 for m in shown] == sorted((m.p_top1 for m in shown), reverse=True)
+    assert all(m.p_top1 >= p for m in shown for p in wrong["p_top1"].drop(expected.index))
+    assert drawn_mistakes(figure) == [
+        (m.true, m.predicted, pytest.approx(m.p_top1, abs=5e-4), Path(m.file_path).name[:28]) for m in shown
+    ]
+    assert figure.get_suptitle() == f"Most confident mistakes, test split: 3 of {len(wrong)} shown"
+
+
+def test_mistakes_figure_leaves_out_confident_correct_predictions(poster_root: Path):
+    paths = [str(p) for p in sorted(poster_root.rglob("*.jpg"))[:5]]
+    probs = torch.tensor(
+        [
+            [0.97, 0.01, 0.01, 0.01],  # Action, right and most confident of all: not a mistake
+            [0.60, 0.20, 0.10, 0.10],  # Comedy predicted Action at 0.60
+            [0.10, 0.80, 0.05, 0.05],  # Horror predicted Comedy at 0.80
+            [0.30, 0.30, 0.35, 0.05],  # Action predicted Horror at 0.35 (beyond max_mistakes)
+            [0.05, 0.05, 0.05, 0.85],  # Romance, right
+        ]
+    )
+    targets = torch.tensor([0, 1, 2, 0, 3])
+    figure, shown = artifacts_module.mistakes_figure(Predictions(probs, targets, paths, CLASSES), "val", 2, 6)
+    assert [(m.file_path, m.true, m.predicted) for m in shown] == [
+        (paths[2], "Horror", "Comedy"),
+        (paths[1], "Comedy", "Action"),
+    ]
+    assert [(t, p, prob) for t, p, prob, _ in drawn_mistakes(figure)] == [
+        ("Horror", "Comedy", 0.8),
+        ("Comedy", "Action", 0.6),
+    ]
+    assert figure.get_suptitle() == "Most confident mistakes, val split: 2 of 3 shown"
 
 
 def test_training_samples_are_de_normalised_back_to_the_picture(tiny_run: Path, poster_root: Path):
@@ -213,6 +261,60 @@ def test_genre_eval_writes_the_same_artifacts_for_the_same_checkpoint(tiny_run: 
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert {"test/confusion_matrix", "test/mistakes", "train/samples"} <= set(events.Tags()["images"])
+
+
+def eval_config(ckpt: Path | str, output_dir: Path, *overrides: str):
+    keep = [o for o in FAST if o.startswith(("trainer", "data", "print"))]
+    return compose_config("eval", [*keep, f"ckpt_path={ckpt}", *overrides], output_dir)
+
+
+def random_steps(transform) -> list[str]:
+    return [type(t).__name__ for t in transform.transforms if type(t).__name__.startswith(("Random", "ColorJitter"))]
+
+
+@pytest.mark.parametrize("augment", ["null", "{hflip: 1.0, scale: [0.5, 1.0]}"])
+def test_genre_eval_shows_training_samples_with_the_checkpoints_augmentation(
+    augment: str, poster_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """eval.yaml's data.augment (the posters default: crop, flip, colour jitter) must not replace
+    what the checkpoint was trained with in genre-eval's training-samples figure."""
+    short = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
+    train(train_config(poster_root, tmp_path / "run", *short, "logger=csv", f"data.augment={augment}"))
+    (ckpt,) = (tmp_path / "run" / "checkpoints").glob("epoch*.ckpt")
+    model = GenreClassifier.from_checkpoint(ckpt)
+    cfg = eval_config(ckpt, tmp_path / "eval")
+    assert cfg.data.augment is not None  # the default genre-eval would otherwise have used
+    datamodule = eval_datamodule(cfg, model)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    train_transform = datamodule.datasets["train"].transform
+    if augment == "null":
+        assert datamodule.augment is None and random_steps(train_transform) == []
+        assert train_transform is datamodule.datasets["val"].transform
+        # Then genre-eval draws the very figure genre-train's test drew (same posters, no randomness).
+        evaluate(cfg)
+        pixels = [
+            np.asarray(Image.open(run / "figures" / "train_samples.png"))
+            for run in (tmp_path / "run", tmp_path / "eval")
+        ]
+        np.testing.assert_array_equal(*pixels)
+    else:
+        # (Hydra merges the override into the posters default: color_jitter stays.)
+        assert datamodule.augment == {"scale": [0.5, 1.0], "hflip": 1.0, "color_jitter": 0.2}
+        flip = next(t for t in train_transform.transforms if type(t).__name__ == "RandomHorizontalFlip")
+        assert flip.p == 1.0  # the checkpoint's, not eval.yaml's 0.5
+
+    # A checkpoint from before genre-train recorded it: eval.yaml's data.augment, and a line saying so.
+    old = torch.load(ckpt, weights_only=True)
+    del old[TRAINING_DATA_KEY]
+    torch.save(old, tmp_path / "old.ckpt")
+    cfg = eval_config(
+        tmp_path / "old.ckpt", tmp_path / "eval", f"data.split_file={tmp_path / 'run' / 'annotations.csv'}"
+    )
+    with caplog.at_level("INFO", logger="genre_lightning.evaluate"):
+        fallback = eval_datamodule(cfg, GenreClassifier.from_checkpoint(tmp_path / "old.ckpt"))
+    assert fallback.augment == {"scale": [0.6, 1.0], "hflip": 0.5, "color_jitter": 0.2}
+    assert any("does not record its training augmentation" in r.getMessage() for r in caplog.records)
 
 
 def free_port() -> int:

@@ -1,20 +1,33 @@
 """The decoded-image cache and the frozen-feature cache: same results, less work, right invalidation."""
 
+import os
+import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import timm
 import torch
 from lightning.pytorch import Callback, seed_everything
 
+from genre_lightning.data.cache import DecodedImageCache
 from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.demo import GENRES, ensure_demo_posters
-from genre_lightning.feature_cache import FrozenFeatureCache
+from genre_lightning.feature_cache import FeatureStore, FrozenFeatureCache
 from genre_lightning.model import GenreClassifier
 from genre_lightning.train import build
 from tests.conftest import train_config
 
 SHORT = ["trainer.limit_val_batches=1", "test=false", "logger=csv", "model/scheduler=constant", "data.augment=null"]
+CONFIG_32 = {
+    "input_size": (3, 32, 32),
+    "interpolation": "bicubic",
+    "mean": (0.5,) * 3,
+    "std": (0.5,) * 3,
+    "crop_pct": 1.0,
+    "crop_mode": "squash",
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,29 +40,33 @@ def loader_images(datamodule: PosterDataModule) -> torch.Tensor:
     return torch.cat([batch["image"] for batch in datamodule.val_dataloader()])
 
 
-def test_decoded_cache_is_written_once_and_read_back(big_posters: Path, tmp_path: Path):
-    config = {
-        "input_size": (3, 32, 32),
-        "interpolation": "bicubic",
-        "mean": (0.5,) * 3,
-        "std": (0.5,) * 3,
-        "crop_pct": 1.0,
-        "crop_mode": "squash",
-    }
+def cached_datamodule(output_dir: Path, cache_dir: str | None, config=CONFIG_32, **source) -> PosterDataModule:
+    dm = PosterDataModule(GENRES, output_dir=str(output_dir), batch_size=4, augment=None, cache_dir=cache_dir, **source)
+    dm.set_data_config(config)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
 
+
+def files_under(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def copy_posters(source: Path, target: Path) -> list[Path]:
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.json"))
+    return sorted(target.rglob("*.jpg"))
+
+
+def edit_image(path: Path, replacement: Path) -> None:
+    """Overwrite ``path`` with another picture, as an editor would (new bytes, a later mtime)."""
+    before = path.stat().st_mtime_ns
+    path.write_bytes(replacement.read_bytes())
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+
+
+def test_decoded_cache_is_written_once_and_read_back(big_posters: Path, tmp_path: Path):
     def datamodule(cache_dir):
-        dm = PosterDataModule(
-            GENRES,
-            output_dir=str(tmp_path / "run"),
-            root=str(big_posters),
-            batch_size=4,
-            augment=None,
-            cache_dir=cache_dir,
-        )
-        dm.set_data_config(config)
-        dm.prepare_data()
-        dm.setup("fit")
-        return dm
+        return cached_datamodule(tmp_path / "run", cache_dir, root=str(big_posters))
 
     plain = loader_images(datamodule(None))
     cached_dm = datamodule(str(tmp_path / "cache"))
@@ -64,6 +81,88 @@ def test_decoded_cache_is_written_once_and_read_back(big_posters: Path, tmp_path
     # Decoding a 96x144 poster, shrinking it to 32 px wide, then squashing to 32x32 is within
     # a hair of squashing the original directly.
     assert (first - plain).abs().mean() < 0.03
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_split_file_without_hashes_caches_inside_the_cache_folder_only(
+    big_posters: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relative: bool
+):
+    """A split file with only file_path,label,split (no sha256): entries must still be digests
+    inside the cache folder, never ``<image>.npy`` beside the user's image (absolute paths) or a
+    failed write (relative paths)."""
+    monkeypatch.chdir(tmp_path)
+    posters = copy_posters(big_posters, tmp_path / "userdata")
+    before = files_under(tmp_path / "userdata")
+    frame = pd.DataFrame(
+        {
+            "file_path": [str(p.relative_to(tmp_path) if relative else p) for p in posters],
+            "label": [p.parent.name for p in posters],
+            "split": ["train"] * len(posters),
+        }
+    )
+    frame.to_csv(tmp_path / "split.csv", index=False)
+    dm = cached_datamodule(tmp_path / "run", str(tmp_path / "cache"), split_file=str(tmp_path / "split.csv"))
+    dataset = dm.datasets["train"]
+    assert dataset.keys == list(frame["file_path"])  # no content hash: the dataset keys by path
+    for i in range(len(dataset)):
+        assert isinstance(dataset[i], dict)
+    assert files_under(tmp_path / "userdata") == before
+    entries = sorted((tmp_path / "cache" / "decoded" / "32px").iterdir())
+    assert len(entries) == len(posters)
+    assert all(len(e.stem) == 64 and set(e.stem) <= set("0123456789abcdef") and e.suffix == ".npy" for e in entries)
+
+
+def test_decoded_cache_misses_when_an_image_without_hash_is_edited(big_posters: Path, tmp_path: Path):
+    first, other = copy_posters(big_posters, tmp_path / "userdata")[:2]
+    cache = DecodedImageCache(tmp_path / "cache", 64)
+    original = np.asarray(cache.load(str(first), str(first)))
+    assert np.array_equal(np.asarray(cache.load(str(first), str(first))), original)  # served from the cache
+    edit_image(first, other)
+    edited = np.asarray(cache.load(str(first), str(first)))
+    assert np.array_equal(edited, np.asarray(DecodedImageCache(tmp_path / "fresh", 64).load(str(first), "x")))
+    assert not np.array_equal(edited, original)
+    assert len(list(cache.folder.glob("*.npy"))) == 2  # a new entry; the old one is never served again
+    assert sorted(p.name for p in (tmp_path / "userdata").rglob("*") if p.is_file()) == sorted(
+        p.name for p in big_posters.rglob("*.jpg")
+    )
+
+
+def test_decoded_cache_entry_changes_with_the_input_size_and_the_content_hash(big_posters: Path, tmp_path: Path):
+    cache_dir = str(tmp_path / "cache")
+    small = cached_datamodule(tmp_path / "run", cache_dir, root=str(big_posters))
+    large = cached_datamodule(
+        tmp_path / "run", cache_dir, config={**CONFIG_32, "input_size": (3, 48, 48)}, root=str(big_posters)
+    )
+    assert next(iter(small.val_dataloader()))["image"].shape[-2:] == (32, 32)
+    assert next(iter(large.val_dataloader()))["image"].shape[-2:] == (48, 48)
+    folders = sorted(p.name for p in (tmp_path / "cache" / "decoded").iterdir())
+    assert folders == ["32px", "48px"]  # no 32 px entry was reused for 48 px input
+    # Same file, another content hash (an edited image rescanned): another entry.
+    path = small.datasets["val"].paths[0]
+    cache = DecodedImageCache(cache_dir, 32)
+    count = len(list(cache.folder.glob("*.npy")))
+    cache.load(path, "0" * 64)
+    assert len(list(cache.folder.glob("*.npy"))) == count + 1 and (cache.folder / f"{'0' * 64}.npy").is_file()
+
+
+def test_feature_store_recomputes_an_edited_image_without_hash(big_posters: Path, tmp_path: Path):
+    first, other = copy_posters(big_posters, tmp_path / "userdata")[:2]
+    calls = []
+
+    def compute(images: torch.Tensor) -> torch.Tensor:
+        calls.append(len(images))
+        return images.mean(dim=(2, 3))
+
+    images = torch.rand(1, 3, 4, 4)
+    store = FeatureStore("s", tmp_path / "features" / "s.pt")
+    store.features([str(first)], images, compute)
+    store.save()
+    reloaded = FeatureStore("s", tmp_path / "features" / "s.pt")
+    reloaded.features([str(first)], images, compute)
+    assert calls == [1] and reloaded.hits == 1  # unchanged file: served from disk
+    edit_image(first, other)
+    reloaded.features([str(first)], images, compute)
+    assert calls == [1, 1] and reloaded.misses == 1  # edited file: computed again, not stale features
 
 
 @pytest.mark.parametrize("backbone", ["resnet10t", "test_efficientnet", "mobilenetv3_small_050"])
@@ -106,6 +205,23 @@ def test_linear_probe_with_the_cache_learns_the_same_head(poster_root: Path, tmp
     ((hits0, misses0, _),) = [s for s in spy.per_epoch[0] if s[2] >= train_size]
     ((hits2, misses2, _),) = [s for s in spy.per_epoch[2] if s[2] >= train_size]
     assert misses2 == misses0 and hits2 - hits0 >= 2 * train_size
+
+
+def test_stochastic_depth_keeps_training_off_the_cache_and_the_head_unchanged(
+    poster_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """With drop_path_rate > 0 a frozen backbone still drops residual branches at random in training;
+    stored (eval-mode) features would train another head, so training must not use them."""
+    common = ["finetune=linear_probe", "trainer.max_epochs=2", "model.drop_path_rate=0.2"]
+    with caplog.at_level("INFO", logger="genre_lightning.feature_cache"):
+        cached, spy = fit(poster_root, tmp_path / "a", *common)
+    plain, _ = fit(poster_root, tmp_path / "b", *common, "~callbacks.feature_cache")
+    for key in ("net.fc.weight", "net.fc.bias"):
+        assert torch.allclose(cached.state_dict()[key], plain.state_dict()[key], atol=1e-5)
+    val_size = (pd.read_csv(tmp_path / "a" / "annotations.csv")["split"] == "val").sum()
+    lookups = [sum(h + m for h, m, _ in epoch) for epoch in spy.per_epoch]
+    assert lookups == [2 * val_size, 3 * val_size]  # validation only: sanity check, then once per epoch
+    assert sum("stochastic depth" in r.getMessage() for r in caplog.records) == 1  # said once, not per epoch
 
 
 def test_cache_is_not_used_once_the_backbone_trains(poster_root: Path, tmp_path: Path):

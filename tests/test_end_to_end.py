@@ -4,11 +4,14 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import run_cli
+from genre_lightning.evaluate import evaluate
+from genre_lightning.train import train
+from tests.conftest import FAST, compose_config, run_cli, train_config
 
 pytestmark = pytest.mark.slow
 CHANCE = 0.25
@@ -36,8 +39,13 @@ def test_demo_learns_well_above_chance(demo_run: Path):
     assert metrics["test"]["test/acc"] >= 0.6, metrics["test"]
     assert metrics["test"]["test/f1_macro"] >= 0.55
     assert metrics["test"]["test/acc_top2"] >= metrics["test"]["test/acc"]
+    # Each genre's recall is the share of its test posters predicted as it (from the per-image CSV).
+    predictions = pd.read_csv(demo_run / "test_predictions.csv")
     for genre in ("Action", "Comedy", "Horror", "Romance"):
-        assert 0 <= metrics["test"][f"test/recall/{genre}"] <= 1
+        own = predictions[predictions["label"] == genre]
+        assert len(own) > 0 and metrics["test"][f"test/recall/{genre}"] == pytest.approx(
+            (own["top1"] == genre).mean(), abs=1e-6
+        ), genre
 
 
 def test_run_folder_holds_everything_and_tests_the_best_checkpoint(demo_run: Path):
@@ -48,7 +56,7 @@ def test_run_folder_holds_everything_and_tests_the_best_checkpoint(demo_run: Pat
     metrics = json.loads((demo_run / "metrics.json").read_text())
     best = Path(metrics["best_ckpt_path"])
     assert best.parent == demo_run / "checkpoints" and best.name != "last.ckpt"
-    assert metrics["test_ckpt_path"] == metrics["best_ckpt_path"]
+    assert metrics["test_ckpt_path"] == metrics["best_ckpt_path"]  # what trainer.test loaded
     # The best checkpoint is the one with the highest val/acc, named by it.
     assert f"val_acc{metrics['best_val']['val/acc']:.4f}" in best.name
     annotations = pd.read_csv(demo_run / "annotations.csv")
@@ -154,3 +162,31 @@ def test_predict_a_folder_writes_one_row_per_file_and_flags_bad_ones(demo_run: P
     probs = good[["p_Action", "p_Comedy", "p_Horror", "p_Romance"]].astype(float)
     assert all(math.isclose(s, 1.0, abs_tol=1e-5) for s in probs.sum(axis=1))
     assert list(probs.idxmax(axis=1).str.removeprefix("p_")) == list(good["top1"])
+
+
+def test_train_tests_the_best_checkpoint_even_when_it_is_not_the_last(poster_root: Path, tmp_path: Path):
+    """ "Best" = the lowest epoch, so the best checkpoint (epoch 0) and the final weights differ:
+    metrics.json's test numbers must be those of the best checkpoint."""
+    best_is_first = ["callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"]
+    run = tmp_path / "run"
+    short = ["trainer.max_epochs=3", "trainer.limit_train_batches=3", "finetune=none", "logger=csv"]
+    train(train_config(poster_root, run, *short, *best_is_first))
+    metrics = json.loads((run / "metrics.json").read_text())
+    best = Path(metrics["best_ckpt_path"])
+    assert best.name.startswith("epoch00") and best.is_file()
+    assert metrics["test_ckpt_path"] == str(best)
+
+    def genre_eval(ckpt: Path, name: str) -> tuple[dict, pd.DataFrame]:
+        keep = [o for o in FAST if o.startswith(("trainer", "data", "print"))]
+        evaluate(compose_config("eval", [*keep, f"ckpt_path={ckpt}"], tmp_path / name))
+        frame = pd.read_csv(tmp_path / name / "test_predictions.csv")
+        return json.loads((tmp_path / name / "metrics.json").read_text())["test"], frame
+
+    of_best, best_predictions = genre_eval(best, "best")
+    _, last_predictions = genre_eval(run / "checkpoints" / "last.ckpt", "last")
+    ours = pd.read_csv(run / "test_predictions.csv")
+    for key in ("test/acc", "test/f1_macro", "test/ece"):
+        assert metrics["test"][key] == pytest.approx(of_best[key], abs=1e-6), key
+    probabilities = [frame.filter(like="p_").to_numpy() for frame in (ours, best_predictions, last_predictions)]
+    np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-5)
+    assert not np.allclose(probabilities[0], probabilities[2], atol=1e-3)  # the last weights would differ

@@ -2,9 +2,12 @@
 
 from pathlib import Path
 
+import pandas as pd
+import pytest
 import torch
+from lightning.pytorch import Callback, seed_everything
 
-from genre_lightning.train import train
+from genre_lightning.train import build, train
 from tests.conftest import train_config
 
 SHORT = [
@@ -67,3 +70,33 @@ def test_last_ckpt_is_the_last_epoch_even_when_val_acc_did_not_improve(poster_ro
     assert len(best) == 1 and best[0].startswith("epoch00")
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (2, 3 * 3)
+
+
+class StepLosses(Callback):
+    def __init__(self) -> None:
+        self.losses: list[tuple[float, int]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append((float(outputs["loss"]), len(batch["target"])))
+
+
+def test_epoch_training_loss_is_the_mean_over_every_image_of_the_epoch(poster_root: Path, tmp_path: Path):
+    # 84 training images in batches of 20: the last batch holds 4, so a plain mean of the step
+    # losses would differ from the mean over images.
+    options = ["trainer.max_epochs=1", "data.batch_size=20", "trainer.limit_val_batches=1"]
+    cfg = train_config(poster_root, tmp_path, *options, "test=false", "logger=csv", "finetune=none",
+                       "trainer.log_every_n_steps=1")  # fmt: skip
+    seed_everything(cfg.seed, workers=True)
+    steps = StepLosses()
+    datamodule, model, trainer = build(cfg, extra_callbacks=[steps])
+    trainer.fit(model, datamodule=datamodule)
+    sizes = [n for _, n in steps.losses]
+    assert sizes == [20, 20, 20, 20, 4]
+    per_image = sum(loss * n for loss, n in steps.losses) / sum(sizes)
+    assert float(trainer.logged_metrics["train/loss_epoch"]) == pytest.approx(per_image, rel=1e-5)
+    # The per-step values are logged as they were, one row per step, under the same tag as before.
+    logged = pd.read_csv(next(tmp_path.rglob("metrics.csv")))
+    step_values = logged["train/loss_step"].dropna().tolist()
+    assert step_values == pytest.approx([loss for loss, _ in steps.losses], rel=1e-5)
+    assert logged["train/loss_epoch"].dropna().tolist() == pytest.approx([per_image], rel=1e-5)
+    assert model.train_loss.update_count == 0  # reset for the next epoch
