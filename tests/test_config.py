@@ -11,7 +11,7 @@ from PIL import Image
 
 from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.dataset import build_transforms
-from genre_lightning.errors import ConfigError, _find_user_error
+from genre_lightning.errors import ConfigError, find_user_error
 from genre_lightning.finetune import GradualUnfreeze
 from genre_lightning.runtime import CONFIG_DIR, build_callbacks, build_loggers, compose_config
 
@@ -140,7 +140,7 @@ def test_duplicate_options_are_checked_before_any_scan(task, override, expected,
     cfg = compose_config(task, [f"data.root={tmp_path}", override], tmp_path)
     with pytest.raises(Exception) as err:
         instantiate(cfg.data)
-    user_error = _find_user_error(err.value)
+    user_error = find_user_error(err.value)
     assert isinstance(user_error, ConfigError) and str(user_error).startswith(expected)
     assert "\n" not in str(user_error)
 
