@@ -103,7 +103,8 @@ def test_a_split_file_without_hashes_caches_inside_the_cache_folder_only(
     frame.to_csv(tmp_path / "split.csv", index=False)
     dm = cached_datamodule(tmp_path / "run", str(tmp_path / "cache"), split_file=str(tmp_path / "split.csv"))
     dataset = dm.datasets["train"]
-    assert dataset.keys == list(frame["file_path"])  # no content hash: the dataset keys by path
+    # No content hash: the dataset keys by path (relative ones resolved against the CSV's folder).
+    assert dataset.keys == [str(p) for p in posters]
     for i in range(len(dataset)):
         assert isinstance(dataset[i], dict)
     assert files_under(tmp_path / "userdata") == before
