@@ -114,6 +114,25 @@ def test_empty_genre_folder_stops_with_a_clear_error(poster_root: Path, tmp_path
         prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=root)
 
 
+def test_evaluating_the_train_split_does_not_augment(poster_root: Path, tmp_path: Path):
+    """genre-eval split=train: the training images through the eval transform, repeatably."""
+    dm = PosterDataModule(
+        GENRES,
+        output_dir=str(tmp_path),
+        root=str(poster_root),
+        batch_size=8,
+        test_split="train",
+        augment={"hflip": 0.5, "scale": [0.5, 1.0], "color_jitter": 0.4},
+    )
+    dm.set_data_config({"input_size": (3, 40, 24), "crop_pct": 1.0, "crop_mode": "squash"})
+    dm.prepare_data()
+    dm.setup("test")
+    first, second = (next(iter(dm.test_dataloader())) for _ in range(2))
+    assert first["image"].equal(second["image"])
+    assert dm.test_dataloader().dataset.paths == dm.datasets["train"].paths
+    assert not dm.datasets["train"][0]["image"].equal(dm.test_dataloader().dataset[0]["image"])  # training augments
+
+
 def test_datamodule_batches_use_the_backbone_data_config(poster_root: Path, tmp_path: Path):
     dm = PosterDataModule(
         GENRES,

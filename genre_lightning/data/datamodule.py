@@ -23,6 +23,9 @@ from genre_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# The training images with the eval transform, for genre-eval split=train.
+EVAL_TRAIN = "train_eval"
+
 
 class PosterDataModule(LightningDataModule):
     """Genre posters from folders (``root``) or a CSV (``annotations``), split 70/15/15.
@@ -138,10 +141,13 @@ class PosterDataModule(LightningDataModule):
         label_index = {c: i for i, c in enumerate(self.classes)}
         # Multi-genre items (duplicate policy multi_genre) also carry every genre they count as.
         multi_genre = self.frame["labels"].str.contains("|", regex=False).any()
-        for split, transform in (("train", train_tf), ("val", eval_tf), ("test", eval_tf)):
+        datasets = {"train": ("train", train_tf), "val": ("val", eval_tf), "test": ("test", eval_tf)}
+        if self.test_split == "train":  # evaluating the training images: without the augmentation
+            datasets[EVAL_TRAIN] = ("train", eval_tf)
+        for name, (split, transform) in datasets.items():
             rows = self.frame[self.frame["split"] == split]
             label_sets = [[label_index[x] for x in s.split("|")] for s in rows["labels"]] if multi_genre else None
-            self.datasets[split] = PosterDataset(
+            self.datasets[name] = PosterDataset(
                 list(rows["file_path"]),
                 [label_index[x] for x in rows["label"]],
                 transform,
@@ -183,7 +189,7 @@ class PosterDataModule(LightningDataModule):
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_split, shuffle=False)
+        return self._loader(EVAL_TRAIN if self.test_split == "train" else self.test_split, shuffle=False)
 
     def split_paths(self, split: str) -> list[str]:
         return self.datasets[split].paths
