@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
 from genre_lightning import figures
+from genre_lightning.csvio import write_csv
 from genre_lightning.data.imageio import UnreadableImage, read_rgb
 from genre_lightning.metrics import ECE_BINS
 from genre_lightning.results import Predictions, calibration_bins, per_class_table
@@ -131,7 +132,7 @@ class TestArtifacts(Callback):
         written: dict[str, Path] = {}
         split = getattr(trainer.datamodule, "test_split", "test")
 
-        predictions.frame().to_csv(out / PREDICTIONS_FILE, index=False)
+        write_csv(predictions.frame(), out / PREDICTIONS_FILE)  # keeps non-UTF-8 file names byte-exact
         written["predictions"] = out / PREDICTIONS_FILE
         matrix = predictions.confusion_matrix()
         confusion = pd.DataFrame(matrix, index=pd.Index(classes, name="true\\predicted"), columns=classes)
@@ -240,5 +241,6 @@ def _thumbnail(path: str) -> np.ndarray:
 
 
 def _short(path: str, width: int = 28) -> str:
-    name = Path(path).name
+    # A file name that is not UTF-8 (kept as surrogate escapes) cannot be drawn: show U+FFFD instead.
+    name = Path(path).name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return name if len(name) <= width else name[: width - 3] + "..."

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,7 +32,7 @@ from genre_lightning import artifacts as artifacts_module
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.data.imageio import read_rgb
 from genre_lightning.evaluate import eval_datamodule, evaluate
-from genre_lightning.figures import to_display
+from genre_lightning.figures import save_png, to_display
 from genre_lightning.model import TRAINING_DATA_KEY, GenreClassifier
 from genre_lightning.results import Predictions, calibration_bins, per_class_table
 from genre_lightning.runtime import build_callbacks
@@ -195,6 +197,17 @@ def test_mistakes_figure_leaves_out_confident_correct_predictions(poster_root: P
         ("Comedy", "Action", 0.6),
     ]
     assert figure.get_suptitle() == "Most confident mistakes, val split: 2 of 3 shown"
+
+
+def test_mistakes_figure_draws_a_file_name_that_is_not_utf8(poster_root: Path, tmp_path: Path):
+    """Such names are kept by the data pipeline; drawing one must not kill the run after testing."""
+    odd = tmp_path / os.fsdecode(b"caf\xe9 poster.jpg")
+    shutil.copyfile(sorted(poster_root.rglob("*.jpg"))[0], odd)
+    predictions = Predictions(torch.tensor([[0.1, 0.9, 0.0, 0.0]]), torch.tensor([0]), [str(odd)], CLASSES)
+    figure, shown = artifacts_module.mistakes_figure(predictions, "test", 4, 6)
+    assert [m.file_path for m in shown] == [str(odd)]
+    assert [name for *_, name in drawn_mistakes(figure)] == ["caf\ufffd poster.jpg"]
+    assert save_png(figure, tmp_path / "mistakes.png").stat().st_size > 0
 
 
 def test_training_samples_are_de_normalised_back_to_the_picture(tiny_run: Path, poster_root: Path):
