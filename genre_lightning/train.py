@@ -58,15 +58,14 @@ def _use_shared_sweep_split(cfg: DictConfig) -> None:
 
 
 def _resume_in_place(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
-    """The checkpoint to resume from: ``ckpt_path``, else this run folder's own ``last.ckpt``.
+    """The checkpoint to resume from: this run folder's own ``last.ckpt`` if it has one, else ``ckpt_path``.
 
-    A requeued Slurm job (or a rerun with ``hydra.run.dir=<run>``) continues where it stopped.
+    A requeued Slurm job (or a rerun with ``hydra.run.dir=<run>``) continues where it stopped, also
+    when it was started with ``ckpt_path=``: that checkpoint is older than the folder's own.
     """
-    if cfg.ckpt_path or not cfg.get("auto_resume", True):
-        return cfg.ckpt_path
     last = RequeueOnSignal.checkpoint_path(trainer)
-    if not last.is_file():
-        return None
+    if not cfg.get("auto_resume", True) or not last.is_file():
+        return cfg.ckpt_path
     log.info("Resuming from %s (this run folder's last checkpoint)", last)
     return str(last)
 

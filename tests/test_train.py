@@ -2,12 +2,15 @@
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pandas as pd
 import pytest
 import torch
 from lightning.pytorch import Callback, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import OmegaConf
 
-from genre_lightning.train import build, train
+from genre_lightning.train import _resume_in_place, build, train
 from tests.conftest import train_config
 
 SHORT = [
@@ -60,6 +63,17 @@ def test_rerun_in_the_same_run_folder_continues_from_its_last_checkpoint(poster_
     # auto_resume=false starts again from scratch.
     train(train_config(poster_root, tmp_path, *SHORT, "trainer.max_epochs=1", "auto_resume=false"))
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_a_requeued_run_started_with_ckpt_path_resumes_from_its_own_last_checkpoint(tmp_path: Path):
+    cfg = OmegaConf.create({"ckpt_path": str(tmp_path / "elsewhere" / "last.ckpt"), "auto_resume": True})
+    trainer = pl.Trainer(default_root_dir=tmp_path, callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints")])
+    assert _resume_in_place(cfg, trainer) == cfg.ckpt_path  # first start: nothing of its own yet
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")  # written before the Slurm signal
+    assert _resume_in_place(cfg, trainer) == str(tmp_path / "checkpoints" / "last.ckpt")
+    cfg.auto_resume = False
+    assert _resume_in_place(cfg, trainer) == cfg.ckpt_path
 
 
 def test_last_ckpt_is_the_last_epoch_even_when_val_acc_did_not_improve(poster_root: Path, tmp_path: Path):
