@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "split_settings.json"
 # The data settings a split depends on (not batch size, workers or augmentation).
-SPLIT_KEYS = ("classes", "root", "annotations", "fractions", "split_seed", "demo")
+SPLIT_KEYS = ("classes", "root", "annotations", "fractions", "split_seed", "demo", "duplicates", "min_image_side")
 
 
 def split_settings(data: DictConfig) -> dict[str, Any]:
@@ -77,8 +77,11 @@ class SharedSplit(Callback):
 def swept_split_settings(config: DictConfig) -> list[str]:
     """The split settings (or the whole ``data`` group) that this multirun's command line sweeps."""
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    split_keys = {"data", *(f"data.{key}" for key in SPLIT_KEYS)}
-    return [o.key_or_group for o in parsed if o.is_sweep_override() and o.key_or_group in split_keys]
+
+    def decides_the_split(key: str) -> bool:  # data, data.root, data.duplicates.policy, ...
+        return key == "data" or any(key == f"data.{k}" or key.startswith(f"data.{k}.") for k in SPLIT_KEYS)
+
+    return [o.key_or_group for o in parsed if o.is_sweep_override() and decides_the_split(o.key_or_group)]
 
 
 def shared_split_file(cfg: DictConfig) -> str | None:

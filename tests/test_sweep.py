@@ -10,7 +10,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from tests.conftest import FAST, require, run_cli
+from genre_lightning.sweep import split_settings
+from tests.conftest import FAST, compose_config, require, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +44,15 @@ def multirun(poster_root: Path | str, tmp_path: Path, *overrides: str) -> tuple[
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     jobs = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
     return sweep, jobs, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("override", ["data.duplicates.policy=drop", "data.min_image_side=64", "data.split_seed=3"])
+def test_split_settings_include_what_changes_annotations(tmp_path: Path, override: str):
+    """A job whose duplicate policy or size filter differs from the sweep's must not reuse its split."""
+    base = compose_config("train", ["data.root=/posters"], tmp_path)
+    changed = compose_config("train", ["data.root=/posters", override], tmp_path)
+    assert split_settings(base.data) != split_settings(changed.data)
+    assert split_settings(base.data) == split_settings(compose_config("train", ["data.root=/posters"], tmp_path).data)
 
 
 def test_multirun_jobs_share_one_split_made_once(poster_root: Path, tmp_path: Path):
