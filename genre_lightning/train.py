@@ -121,10 +121,19 @@ def train(cfg: DictConfig) -> float | None:
     write_json(output_dir / "metrics.json", results)
     rank_zero_info(f"Run folder: {output_dir}")
 
-    metric = cfg.get("optimized_metric")
-    if metric and metric in results["best_val"]:
-        return results["best_val"][metric]
-    return to_python(trainer.callback_metrics).get(metric) if metric else None
+    return optimized_metric_value(cfg.get("optimized_metric"), results)
+
+
+def optimized_metric_value(metric: str | None, results: dict) -> float | None:
+    """What a sweeper optimises: the metric at the best checkpoint, else at the last validation, else
+    the test value (``trainer.test`` clears the validation metrics, so they come from ``results``)."""
+    if not metric:
+        return None
+    for section in ("best_val", "final_val", "test"):
+        if metric in (results.get(section) or {}):
+            return float(results[section][metric])
+    logged = sorted({name for section in ("best_val", "final_val", "test") for name in results.get(section) or {}})
+    raise ConfigError("optimized_metric", metric, f"a metric this run logs: one of {logged}")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -10,7 +10,8 @@ from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
-from genre_lightning.train import _resume_in_place, build, train
+from genre_lightning.errors import ConfigError
+from genre_lightning.train import _resume_in_place, build, optimized_metric_value, train
 from tests.conftest import train_config
 
 SHORT = [
@@ -114,3 +115,17 @@ def test_epoch_training_loss_is_the_mean_over_every_image_of_the_epoch(poster_ro
     assert step_values == pytest.approx([loss for loss, _ in steps.losses], rel=1e-5)
     assert logged["train/loss_epoch"].dropna().tolist() == pytest.approx([per_image], rel=1e-5)
     assert model.train_loss.update_count == 0  # reset for the next epoch
+
+
+def test_the_optimized_metric_comes_from_the_best_checkpoint_then_the_last_validation_then_test():
+    results = {
+        "best_val": {"val/acc": 0.75},
+        "final_val": {"val/acc": 0.5, "val/loss": 1.25, "val/f1_macro": 0.4},
+        "test": {"test/acc": 0.625},
+    }
+    assert optimized_metric_value("val/acc", results) == 0.75  # the checkpoint that was tested
+    assert optimized_metric_value("val/loss", results) == 1.25  # trainer.test cleared it from callback_metrics
+    assert optimized_metric_value("test/acc", results) == 0.625
+    assert optimized_metric_value(None, results) is None
+    with pytest.raises(ConfigError, match=r"optimized_metric='val/acc_top2' is not valid: expected a metric this run"):
+        optimized_metric_value("val/acc_top2", results)
