@@ -243,7 +243,9 @@ class GenreClassifier(LightningModule):
         else:
             logits = self._logits(batch, stage)
             loss = self.criterion(logits, targets)
-            self._stage_metrics(stage).update(logits, targets)
+            # Probabilities, not logits: torchmetrics' calibration error applies softmax only to a batch
+            # with a value outside [0, 1], so a batch of small logits would be scored as probabilities.
+            self._stage_metrics(stage).update(logits.softmax(dim=-1), targets)
         if "label_set" in batch and stage != "train":
             hit = batch["label_set"].gather(1, logits.argmax(dim=1, keepdim=True)).float()
             getattr(self, f"{stage}_acc_multi_genre").update(hit)

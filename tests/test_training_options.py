@@ -3,11 +3,14 @@
 from collections import Counter
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch import seed_everything
+from torch.utils.data import DataLoader
 
 from genre_lightning.data.datamodule import PosterDataModule
+from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
 from genre_lightning.data.demo import GENRES
 from genre_lightning.model import GenreClassifier
 from genre_lightning.predict import frozen_forward
@@ -121,3 +124,22 @@ def test_mixup_trains_on_soft_targets_and_skips_train_accuracy(poster_root: Path
     assert not torch.equal(before, model.net.fc.weight)  # it trained
     logged = trainer.logged_metrics
     assert "train/loss_epoch" in logged and "val/acc" in logged and "train/acc" not in logged
+
+
+def test_test_ece_scores_softmax_probabilities_even_when_logits_lie_in_0_1(poster_root: Path):
+    """torchmetrics takes a batch whose values all lie in [0, 1] as probabilities; logits that do
+    must still be turned into probabilities first."""
+    model = GenreClassifier("resnet10t", GENRES).eval()
+    head = model.net.get_classifier()
+    with torch.no_grad():  # every image gets the same logits, all inside [0, 1]
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([0.9, 0.2, 0.1, 0.05]))
+    paths = sorted(str(p) for p in poster_root.rglob("*.jpg"))[::10]
+    targets = [GENRES.index(Path(p).parent.name) for p in paths]
+    _, eval_tf = build_transforms({"input_size": (3, 32, 32), "crop_pct": 1.0, "crop_mode": "squash"}, None)
+    loader = DataLoader(PosterDataset(paths, targets, eval_tf), batch_size=4, collate_fn=collate_posters)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (metrics,) = trainer.test(model, dataloaders=loader, verbose=False)
+    confidence = torch.tensor([0.9, 0.2, 0.1, 0.05]).softmax(dim=0).max().item()  # 0.42, not 0.9
+    accuracy = sum(t == 0 for t in targets) / len(targets)
+    assert metrics["test/ece"] == pytest.approx(abs(confidence - accuracy), abs=1e-5)
