@@ -119,7 +119,7 @@ class GenreClassifier(LightningModule):
         self.train_metrics = classification_metrics(self.classes, "train/")
         self.val_metrics = classification_metrics(self.classes, "val/")
         self.test_metrics = classification_metrics(self.classes, "test/", detailed=True)
-        # The epoch's training loss (train/loss_epoch), averaged over every rank's images.
+        # The epoch's training loss (train/loss), averaged over every rank's images.
         self.train_loss = MeanMetric()
         # Accuracy where any genre of a multi-genre item counts (duplicate policy multi_genre).
         self.val_acc_multi_genre = MeanMetric()
@@ -260,7 +260,7 @@ class GenreClassifier(LightningModule):
         # tells). Per epoch: the mean over every image of every rank, synced once by the metric.
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         self.train_loss.update(loss.detach(), weight=batch_size)
-        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
 
     def _split_of(self, stage: str) -> str:
         """The data split a loop reads (genre-eval can point the test loop at another split)."""

@@ -362,7 +362,7 @@ def test_tensorboard_server_serves_the_scalars_images_and_hparams(tiny_run: Path
             time.sleep(0.5)
         scalar_tags = set(scalars.get(".", {}))
         assert {
-            "train/loss_epoch",
+            "train/loss",
             "train/acc",
             "val/loss",
             "val/acc",

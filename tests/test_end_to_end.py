@@ -70,7 +70,7 @@ def test_tensorboard_event_files_hold_the_scalars(demo_run: Path):
     events.Reload()
     tags = set(events.Tags()["scalars"])
     expected = {
-        "train/loss_epoch",
+        "train/loss",
         "train/acc",
         "val/loss",
         "val/acc",

@@ -108,12 +108,12 @@ def test_epoch_training_loss_is_the_mean_over_every_image_of_the_epoch(poster_ro
     sizes = [n for _, n in steps.losses]
     assert sizes == [20, 20, 20, 20, 4]
     per_image = sum(loss * n for loss, n in steps.losses) / sum(sizes)
-    assert float(trainer.logged_metrics["train/loss_epoch"]) == pytest.approx(per_image, rel=1e-5)
+    assert float(trainer.logged_metrics["train/loss"]) == pytest.approx(per_image, rel=1e-5)
     # The per-step values are logged as they were, one row per step, under the same tag as before.
     logged = pd.read_csv(next(tmp_path.rglob("metrics.csv")))
     step_values = logged["train/loss_step"].dropna().tolist()
     assert step_values == pytest.approx([loss for loss, _ in steps.losses], rel=1e-5)
-    assert logged["train/loss_epoch"].dropna().tolist() == pytest.approx([per_image], rel=1e-5)
+    assert logged["train/loss"].dropna().tolist() == pytest.approx([per_image], rel=1e-5)
     assert model.train_loss.update_count == 0  # reset for the next epoch
 
 

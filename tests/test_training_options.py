@@ -123,7 +123,7 @@ def test_mixup_trains_on_soft_targets_and_skips_train_accuracy(poster_root: Path
     assert model.mixup is not None and model.mixup.label_smoothing == 0.1
     assert not torch.equal(before, model.net.fc.weight)  # it trained
     logged = trainer.logged_metrics
-    assert "train/loss_epoch" in logged and "val/acc" in logged and "train/acc" not in logged
+    assert "train/loss" in logged and "val/acc" in logged and "train/acc" not in logged
 
 
 def test_test_ece_scores_softmax_probabilities_even_when_logits_lie_in_0_1(poster_root: Path):
