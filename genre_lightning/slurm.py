@@ -40,6 +40,11 @@ REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 def _devices_per_node(devices: Any) -> int:
+    """Lightning's forms: a count (2), a list of device indices ([0, 1]) or a string of them ("0,1")."""
+    if isinstance(devices, str) and "," in devices:
+        devices = [d for d in devices.split(",") if d.strip()]
+    if OmegaConf.is_list(devices) or isinstance(devices, list | tuple):
+        return len(devices) if len(devices) else _devices_per_node(0)
     try:
         count = int(devices)
     except (TypeError, ValueError):

@@ -51,6 +51,8 @@ def launcher(*overrides: str) -> DictConfig:
         (["trainer=gpu", "data.num_workers=2"], 1, 1, 1, 3),
         (["trainer=ddp_cpu", "data.num_workers=0"], 1, 2, None, 1),
         (["trainer=cpu", "data.num_workers=5"], 1, 1, None, 6),
+        (["trainer=ddp", "trainer.devices=[0,1]", "data.num_workers=0"], 1, 2, 2, 1),  # Lightning's list form
+        (["trainer=ddp", "trainer.devices='0,1,2'", "data.num_workers=0"], 1, 3, 3, 1),  # and its string form
     ],
 )
 def test_slurm_tasks_and_gpus_follow_the_trainer(overrides, nodes, tasks, gpus, cpus):
