@@ -62,15 +62,30 @@ class GradualUnfreeze(BaseFinetuning):
     epoch ``milestones[i]`` chunk ``i`` (counted from the top) becomes trainable, in a new
     optimizer param group whose LR is the head's current LR times
     ``backbone_lr_scale * lr_decay ** i``. ``milestones=[]`` never unfreezes (linear probe).
+
+    BatchNorm layers update their running statistics while they train, and keep them while they
+    are frozen. ``freeze_bn_stats=True`` keeps the statistics of the (pretrained) backbone for the
+    whole run, unfrozen layers included: only their weights train.
     """
 
-    def __init__(self, milestones: Sequence[int], backbone_lr_scale: float = 0.1, lr_decay: float = 1.0) -> None:
+    def __init__(
+        self,
+        milestones: Sequence[int],
+        backbone_lr_scale: float = 0.1,
+        lr_decay: float = 1.0,
+        freeze_bn_stats: bool = False,
+    ) -> None:
         super().__init__()
+        if isinstance(milestones, int | float | str) or milestones is None:
+            raise ConfigError("finetune.milestones", milestones, "a list of epoch numbers, e.g. [2] or [1,3,5]")
         milestones = list(milestones)
         if any(m < 0 for m in milestones) or milestones != sorted(milestones):
             raise ConfigError("finetune.milestones", milestones, "a non-decreasing list of epoch numbers >= 0")
         if backbone_lr_scale <= 0:
             raise ConfigError("finetune.backbone_lr_scale", backbone_lr_scale, "a positive LR multiplier")
+        if lr_decay <= 0:
+            raise ConfigError("finetune.lr_decay", lr_decay, "a positive LR multiplier per deeper chunk")
+        self.freeze_bn_stats = bool(freeze_bn_stats)
         self.milestones = milestones
         self.backbone_lr_scale = backbone_lr_scale
         self.lr_decay = lr_decay
@@ -94,6 +109,7 @@ class GradualUnfreeze(BaseFinetuning):
 
     def freeze_before_training(self, pl_module: LightningModule) -> None:
         self._module = pl_module
+        pl_module.freeze_bn_stats = self.freeze_bn_stats  # applied per batch by the module
         for chunk in self.chunks(pl_module):
             for param in chunk:
                 param.requires_grad = False

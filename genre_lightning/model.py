@@ -211,17 +211,18 @@ class GenreClassifier(LightningModule):
         return self(batch["image"])
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # A BatchNorm whose weights are frozen also keeps its running statistics: frozen layers
-        # compute what they computed when they were trained. Done per batch because Lightning
-        # restores each module's train/eval flag after every validation run.
+        # A BatchNorm whose weights are frozen also keeps its running statistics (frozen layers
+        # compute what they computed when they were trained); one that trains updates them, unless
+        # the fine-tuning callback keeps every statistic (finetune.freeze_bn_stats). Set per batch,
+        # from the trainable flags: Lightning restores each module's mode after every validation
+        # run, and a resumed run must train exactly as an uninterrupted one.
+        if not self.training:
+            return
+        keep_statistics = getattr(self, "freeze_bn_stats", False)
         for module in self.net.modules():
-            if (
-                isinstance(module, nn.modules.batchnorm._BatchNorm)
-                and module.training
-                and module.weight is not None
-                and not module.weight.requires_grad
-            ):
-                module.eval()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                trainable = module.weight is None or module.weight.requires_grad
+                module.train(trainable and not keep_statistics)
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """(loss, logits) of a batch, with the stage's metrics updated; None for an evaluation batch

@@ -42,6 +42,8 @@ variants)
     run v12_mobilenetv2         experiment=best_cpu test=false model=mobilenetv2_100 model.weights="$WEIGHTS/mobilenetv2_100.in1k.safetensors"
     # Round 3: MobileNetV2 was still rising at epoch 20 (v12): 30 epochs, about 10 minutes.
     run v16_mobilenetv2_30_epochs experiment=best_cpu test=false model=mobilenetv2_100 model.weights="$WEIGHTS/mobilenetv2_100.in1k.safetensors" trainer.max_epochs=30
+    # BatchNorm statistics: every run above kept ImageNet's (finetune.freeze_bn_stats=true in best_cpu).
+    run v17_bn_stats_update     experiment=best_cpu test=false finetune.freeze_bn_stats=false
     # Not run for docs/RESULTS.md (time): the linear probe found no gain from 336x224 over 288x192.
     # run v06_384x256           experiment=best_cpu test=false model.data_config.input_size=[3,384,256]
     ;;

@@ -13,6 +13,10 @@ from tests.conftest import train_config
 SHORT = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false", "logger=csv"]
 
 
+def batchnorms(pl_module) -> list[torch.nn.BatchNorm2d]:
+    return [m for m in pl_module.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
 class FreezeRecorder(Callback):
     """Records, after the first step of each epoch, what was trainable."""
 
@@ -31,11 +35,9 @@ class FreezeRecorder(Callback):
             "lrs": [group["lr"] for group in optimizer.param_groups],
             "optimized": {id(p) for group in optimizer.param_groups for p in group["params"]},
             "state_for": {id(p) for p in optimizer.state},
-            "frozen_bn_in_eval": all(
-                not m.training
-                for m in pl_module.net.modules()
-                if isinstance(m, torch.nn.BatchNorm2d) and not m.weight.requires_grad
-            ),
+            "frozen_bn_in_eval": all(not m.training for m in batchnorms(pl_module) if not m.weight.requires_grad),
+            # (trainable, in train mode) of each BatchNorm layer
+            "bn_modes": [(m.weight.requires_grad, m.training) for m in batchnorms(pl_module)],
         }
 
     def on_train_start(self, trainer, pl_module):
@@ -79,6 +81,10 @@ def test_gradual_unfreezing_follows_the_milestones(poster_root: Path, tmp_path: 
     assert epoch1["lrs"] == pytest.approx([0.01, 0.001])
     assert epoch2["chunks_trainable"] == [True, True]
     assert epoch2["lrs"] == pytest.approx([0.01, 0.001, 0.0005])
+    # BatchNorm layers update their running statistics from the epoch they train in, not before.
+    for epoch in (epoch0, epoch1, epoch2):
+        assert all(trainable == training for trainable, training in epoch["bn_modes"])
+    assert [t for t, _ in epoch1["bn_modes"]].count(True) > 0 and all(t for t, _ in epoch2["bn_modes"])
     # Every parameter ends up in the optimizer exactly once (BatchNorm weights of a random
     # init are equal tensors, and must not be mistaken for each other).
     all_params = {id(p) for p in model.parameters()}
@@ -129,3 +135,24 @@ def test_resume_past_a_milestone_keeps_unfrozen_groups_unfrozen(poster_root: Pat
     assert backbone_ids <= start["state_for"]
     assert resumed.epochs[2]["lrs"] == pytest.approx([0.01, 0.001])  # no duplicate group was added
     assert trainer.current_epoch == 3
+    # BatchNorm trains as it did before the interruption: every layer trainable and in train mode.
+    assert first.epochs[1]["bn_modes"] == resumed.epochs[2]["bn_modes"] == [(True, True)] * 14
+
+
+def test_freeze_bn_stats_keeps_the_running_statistics_of_unfrozen_layers(poster_root: Path, tmp_path: Path):
+    cfg = train_config(
+        poster_root,
+        tmp_path,
+        "finetune=head_then_all",
+        "finetune.milestones=[0]",
+        "finetune.freeze_bn_stats=true",
+        "trainer.max_epochs=1",
+        *SHORT,
+    )
+    recorder = FreezeRecorder()
+    datamodule, model, trainer = build(cfg, extra_callbacks=[recorder])
+    before = {k: v.clone() for k, v in model.net.state_dict().items() if "running_" in k}
+    trainer.fit(model, datamodule=datamodule)
+    assert recorder.epochs[0]["bn_modes"] == [(True, False)] * 14  # weights train, statistics stay
+    assert all(torch.equal(before[k], model.net.state_dict()[k]) for k in before)
+    assert not torch.equal(model.net.state_dict()["bn1.weight"], torch.ones(32))
