@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import timm
+import torch
 import torch.nn as nn
 from timm.data import resolve_model_data_config
 
@@ -43,13 +45,21 @@ def create_backbone(
         path = Path(weights).expanduser()
         if not path.is_file():
             raise ConfigError("model.weights", weights, "an existing timm-format .safetensors or .pth file")
-        return timm.create_model(
-            name,
-            pretrained=True,
-            num_classes=num_classes,
-            pretrained_cfg_overlay={"file": str(path.resolve())},
-            **kwargs,
-        )
+        try:
+            model = timm.create_model(
+                name,
+                pretrained=True,
+                num_classes=num_classes,
+                pretrained_cfg_overlay={"file": str(path.resolve())},
+                **kwargs,
+            )
+        except RuntimeError as err:  # a tensor of another shape: the file is another architecture
+            mismatch = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), None)
+            if mismatch is None:
+                raise
+            raise ConfigError("model.weights", weights, f"timm weights for {name} ({mismatch})") from None
+        check_weights_match(model, path, weights)
+        return model
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     try:
@@ -59,6 +69,40 @@ def create_backbone(
             f"could not download pretrained weights for {name!r} from the Hugging Face Hub "
             f"({type(err).__name__}); pass model.weights=/path/to/weights.safetensors or model.pretrained=false"
         ) from None
+
+
+def read_state_dict(path: Path) -> dict[str, Any]:
+    """The tensors of a weights file, without unpickling anything (safetensors, or weights_only)."""
+    if path.suffix == ".safetensors":
+        return safetensors.torch.load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "state_dict_ema"):  # the usual checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            return state[key]
+    return state
+
+
+def check_weights_match(model: nn.Module, path: Path, weights: str) -> None:
+    """timm loads a file non-strictly when the head is replaced, so a file of another architecture
+    (or a Lightning checkpoint) would leave layers random without a word: compare the names."""
+    classifier = f"{model.pretrained_cfg.get('classifier', '')}."
+
+    def backbone_names(names: Any) -> set[str]:
+        return {n for n in names if not n.startswith(classifier) and not n.endswith("num_batches_tracked")}
+
+    expected, found = backbone_names(model.state_dict()), backbone_names(read_state_dict(path))
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        hint = (
+            " (a Lightning checkpoint? resume it with ckpt_path=)" if any(n.startswith("net.") for n in found) else ""
+        )
+        raise ConfigError(
+            "model.weights",
+            weights,
+            f"timm weights for {model.default_cfg.get('architecture', 'this backbone')}: {len(missing)} of "
+            f"{len(expected)} tensors missing (e.g. {missing[:2]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:2]}){hint}",
+        )
 
 
 def resolve_data_config(model: nn.Module, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Backbones by name, weights from a local file, and the one-line errors a user can hit."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,31 @@ def test_local_weights_file_is_loaded_except_the_classifier(tmp_path: Path):
     model = GenreClassifier("resnet10t", ["a", "b", "c", "d"], weights=str(path))
     assert torch.equal(model.net.conv1[0].weight, source.conv1[0].weight)
     assert model.net.fc.out_features == 4
+
+
+def test_weights_of_another_architecture_are_a_one_line_error(tmp_path: Path):
+    """timm loads non-strictly once the head is replaced: without a check, these would train from
+    partly or wholly random weights."""
+    resnet = tmp_path / "resnet10t.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("resnet10t").state_dict().items()}, resnet)
+    lightning = tmp_path / "genre.pth"  # the network of a GenreClassifier checkpoint: every name under net.
+    torch.save(
+        {f"net.{k}": v for k, v in timm.create_model("resnet10t", num_classes=4).state_dict().items()}, lightning
+    )
+    lite0 = tmp_path / "tf_efficientnet_lite0.safetensors"  # EfficientNet-B0 without squeeze-excitation
+    save_file({k: v.contiguous() for k, v in timm.create_model("tf_efficientnet_lite0").state_dict().items()}, lite0)
+    cases = [
+        ("efficientnet_b0", lite0, r"64 of 309 tensors missing \(e\.g\. \['blocks\.0\.0\.se\."),  # SE stays random
+        ("resnet18", resnet, r"\(size mismatch for \S+: copying a param with shape"),
+        ("resnet10t", lightning, r"a Lightning checkpoint\? resume it with ckpt_path="),
+    ]
+    for backbone, path, reason in cases:
+        with pytest.raises(ConfigError, match=rf"^model\.weights='{path}' is not valid: expected timm weights for "):
+            try:
+                create_backbone(backbone, num_classes=4, weights=str(path))
+            except ConfigError as err:
+                assert re.search(reason, str(err)) and "\n" not in str(err), str(err)
+                raise
 
 
 def test_missing_weights_file_is_a_config_error(tmp_path: Path):
