@@ -58,7 +58,9 @@ class GenreClassifier(LightningModule):
         weights: a local timm-format weights file (wins over ``pretrained``).
         optimizer: a Hydra config with ``_target_`` (the parameters are passed in here).
         scheduler: a Hydra config for ``torch.optim.lr_scheduler`` (optimizer is added here), or None.
-        scheduler_interval: ``epoch`` or ``step``.
+        scheduler_interval: ``epoch`` or ``step``: how often the scheduler steps, so also the unit of
+            its horizon (the configs' ``T_max``/``max_epochs``/``step_size`` are epochs; with ``step``,
+            give them in optimizer steps).
         label_smoothing: cross-entropy label smoothing.
         drop_rate: dropout before the classifier (timm's ``drop_rate``).
         drop_path_rate: stochastic depth in the backbone (timm's ``drop_path_rate``).
@@ -87,6 +89,8 @@ class GenreClassifier(LightningModule):
         mixup: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise ConfigError("model.scheduler_interval", scheduler_interval, "epoch or step")
         classes, optimizer, scheduler, data_config, mixup = map(
             to_plain, (classes, optimizer, scheduler, data_config, mixup)
         )

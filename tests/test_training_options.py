@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
 from genre_lightning.data.demo import GENRES
+from genre_lightning.errors import ConfigError
 from genre_lightning.model import GenreClassifier
 from genre_lightning.predict import frozen_forward
 from genre_lightning.schedulers import WarmupCosineLR
@@ -143,3 +144,8 @@ def test_test_ece_scores_softmax_probabilities_even_when_logits_lie_in_0_1(poste
     confidence = torch.tensor([0.9, 0.2, 0.1, 0.05]).softmax(dim=0).max().item()  # 0.42, not 0.9
     accuracy = sum(t == 0 for t in targets) / len(targets)
     assert metrics["test/ece"] == pytest.approx(abs(confidence - accuracy), abs=1e-5)
+
+
+def test_an_unknown_scheduler_interval_is_one_line():
+    with pytest.raises(ConfigError, match=r"^model\.scheduler_interval='epochs' is not valid: expected epoch or step$"):
+        GenreClassifier("resnet10t", GENRES, scheduler_interval="epochs")
