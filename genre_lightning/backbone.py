@@ -19,9 +19,12 @@ from timm.data import resolve_model_data_config
 
 from genre_lightning.errors import ConfigError, UserFacingError
 
+# Names timm.create_model resolves itself, outside its registry: a Hub repo or a local folder.
+HUB_AND_LOCAL_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
+
 
 def check_backbone_name(name: str) -> None:
-    if timm.is_model(name):
+    if timm.is_model(name) or name.startswith(HUB_AND_LOCAL_PREFIXES):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models() for the names"

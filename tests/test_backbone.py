@@ -8,7 +8,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from genre_lightning.backbone import create_backbone
+from genre_lightning.backbone import check_backbone_name, create_backbone
 from genre_lightning.errors import ConfigError
 from genre_lightning.model import GenreClassifier
 from tests.conftest import FAST, run_cli
@@ -25,6 +25,13 @@ def test_unknown_backbone_suggests_close_names():
         create_backbone("resnet_18", num_classes=4)
     message = str(err.value)
     assert message.startswith("model.backbone='resnet_18'") and "resnet18" in message and "\n" not in message
+
+
+def test_hub_and_local_folder_names_pass_the_name_check():
+    for name in ("hf-hub:timm/resnet18.a1_in1k", "hf_hub:timm/resnet18.a1_in1k", "local-dir:/models/resnet18"):
+        check_backbone_name(name)  # left to timm.create_model, which resolves them
+    with pytest.raises(ConfigError, match="is not valid: expected a timm model name"):
+        check_backbone_name("hf-hubb:timm/resnet18")
 
 
 def test_local_weights_file_is_loaded_except_the_classifier(tmp_path: Path):
