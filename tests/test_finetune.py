@@ -7,6 +7,7 @@ import torch
 from lightning.pytorch import Callback
 
 from genre_lightning.finetune import GradualUnfreeze, backbone_layer_groups
+from genre_lightning.model import GenreClassifier
 from genre_lightning.train import build
 from tests.conftest import train_config
 
@@ -156,3 +157,14 @@ def test_freeze_bn_stats_keeps_the_running_statistics_of_unfrozen_layers(poster_
     assert recorder.epochs[0]["bn_modes"] == [(True, False)] * 14  # weights train, statistics stay
     assert all(torch.equal(before[k], model.net.state_dict()[k]) for k in before)
     assert not torch.equal(model.net.state_dict()["bn1.weight"], torch.ones(32))
+
+
+def test_freeze_bn_stats_defaults_to_keeping_pretrained_statistics_only():
+    model = GenreClassifier("resnet10t", ["a", "b", "c", "d"], pretrained=False)
+    GradualUnfreeze(milestones=[1]).freeze_before_training(model)
+    assert model.freeze_bn_stats is False  # a random init's statistics mean nothing: update them
+    model.hparams.weights = "/weights/resnet10t.safetensors"  # as if the backbone had loaded a file
+    GradualUnfreeze(milestones=[1]).freeze_before_training(model)
+    assert model.freeze_bn_stats is True
+    GradualUnfreeze(milestones=[1], freeze_bn_stats=False).freeze_before_training(model)
+    assert model.freeze_bn_stats is False
