@@ -81,7 +81,7 @@ def summarise(jobs: pd.DataFrame, metric: str, ascending: bool | None = None) ->
     keys = varying or [pd.Series("all jobs", index=jobs.index, name="group")]
     grouped = jobs.assign(seed=seeds).groupby(keys, sort=False, dropna=False)
 
-    table = grouped[metric_columns].agg(["mean", "std"])
+    table = grouped[metric_columns].agg(["mean", "std", "count"])  # count: jobs with a value (not NaN)
     table.columns = [f"{name}_{stat}" for name, stat in table.columns]
     table.insert(0, "seeds", grouped["seed"].agg(lambda s: ",".join(map(str, s))))
     table.insert(0, "n", grouped.size())
@@ -95,7 +95,9 @@ def summarise(jobs: pd.DataFrame, metric: str, ascending: bool | None = None) ->
 
 def to_markdown(table: pd.DataFrame, metric: str, shared: dict[str, str], unfinished: Sequence[Path]) -> str:
     """The groups as a Markdown table of ``mean ± std`` (the sort metric first), with notes below."""
-    override_names = [c for c in table.columns if c not in ("n", "seeds") and not c.endswith(("_mean", "_std"))]
+    override_names = [
+        c for c in table.columns if c not in ("n", "seeds") and not c.endswith(("_mean", "_std", "_count"))
+    ]
     shown = [metric] + [m for m in MAIN_METRICS if m != metric and f"{m}_mean" in table.columns]
     header = [*override_names, "n", "seeds", *shown]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -103,7 +105,10 @@ def to_markdown(table: pd.DataFrame, metric: str, shared: dict[str, str], unfini
         cells = [str(row[name]) for name in [*override_names, "n", "seeds"]]
         for name in shown:
             mean, std = row[f"{name}_mean"], row[f"{name}_std"]
-            cells.append(f"{mean:.4f} ± {std:.4f}" if pd.notna(std) else f"{mean:.4f}")
+            cell = f"{mean:.4f} ± {std:.4f}" if pd.notna(std) else f"{mean:.4f}"
+            # A job whose value is NaN (e.g. a diverged run) is left out of the mean: say so.
+            count = row[f"{name}_count"]
+            cells.append(cell if count == row["n"] else f"{cell} (of {count} jobs)")
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"Sorted by {metric}; mean over seeds ± sample standard deviation (n-1; none for a single seed)."]
     if shared:

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from genre_lightning.report import summarise, to_markdown
 from tests.conftest import FAST, run_cli
 
 pytestmark = pytest.mark.slow
@@ -101,3 +102,18 @@ def test_unfinished_jobs_are_listed_sorting_follows_the_metric_and_a_bad_metric_
     assert bad.returncode == 2
     (line,) = bad.stderr.strip().splitlines()
     assert line.startswith("error: --metric='test/accuracy' is not valid: expected one of [") and "'test/acc'" in line
+
+
+def test_a_job_with_a_nan_metric_is_flagged_not_hidden_in_the_mean():
+    jobs = pd.DataFrame(
+        {
+            "job": ["0", "1"],
+            "override:seed": ["1", "2"],
+            "test/acc": [0.5, 0.7],
+            "test/ece": [0.1, float("nan")],  # the second job diverged
+        }
+    )
+    table, shared = summarise(jobs, "test/acc")
+    assert table.loc[0, "n"] == 2 and table.loc[0, "test/ece_count"] == 1 and table.loc[0, "test/acc_count"] == 2
+    markdown = to_markdown(table, "test/acc", shared, [])
+    assert "0.1000 (of 1 jobs)" in markdown and "0.6000 ± 0.1414 |" in markdown
