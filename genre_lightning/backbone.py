@@ -11,9 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import timm
-import torch
 import torch.nn as nn
 from timm.data import resolve_model_data_config
 
@@ -74,17 +72,6 @@ def create_backbone(
         ) from None
 
 
-def read_state_dict(path: Path) -> dict[str, Any]:
-    """The tensors of a weights file, without unpickling anything (safetensors, or weights_only)."""
-    if path.suffix == ".safetensors":
-        return safetensors.torch.load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "state_dict_ema"):  # the usual checkpoint wrappers
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            return state[key]
-    return state
-
-
 def check_weights_match(model: nn.Module, path: Path, weights: str) -> None:
     """timm loads a file non-strictly when the head is replaced, so a file of another architecture
     (or a Lightning checkpoint) would leave layers random without a word: compare the names."""
@@ -93,7 +80,10 @@ def check_weights_match(model: nn.Module, path: Path, weights: str) -> None:
     def backbone_names(names: Any) -> set[str]:
         return {n for n in names if not n.startswith(classifier) and not n.endswith("num_batches_tracked")}
 
-    expected, found = backbone_names(model.state_dict()), backbone_names(read_state_dict(path))
+    # timm's own reader, the one its pretrained loading used for this file (unwraps state_dict/model
+    # entries, strips a DataParallel "module." prefix; torch>=2.6 loads .pth weights_only).
+    found = backbone_names(timm.models.load_state_dict(str(path)))
+    expected = backbone_names(model.state_dict())
     missing, unexpected = sorted(expected - found), sorted(found - expected)
     if missing or unexpected:
         hint = (
