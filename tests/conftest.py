@@ -77,3 +77,17 @@ def tiny_run(poster_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         )
     )
     return run
+
+
+@pytest.fixture
+def locked_folders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any folder named ``locked`` cannot be listed (PermissionError), as a mode-000 folder for a
+    normal user: the tests run as root, which reads such a folder anyway."""
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)

@@ -202,19 +202,11 @@ def test_split_file_paths_are_relative_to_its_own_folder(poster_root: Path, tmp_
     assert split_digest(frame) == split_digest(first)
 
 
-def test_an_unreadable_sub_folder_is_reported_not_skipped_silently(poster_root: Path, tmp_path: Path, monkeypatch):
+def test_an_unreadable_sub_folder_is_reported_not_skipped_silently(poster_root: Path, tmp_path: Path, locked_folders):
     root = tmp_path / "posters"
     shutil.copytree(poster_root, root)
     (root / "Horror" / "locked").mkdir()
     Image.new("RGB", (48, 72)).save(root / "Horror" / "locked" / "inside.jpg")
-    real_scandir = os.scandir
-
-    def scandir(path="."):  # the tests run as root, which reads a mode-000 folder anyway
-        if os.fspath(path).endswith("locked"):
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
     prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=root)
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert report["skipped"] == [
