@@ -128,16 +128,17 @@ class FrozenFeatureCache(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         deterministic = getattr(trainer.datamodule, "augment", "unknown") is None
-        frozen = backbone_is_frozen(pl_module)
-        stochastic = frozen and deterministic and backbone_is_stochastic(pl_module)
-        if stochastic and not self._said_why_not:
-            self._said_why_not = True
-            log.info(
-                "Frozen-feature cache: not used for training batches, the backbone has stochastic depth "
-                "(model.drop_path_rate=%s); validation and test still use it",
-                pl_module.hparams.get("drop_path_rate"),
-            )
-        self._attach(trainer, pl_module, "train", deterministic and frozen and not stochastic)
+        usable = deterministic and backbone_is_frozen(pl_module)
+        if usable and backbone_is_stochastic(pl_module):
+            usable = False
+            if not self._said_why_not:
+                self._said_why_not = True
+                log.info(
+                    "Frozen-feature cache: not used for training batches, the backbone has stochastic depth "
+                    "(model.drop_path_rate=%s); validation and test still use it",
+                    pl_module.hparams.get("drop_path_rate"),
+                )
+        self._attach(trainer, pl_module, "train", usable)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._attach(trainer, pl_module, "val", backbone_is_frozen(pl_module))
