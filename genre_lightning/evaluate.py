@@ -17,7 +17,7 @@ from genre_lightning.errors import ConfigError, exit_on_user_error
 from genre_lightning.hparams import log_hparams_with_metrics
 from genre_lightning.model import GenreClassifier
 from genre_lightning.runtime import (
-    CONFIG_DIR,
+    CONFIG_PATH,
     build_callbacks,
     build_loggers,
     images_skipped_during_run,
@@ -94,7 +94,7 @@ def evaluate(cfg: DictConfig) -> dict:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

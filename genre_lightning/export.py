@@ -26,7 +26,7 @@ from genre_lightning.errors import ConfigError, UserFacingError, exit_on_user_er
 from genre_lightning.evaluate import split_file_for
 from genre_lightning.model import GenreClassifier
 from genre_lightning.predict import list_inputs
-from genre_lightning.runtime import CONFIG_DIR, show_and_save_config
+from genre_lightning.runtime import CONFIG_PATH, show_and_save_config
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def export(cfg: DictConfig) -> dict:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

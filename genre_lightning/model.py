@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +13,15 @@ import torch.nn as nn
 from hydra.utils import instantiate
 from lightning.pytorch import LightningModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from PIL import Image
 from timm.data import Mixup
 from torchmetrics import MeanMetric, MetricCollection
 
 from genre_lightning.backbone import create_backbone, resolve_data_config
+from genre_lightning.data.dataset import build_transforms
 from genre_lightning.errors import ConfigError
 from genre_lightning.feature_cache import FeatureStore, backbone_is_frozen
+from genre_lightning.inference import GenrePrediction, ImageInput, predict_images
 from genre_lightning.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -152,6 +155,23 @@ class GenreClassifier(LightningModule):
                 "ckpt_path", str(path), f"a checkpoint that loads with weights_only=True ({first_line})"
             ) from None
         return model.eval()
+
+    @property
+    def eval_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """The checkpoint's evaluation transform: an RGB PIL image to the tensor the network takes."""
+        return build_transforms(self.data_config, None)[1]
+
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], top_k: int = 3, batch_size: int = 32
+    ) -> list[GenrePrediction]:
+        """Genre probabilities and the top ``top_k`` genres of each image, in input order.
+
+        ``images``: file paths, PIL images, a ``uint8`` (3, H, W) / (N, 3, H, W) tensor of raw RGB
+        pixels (all three through :attr:`eval_transform`), or a float tensor batch that is already
+        preprocessed. Runs in eval mode on the model's device. A file that cannot be decoded gives a
+        :class:`GenrePrediction` with ``error`` set instead of raising.
+        """
+        return predict_images(self, images, top_k=top_k, batch_size=batch_size)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None

@@ -22,7 +22,7 @@ from genre_lightning.data.scan import IMAGE_EXTENSIONS, walk_files
 from genre_lightning.errors import ConfigError, UserFacingError, exit_on_user_error
 from genre_lightning.model import GenreClassifier
 from genre_lightning.results import probability_frame
-from genre_lightning.runtime import CONFIG_DIR
+from genre_lightning.runtime import CONFIG_PATH
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     return frame
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from genre_lightning.data.annotations import ANNOTATIONS_FILE, REPORT_FILE
 from genre_lightning.errors import exit_on_user_error
-from genre_lightning.runtime import CONFIG_DIR, show_and_save_config
+from genre_lightning.runtime import CONFIG_PATH, show_and_save_config
 
 
 def summary_tables(report: dict) -> list[Table]:
@@ -84,7 +84,7 @@ def prepare(cfg: DictConfig) -> dict:
     return report
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prepare")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="prepare")
 def main(cfg: DictConfig) -> None:
     prepare(cfg)
 

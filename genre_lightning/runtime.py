@@ -14,7 +14,7 @@ import rich
 import rich.syntax
 import rich.tree
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
@@ -23,8 +23,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
-# conf/ sits beside the package in the source tree (the project is installed editable).
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# The configs travel with the package: conf/ in the repository is installed as genre_lightning.conf.
+CONFIG_MODULE = "genre_lightning.conf"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 
 
 @rank_zero_only
@@ -46,7 +47,7 @@ def show_and_save_config(cfg: DictConfig, output_dir: str | Path, show: bool = T
 def compose_config(config_name: str, overrides: Sequence[str], output_dir: str | Path) -> DictConfig:
     """Compose a config as the command line does, for use in Python (tests, benchmarks), with
     the run folder set to ``output_dir``."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides))
     with open_dict(cfg):
         cfg.paths.root_dir = str(output_dir)

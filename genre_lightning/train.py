@@ -20,7 +20,7 @@ from genre_lightning.errors import ConfigError, exit_on_user_error
 from genre_lightning.hparams import log_hparams_with_metrics
 from genre_lightning.model import GenreClassifier
 from genre_lightning.runtime import (
-    CONFIG_DIR,
+    CONFIG_PATH,
     build_callbacks,
     build_loggers,
     images_skipped_during_run,
@@ -136,7 +136,7 @@ def optimized_metric_value(metric: str | None, results: dict) -> float | None:
     raise ConfigError("optimized_metric", metric, f"a metric this run logs: one of {logged}")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     return train(cfg)
 

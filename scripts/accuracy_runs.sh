@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 POSTERS=${POSTERS:-../shared/data/four_genre_posters}
 WEIGHTS=${WEIGHTS:-../shared/weights}
 OUT=${OUT:-outputs/accuracy}
+# best_cpu takes its weights from the hub; offline, from the local timm file.
+LITE0="model.weights=$WEIGHTS/tf_efficientnet_lite0.in1k.safetensors"
 
 run() {  # run NAME OVERRIDES...: one genre-train, its wall time appended to $OUT/times.tsv
     local name=$1; shift
@@ -22,33 +24,33 @@ run() {  # run NAME OVERRIDES...: one genre-train, its wall time appended to $OU
 case "${1:-}" in
 variants)
     # Round 1: every layer at lr 1e-3 from the start (then best_cpu), in float32 and bf16.
-    run v01_full_finetune       experiment=best_cpu test=false finetune=none trainer.max_epochs=15
-    run v02_full_finetune_bf16  experiment=best_cpu test=false finetune=none trainer.max_epochs=15 trainer.precision=bf16-mixed
+    run v01_full_finetune       experiment=best_cpu "$LITE0" test=false finetune=none trainer.max_epochs=15
+    run v02_full_finetune_bf16  experiment=best_cpu "$LITE0" test=false finetune=none trainer.max_epochs=15 trainer.precision=bf16-mixed
     # Round 2: best_cpu (head first, then the backbone at 0.1x the LR), one change at a time.
-    run v03_best_cpu            experiment=best_cpu test=false
-    run v04_gradual             experiment=best_cpu test=false finetune=gradual finetune.milestones=[1,3,5] finetune.backbone_lr_scale=0.1 finetune.lr_decay=0.5
+    run v03_best_cpu            experiment=best_cpu "$LITE0" test=false
+    run v04_gradual             experiment=best_cpu "$LITE0" test=false finetune=gradual finetune.milestones=[1,3,5] finetune.backbone_lr_scale=0.1 finetune.lr_decay=0.5
     # The head phase above is one warm-up epoch at 0.1x LR, too short to train the head (val 0.24
     # after it): train the head for 5 epochs first (linear probe, then fine-tune).
-    run v14_head_5_epochs       experiment=best_cpu test=false finetune.milestones=[5]
+    run v14_head_5_epochs       experiment=best_cpu "$LITE0" test=false finetune.milestones=[5]
     # The head learns slowly at 1e-3 (val 0.44 after 5 epochs): 10x the LR, the backbone at 0.01x.
-    run v15_head_lr_1e-2        experiment=best_cpu test=false finetune.milestones=[3] model.optimizer.lr=1e-2 finetune.backbone_lr_scale=0.01
-    run v13_mixup_cutmix        experiment=best_cpu test=false model.mixup='{mixup_alpha:0.2,cutmix_alpha:1.0,prob:0.5}'
-    run v05_randaugment         experiment=best_cpu test=false +data.augment.auto_augment=rand-m7-mstd0.5
-    run v07_ema                 experiment=best_cpu test=false callbacks=ema
-    run v08_no_augment          experiment=best_cpu test=false data.augment=null
-    run v09_square_224          experiment=best_cpu test=false model.data_config.input_size=[3,224,224]
-    run v10_balanced            experiment=best_cpu test=false data.balanced_sampling=true
-    run v11_no_label_smoothing  experiment=best_cpu test=false model.label_smoothing=0
+    run v15_head_lr_1e-2        experiment=best_cpu "$LITE0" test=false finetune.milestones=[3] model.optimizer.lr=1e-2 finetune.backbone_lr_scale=0.01
+    run v13_mixup_cutmix        experiment=best_cpu "$LITE0" test=false model.mixup='{mixup_alpha:0.2,cutmix_alpha:1.0,prob:0.5}'
+    run v05_randaugment         experiment=best_cpu "$LITE0" test=false +data.augment.auto_augment=rand-m7-mstd0.5
+    run v07_ema                 experiment=best_cpu "$LITE0" test=false callbacks=ema
+    run v08_no_augment          experiment=best_cpu "$LITE0" test=false data.augment=null
+    run v09_square_224          experiment=best_cpu "$LITE0" test=false model.data_config.input_size=[3,224,224]
+    run v10_balanced            experiment=best_cpu "$LITE0" test=false data.balanced_sampling=true
+    run v11_no_label_smoothing  experiment=best_cpu "$LITE0" test=false model.label_smoothing=0
     run v12_mobilenetv2         experiment=best_cpu test=false model=mobilenetv2_100 model.weights="$WEIGHTS/mobilenetv2_100.in1k.safetensors"
     # Round 3: MobileNetV2 was still rising at epoch 20 (v12): 30 epochs, about 10 minutes.
     run v16_mobilenetv2_30_epochs experiment=best_cpu test=false model=mobilenetv2_100 model.weights="$WEIGHTS/mobilenetv2_100.in1k.safetensors" trainer.max_epochs=30
     # BatchNorm statistics: every run above kept ImageNet's (finetune.freeze_bn_stats=true in best_cpu).
-    run v17_bn_stats_update     experiment=best_cpu test=false finetune.freeze_bn_stats=false
+    run v17_bn_stats_update     experiment=best_cpu "$LITE0" test=false finetune.freeze_bn_stats=false
     # Not run for docs/RESULTS.md (time): the linear probe found no gain from 336x224 over 288x192.
     # run v06_384x256           experiment=best_cpu test=false model.data_config.input_size=[3,384,256]
     ;;
 final)
-    for seed in 1 2 3; do run best_cpu_seed$seed experiment=best_cpu seed=$seed; done
+    for seed in 1 2 3; do run best_cpu_seed$seed experiment=best_cpu "$LITE0" seed=$seed; done
     ;;
 study)
     for seed in 1 2 3; do

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from lightning.pytorch import Callback
 from omegaconf import open_dict
 
 from genre_lightning.data.demo import ensure_demo_posters
-from genre_lightning.runtime import CONFIG_DIR
+from genre_lightning.runtime import CONFIG_MODULE
 from genre_lightning.train import build
 
 WARMUP = 5
@@ -56,7 +56,7 @@ class StepTimer(Callback):
 
 def measure(trainer_name: str, batch: int, steps: int, posters: str, out: str) -> None:
     """One setting, in this process (and, under DDP, in the rank-1 process Lightning starts)."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         cfg = compose(
             "train",
             [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -24,6 +25,15 @@ FAST = [
     "data.persistent_workers=false",
     "print_config=false",
 ]
+
+
+def have_module(name: str) -> bool:
+    """Whether ``name`` can be imported; False (not an error) when a parent package is missing too
+    (``find_spec("hydra_plugins.x")`` raises ModuleNotFoundError without any hydra plugin)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def require(available: bool, reason: str) -> None:

@@ -1,5 +1,6 @@
 """Every option of every config group composes, and builds the object it describes."""
 
+import importlib.resources
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,12 @@ from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.errors import ConfigError, find_user_error
 from genre_lightning.finetune import GradualUnfreeze
-from genre_lightning.runtime import CONFIG_DIR, build_callbacks, build_loggers, compose_config
+from genre_lightning.runtime import CONFIG_MODULE, build_callbacks, build_loggers, compose_config
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+    folder = importlib.resources.files(CONFIG_MODULE).joinpath(group)
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def test_every_group_has_its_options():

@@ -7,7 +7,6 @@ The launcher sizes follow the trainer config; a 2-job multirun runs as Slurm job
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -21,17 +20,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from genre_lightning.runtime import CONFIG_DIR
+from genre_lightning.runtime import CONFIG_MODULE
 from genre_lightning.slurm import register_resolvers
-from tests.conftest import FAST, require, run_cli
+from tests.conftest import FAST, have_module, require, run_cli
 from tests.slurm_pause import PAUSED_FILE
 
 REPO = Path(__file__).resolve().parent.parent
-HAVE_SUBMITIT_PLUGIN = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+HAVE_SUBMITIT_PLUGIN = have_module("hydra_plugins.hydra_submitit_launcher")
 NO_PLUGIN = 'hydra-submitit-launcher is not installed: pip install -e ".[slurm]"'
 SHORT = ["trainer.limit_val_batches=2", "data.batch_size=8", "finetune=none"]
 
@@ -39,7 +38,7 @@ SHORT = ["trainer.limit_val_batches=2", "data.batch_size=8", "finetune=none"]
 def launcher(*overrides: str) -> DictConfig:
     """The ``hydra.launcher`` node that ``genre-train -m hydra/launcher=slurm <overrides>`` submits with."""
     register_resolvers()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
     return cfg.hydra.launcher
 

@@ -1,6 +1,5 @@
 """Multiruns as a user starts them (`genre-train -m ...`): one shared split, DDP jobs, Optuna search."""
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +10,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from genre_lightning.sweep import split_settings
-from tests.conftest import FAST, compose_config, require, run_cli
+from tests.conftest import FAST, compose_config, have_module, require, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +113,7 @@ def test_ddp_jobs_in_a_local_multirun_stay_in_their_job_folders(poster_root: Pat
 
 def test_optuna_search_maximises_the_val_accuracy_the_jobs_return(poster_root: Path, tmp_path: Path):
     require(
-        importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None,
+        have_module("hydra_plugins.hydra_optuna_sweeper"),
         'hydra-optuna-sweeper is not installed: pip install -e ".[optuna]"',
     )
     sweep, jobs, _ = multirun(

@@ -67,7 +67,7 @@ def decode_rgb(data: bytes, name: str = "image") -> Image.Image:
             raise UnreadableImage("not an image: PIL cannot identify the format") from err
         except (OSError, ValueError, SyntaxError, EOFError) as err:
             raise UnreadableImage(f"corrupt image data: {err}") from err
-    return _to_rgb(_upright(image, name))
+    return to_rgb(_upright(image, name))
 
 
 def _upright(image: Image.Image, name: str) -> Image.Image:
@@ -84,7 +84,8 @@ def _upright(image: Image.Image, name: str) -> Image.Image:
     return image.transpose(method) if method is not None else image
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB: transparency flattened on white, 16-bit scaled, CMYK and greyscale converted."""
     if image.mode == "RGB":
         return image
     if image.mode == "P" and "transparency" in image.info:
