@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 import rich
 import torch
-import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
@@ -33,6 +32,7 @@ from matplotlib.figure import Figure
 from genre_lightning import figures
 from genre_lightning.csvio import write_csv
 from genre_lightning.data.imageio import UnreadableImage, read_rgb
+from genre_lightning.distributed import all_gather_objects
 from genre_lightning.metrics import ECE_BINS
 from genre_lightning.results import Predictions, calibration_bins, per_class_table
 from genre_lightning.runtime import to_python
@@ -107,13 +107,8 @@ class TestArtifacts(Callback):
             key: torch.cat(parts) if parts else torch.empty((0, len(classes)) if key == "probs" else 0)
             for key, parts in self._parts.items()
         }
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            # Ranks hold different numbers of images; all_gather_object handles the uneven sizes.
-            gathered: list[dict[str, torch.Tensor] | None] = [None] * trainer.world_size
-            dist.all_gather_object(gathered, local)
-            parts = [p for p in gathered if p is not None]
-        else:
-            parts = [local]
+        # Every rank, also one whose images all failed (it sends empty tensors); uneven sizes are fine.
+        parts = all_gather_objects(local)
         if not trainer.is_global_zero:
             return None
         index = torch.cat([p["index"] for p in parts]).long()

@@ -150,6 +150,23 @@ class FrozenFeatureCache(Callback):
         for store in self._stores.values():
             store.save()
 
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._report(trainer, "fit")
+
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.on_train_epoch_end(trainer, pl_module)
         pl_module.feature_store = None
+        self._report(trainer, "test")
+
+    def _report(self, trainer: Trainer, phase: str) -> None:
+        """One line of what the cache did (rank 0's lookups under DDP)."""
+        lookups = sum(s.hits + s.misses for s in self._stores.values())
+        if lookups and trainer.is_global_zero:
+            hits = sum(s.hits for s in self._stores.values())
+            log.info(
+                "Frozen-feature cache (%s): %d of %d image lookups served from stored features, %d computed",
+                phase,
+                hits,
+                lookups,
+                lookups - hits,
+            )

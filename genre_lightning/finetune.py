@@ -22,14 +22,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import timm
-import torch
-import torch.distributed as dist
 import torch.nn as nn
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim import Optimizer
 
+from genre_lightning.distributed import average_gradients
 from genre_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -187,16 +186,8 @@ class GradualUnfreeze(BaseFinetuning):
         self._ddp_registered = {id(p) for p in pl_module.parameters() if p.requires_grad}
 
     def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.world_size < 2 or not dist.is_available() or not dist.is_initialized():
-            return
+        # Every rank, every step, the same list: chosen by what is trainable, never by which
+        # gradients this rank happens to have (the rule in distributed.py).
         registered = self._ddp_registered or set()
-        grads = [
-            p.grad for p in pl_module.parameters() if p.requires_grad and p.grad is not None and id(p) not in registered
-        ]
-        if not grads:
-            return
-        flat = torch._utils._flatten_dense_tensors(grads)
-        dist.all_reduce(flat)
-        flat /= trainer.world_size
-        for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
-            grad.copy_(synced)
+        late = [p for p in pl_module.parameters() if p.requires_grad and id(p) not in registered]
+        average_gradients(late)

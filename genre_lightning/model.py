@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,16 +16,20 @@ from lightning.pytorch import LightningModule
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 from timm.data import Mixup
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 
 from genre_lightning.backbone import create_backbone, resolve_data_config
 from genre_lightning.data.dataset import build_transforms
+from genre_lightning.distributed import any_rank
 from genre_lightning.errors import ConfigError
 from genre_lightning.feature_cache import FeatureStore, backbone_is_frozen
 from genre_lightning.inference import GenrePrediction, ImageInput, predict_images
 from genre_lightning.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
+# Epoch values are computed, and synced across ranks, by the metrics themselves and logged with
+# sync_dist=False on purpose (distributed.py); Lightning would recommend sync_dist=True for each.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.01}
 # Checkpoint entry with how the data looked in training (the data module's augment options), so
@@ -38,6 +43,11 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def _update_called(metric: Metric | MetricCollection) -> bool:
+    members = metric.values() if isinstance(metric, MetricCollection) else [metric]
+    return any(member.update_called for member in members)
 
 
 class FlipAveraged(nn.Module):
@@ -126,8 +136,8 @@ class GenreClassifier(LightningModule):
         self.train_metrics = classification_metrics(self.classes, "train/")
         self.val_metrics = classification_metrics(self.classes, "val/")
         self.test_metrics = classification_metrics(self.classes, "test/", detailed=True)
-        # The epoch's training loss (train/loss), averaged over every rank's images.
-        self.train_loss = MeanMetric()
+        # Each stage's epoch loss (train/loss, val/loss, test/loss), averaged over every rank's images.
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         # Accuracy where any genre of a multi-genre item counts (duplicate policy multi_genre).
         self.val_acc_multi_genre = MeanMetric()
         self.test_acc_multi_genre = MeanMetric()
@@ -278,14 +288,9 @@ class GenreClassifier(LightningModule):
         return loss, logits
 
     def _log_loss(self, stage: str, loss: torch.Tensor, batch_size: int) -> None:
-        if stage != "train":
-            self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=batch_size, sync_dist=True)
-            return
-        # Per step: this rank's loss, unsynced (an all-reduce every step would cost more than it
-        # tells). Per epoch: the mean over every image of every rank, synced once by the metric.
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
-        self.train_loss.update(loss.detach(), weight=batch_size)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=batch_size)
+        if stage == "train":  # per step: this rank's loss, unsynced (no collective; see distributed.py)
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
 
     def _split_of(self, stage: str) -> str:
         """The data split a loop reads (genre-eval can point the test loop at another split)."""
@@ -293,16 +298,28 @@ class GenreClassifier(LightningModule):
         return getattr(datamodule, "test_split", "test") if stage == "test" else stage
 
     def _log_epoch_metrics(self, stage: str) -> None:
-        # compute() covers every batch of the epoch and syncs across DDP ranks itself.
-        if not any(metric.update_called for metric in self._stage_metrics(stage).values()):
-            return  # e.g. training where every batch was mixed (mixup)
-        values = self._stage_metrics(stage).compute()
-        self.log_dict(values, prog_bar=stage == "val", sync_dist=True)  # already synced; this silences a warning
-        self._stage_metrics(stage).reset()
-        multi_genre = getattr(self, f"{stage}_acc_multi_genre", None)
-        if multi_genre is not None and multi_genre.update_called:
-            self.log(f"{stage}/acc_multi_genre", multi_genre.compute(), sync_dist=True)
-            multi_genre.reset()
+        """Compute the stage's epoch metrics on every rank and log the (already global) values.
+
+        compute() syncs each metric across DDP ranks. Whether a metric was updated can differ between
+        ranks (a rank whose images all failed, a Mixup epoch with one odd batch), so the ranks first
+        agree on which metrics to compute, in one collective; then all of them compute the same ones
+        in the same order (the rule in distributed.py).
+        """
+        metrics = {
+            "": self._stage_metrics(stage),
+            f"{stage}/loss": getattr(self, f"{stage}_loss"),
+            f"{stage}/acc_multi_genre": getattr(self, f"{stage}_acc_multi_genre", None),
+        }
+        metrics = {name: metric for name, metric in metrics.items() if metric is not None}
+        updated = any_rank([_update_called(metric) for metric in metrics.values()])
+        values: dict[str, torch.Tensor] = {}
+        for (name, metric), anywhere in zip(metrics.items(), updated, strict=True):
+            if anywhere:
+                result = metric.compute()
+                values.update(result if isinstance(result, dict) else {name: result})
+            metric.reset()
+        # sync_dist=False: the values are global already, and a lazy sync is what broke DDP (distributed.py).
+        self.log_dict(values, prog_bar=stage in ("train", "val"), sync_dist=False)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")

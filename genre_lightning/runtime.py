@@ -13,13 +13,14 @@ from typing import Any
 import rich
 import rich.syntax
 import rich.tree
-import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from genre_lightning.distributed import all_gather_objects
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,7 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 def images_skipped_during_run(failed_items: list[tuple[str, int, str]], datamodule: Any) -> list[dict[str, Any]]:
     """Images that passed the scan but failed to decode while training or evaluating, from every
     rank, with their paths and how many times each failed (once per epoch that read it)."""
-    gathered = [failed_items]
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        gathered = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, failed_items)
+    gathered = all_gather_objects(failed_items)  # every rank, also one with nothing to report
     counts = Counter(item for items in gathered for item in items)
     report = [
         {"split": split, "path": datamodule.datasets[split].paths[index], "reason": reason, "times": times}

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, open_dict
 
 from genre_lightning.data.annotations import ANNOTATIONS_FILE
 from genre_lightning.data.datamodule import PosterDataModule
+from genre_lightning.distributed import weights_agree
 from genre_lightning.errors import ConfigError, exit_on_user_error
 from genre_lightning.hparams import log_hparams_with_metrics
 from genre_lightning.model import GenreClassifier
@@ -86,6 +87,7 @@ def _fit_and_test(
     cfg: DictConfig, datamodule: PosterDataModule, model: GenreClassifier, trainer: pl.Trainer
 ) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_in_place(cfg, trainer), weights_only=True)
+    ranks = weights_agree(model) if trainer.world_size > 1 else None  # before test loads the best checkpoint
     fit_metrics = to_python(trainer.callback_metrics)
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""
@@ -101,6 +103,8 @@ def _fit_and_test(
         # What trainer.test really loaded (None: the weights in memory at the end of training).
         results["test_ckpt_path"] = str(trainer.ckpt_path) if trainer.ckpt_path else None
     results["skipped_during_run"] = images_skipped_during_run(model.failed_items, datamodule)
+    if ranks is not None:
+        results["ddp"] = ranks
     log_hparams_with_metrics(trainer.loggers, cfg, {**results["final_val"], **results.get("test", {})})
     return results
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 import pytest
 from omegaconf import DictConfig
@@ -55,13 +56,17 @@ def train_config(poster_root: Path, output_dir: Path, *overrides: str) -> DictCo
     return compose_config("train", [*FAST, f"data.root={poster_root}", *overrides], output_dir)
 
 
-def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a console script (e.g. ``genre-train``) from this environment, as a user would."""
+def run_cli(
+    *args: str, cwd: Path, env: dict | None = None, timeout: int = 600, stdout: IO | None = None
+) -> subprocess.CompletedProcess:
+    """Run a console script (e.g. ``genre-train``) from this environment, as a user would; with
+    ``stdout`` (an open file) its output goes there, as in ``genre-train ... > log``."""
     executable = Path(sys.executable).parent / args[0]
     return subprocess.run(
         [str(executable), *args[1:]],
         cwd=cwd,
-        capture_output=True,
+        stdout=stdout if stdout is not None else subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         timeout=timeout,
         env={**os.environ, **(env or {})},

@@ -183,7 +183,11 @@ class PosterDataModule(LightningDataModule):
         # Every genre drawn equally often: each image weighted by 1 / its genre's count.
         targets = torch.tensor(self.datasets["train"].targets)
         weights = 1.0 / torch.bincount(targets, minlength=len(self.classes)).clamp(min=1)[targets]
-        return self._loader("train", shuffle=False, sampler=WeightedRandomSampler(weights, len(targets)))
+        # Its own generator, seeded alike on every rank: under DDP each rank takes its shard of one
+        # draw, which the global RNG (advanced differently by each rank's augmentation) would not give.
+        generator = torch.Generator().manual_seed(torch.initial_seed())
+        sampler = WeightedRandomSampler(weights, len(targets), generator=generator)
+        return self._loader("train", shuffle=False, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

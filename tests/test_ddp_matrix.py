@@ -1,0 +1,168 @@
+"""Every training option under real 2-process DDP (gloo on the CPU), run as users run it.
+
+One ``genre-train -m ... trainer=ddp_cpu`` from a folder outside the repository, stdout piped to a
+file: every ``finetune`` option x every callback set that touches training, with Mixup,
+balanced sampling, flip TTA, the frozen-feature cache (no augmentation, so it serves the frozen
+phases), and one training image that decodes at the scan but is corrupt by the time the run
+reads it, so one rank's batch is short by an image (and odd: Mixup skips it there, the cache
+serves it). Lightning starts rank 1 by re-running the command line (``local_ddp_job``). Each job
+must finish, test, write ``metrics.json``, and end with bit-identical weights on both ranks.
+Then ``genre-eval`` under DDP must give the single-process metrics, and a DDP run resumed past a
+milestone must keep its ranks identical.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from genre_lightning.data.annotations import ANNOTATIONS_FILE, prepare_annotations
+from genre_lightning.data.demo import GENRES, ensure_demo_posters
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+FINETUNE = ["none", "head_then_all", "gradual", "linear_probe"]
+CALLBACKS = ["default", "ema", "early_stopping"]
+# Imbalanced on purpose (balanced sampling has something to balance): 12 / 10 / 8 / 3 posters.
+# Romance keeps 2 training images: the sampler draws the broken one about 3 times an epoch.
+PER_GENRE = dict(zip(GENRES, (12, 10, 8, 3), strict=True))
+TINY = [
+    "model=tiny",
+    "model.data_config.input_size=[3,32,32]",
+    "trainer=ddp_cpu",
+    "trainer.max_epochs=3",
+    "trainer.num_sanity_val_steps=0",
+    "data.batch_size=8",
+    "data.eval_batch_size=4",
+    "data.augment=null",
+    "data.balanced_sampling=true",
+    "model.mixup={mixup_alpha:0.4,prob:1.0}",
+    "model.tta_hflip=true",
+    "print_config=false",
+]
+
+
+@pytest.fixture(scope="module")
+def split_with_a_broken_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A split made while every image decoded; afterwards the smallest genre's first training image
+    is truncated (it stays in the split and fails when a rank reads it). Returns (split, image)."""
+    base = tmp_path_factory.mktemp("ddp_data")
+    generated = ensure_demo_posters(base / "generated", per_class=max(PER_GENRE.values()), size=(40, 60), seed=3)
+    posters = base / "posters"
+    for genre, count in PER_GENRE.items():
+        (posters / genre).mkdir(parents=True)
+        for image in sorted((generated / genre).glob("*.jpg"))[:count]:
+            shutil.copy(image, posters / genre / image.name)
+    split = prepare_annotations(base / "split", list(GENRES), {"train": 0.7, "val": 0.15, "test": 0.15}, 0, posters)
+    rows = [line.split(",") for line in split.read_text().splitlines()[1:]]
+    broken = Path(next(r[0] for r in rows if r[1] == "Romance" and r[2] == "train"))
+    broken.write_bytes(broken.read_bytes()[:200])  # our own generated copy, never user data
+    return split, broken
+
+
+@pytest.fixture(scope="module")
+def matrix(split_with_a_broken_image, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    split, _ = split_with_a_broken_image
+    cwd = tmp_path_factory.mktemp("ddp_matrix")
+    sweep = cwd / "sweep"
+    log = cwd / "stdout.log"
+    with log.open("w") as stdout:
+        done = run_cli(
+            "genre-train",
+            "-m",
+            *TINY,
+            f"data.split_file={split}",
+            f"finetune={','.join(FINETUNE)}",
+            f"callbacks={','.join(CALLBACKS)}",
+            f"hydra.sweep.dir={sweep}",
+            cwd=cwd,
+            stdout=stdout,
+            timeout=1500,
+        )
+    assert done.returncode == 0, log.read_text()[-4000:] + done.stderr[-4000:]
+    jobs = {}
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()):
+        overrides = (job / ".hydra" / "overrides.yaml").read_text()
+        finetune = next(f for f in FINETUNE if f"finetune={f}\n" in overrides)
+        callbacks = next(c for c in CALLBACKS if f"callbacks={c}\n" in overrides)
+        jobs[(finetune, callbacks)] = job
+    return jobs
+
+
+def test_the_matrix_covers_every_option_pair(matrix):
+    assert set(matrix) == {(f, c) for f in FINETUNE for c in CALLBACKS}
+
+
+@pytest.mark.parametrize("finetune", FINETUNE)
+@pytest.mark.parametrize("callbacks", CALLBACKS)
+def test_each_option_pair_finishes_tests_and_keeps_the_ranks_identical(
+    matrix, split_with_a_broken_image, finetune: str, callbacks: str
+):
+    job = matrix[(finetune, callbacks)]
+    _, broken = split_with_a_broken_image
+    metrics = json.loads((job / "metrics.json").read_text())
+    # Both ranks hashed their weights after fitting: bit-identical.
+    assert metrics["ddp"]["world_size"] == 2
+    assert len(set(metrics["ddp"]["weights_sha256"])) == 1, metrics["ddp"]
+    assert metrics["ddp"]["identical"] is True
+    # It tested the best checkpoint, over every test image once (gathered from both ranks).
+    assert metrics["test_ckpt_path"] and Path(metrics["test_ckpt_path"]).is_file()
+    test_rows = (job / "test_predictions.csv").read_text().splitlines()[1:]
+    split_rows = (job / ANNOTATIONS_FILE).read_text().splitlines()[1:]
+    assert len(test_rows) == sum(1 for r in split_rows if r.split(",")[2] == "test")
+    assert 0.0 <= metrics["test"]["test/acc"] <= 1.0 and math.isfinite(metrics["test"]["test/loss"])
+    # The broken image was read (by one rank at a time), skipped, and reported from every epoch.
+    skipped = [s for s in metrics["skipped_during_run"] if s["split"] == "train"]
+    assert [s["path"] for s in skipped] == [str(broken)]
+    assert skipped[0]["reason"].startswith("corrupt image data")
+    assert skipped[0]["times"] >= 1
+    # Every epoch ran and validated.
+    assert (job / "checkpoints" / "last.ckpt").is_file()
+    assert set(metrics["final_val"]) >= {"val/acc", "val/loss", "val/f1_macro"}
+
+
+def test_the_frozen_feature_cache_served_the_frozen_runs(matrix):
+    """linear_probe keeps the backbone frozen: its runs log how often the stored features were used."""
+    for callbacks in CALLBACKS:
+        log = (matrix[("linear_probe", callbacks)] / "train.log").read_text()
+        assert "Frozen-feature cache" in log, log[-2000:]
+
+
+def test_eval_under_ddp_gives_the_single_process_metrics(matrix, tmp_path: Path):
+    job = matrix[("head_then_all", "default")]
+    ckpt = json.loads((job / "metrics.json").read_text())["test_ckpt_path"]
+    results = {}
+    for trainer in ("cpu", "ddp_cpu"):
+        run = tmp_path / trainer
+        done = run_cli(
+            "genre-eval",
+            f"ckpt_path={ckpt}",
+            f"trainer={trainer}",
+            "print_config=false",
+            f"hydra.run.dir={run}",
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[trainer] = json.loads((run / "metrics.json").read_text())["test"]
+    assert results["cpu"].keys() == results["ddp_cpu"].keys()
+    for name, value in results["cpu"].items():
+        assert results["ddp_cpu"][name] == pytest.approx(value, abs=1e-5), name
+
+
+def test_a_ddp_run_resumed_past_a_milestone_keeps_the_ranks_identical(split_with_a_broken_image, tmp_path: Path):
+    split, _ = split_with_a_broken_image
+    run = tmp_path / "run"
+    common = [*TINY, f"data.split_file={split}", "finetune=gradual", "finetune.milestones=[1,2]", "test=false"]
+    first = run_cli("genre-train", *common, "trainer.max_epochs=2", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # Run again in the same folder with more epochs: it continues from last.ckpt (two chunks unfrozen).
+    second = run_cli("genre-train", *common, "trainer.max_epochs=3", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "this run folder's last checkpoint" in second.stderr + second.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["ddp"]["identical"] is True, metrics["ddp"]
