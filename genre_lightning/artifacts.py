@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
+from PIL import Image
 
 from genre_lightning import figures
 from genre_lightning.csvio import write_csv
@@ -162,8 +163,10 @@ class TestArtifacts(Callback):
         tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         for name, (tag, figure) in figures_to_write.items():
             written[name] = figures.save_png(figure, out / FIGURES_DIR / f"{name}.png")
-            for logger in tensorboards:
-                logger.experiment.add_figure(tag, figure, global_step=trainer.global_step, close=False)
+            if tensorboards:  # the PNG just written, not a second rendering (add_figure draws it again)
+                pixels = np.asarray(Image.open(written[name]).convert("RGB"))
+                for logger in tensorboards:
+                    logger.experiment.add_image(tag, pixels, global_step=trainer.global_step, dataformats="HWC")
         for logger in tensorboards:
             logger.experiment.flush()
         return written

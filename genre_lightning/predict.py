@@ -14,13 +14,13 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from genre_lightning.csvio import write_csv
 from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
 from genre_lightning.data.scan import IMAGE_EXTENSIONS, walk_files
 from genre_lightning.errors import ConfigError, UserFacingError, exit_on_user_error
 from genre_lightning.model import GenreClassifier
+from genre_lightning.progress import Progress
 from genre_lightning.results import probability_frame
 from genre_lightning.runtime import CONFIG_PATH
 
@@ -96,7 +96,7 @@ def predict_files(
     with (
         torch.inference_mode(),
         autocast,
-        tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar,
+        Progress(len(paths) if progress else 0, "predict", "images") as bar,
     ):
         for batch in prefetched(loader) if prefetch and num_workers == 0 else loader:
             for index, reason in batch["failed"]:
@@ -106,7 +106,7 @@ def predict_files(
                 if forward is None:
                     forward = frozen_forward(model, images) if freeze and not bf16 else model
                 probabilities[batch["index"]] = forward(images).float().softmax(dim=-1).cpu()
-            bar.update(batch["index"].numel() + len(batch["failed"]))
+            bar.advance(batch["index"].numel() + len(batch["failed"]))
     return probability_frame(paths, probabilities, model.classes, errors)
 
 

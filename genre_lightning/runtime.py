@@ -16,6 +16,7 @@ import rich.tree
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -57,16 +58,29 @@ def compose_config(config_name: str, overrides: Sequence[str], output_dir: str |
 
 
 def instantiate_all(group: Mapping[str, Any] | None) -> list[Any]:
-    """Instantiate each entry of a config group that holds several objects (callbacks, loggers)."""
-    return [instantiate(entry) for entry in (group or {}).values() if entry and "_target_" in entry]
+    """Instantiate each entry of a config group that holds several objects (callbacks, loggers);
+    an entry whose factory returns None (e.g. the progress bar when it is switched off) is left out."""
+    built = [instantiate(entry) for entry in (group or {}).values() if entry and "_target_" in entry]
+    return [obj for obj in built if obj is not None]
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
-    """The fine-tuning callback first: at each epoch start it decides what trains, and the
-    callbacks after it (the feature cache, LearningRateMonitor for a new param group) see that."""
+    """The progress display first, then the fine-tuning callback: at each epoch start the progress
+    display writes the finished epoch's line before anything of the new epoch is logged, then the
+    fine-tuning callback decides what trains, and the callbacks after it (the feature cache,
+    LearningRateMonitor for a new param group) see that."""
+    group = cfg.get("callbacks")
+    if group is not None and isinstance(group.get("progress"), str):  # callbacks.progress=lines
+        with open_dict(group):
+            enabled = cfg.get("trainer", {}).get("enable_progress_bar", True)
+            target = "genre_lightning.epoch_lines.progress_bar"
+            group.progress = {"_target_": target, "mode": group.progress, "enabled": enabled}
+    others = instantiate_all(group)
+    callbacks = [c for c in others if isinstance(c, ProgressBar)]
     finetune = cfg.get("finetune")
-    callbacks = [instantiate(finetune)] if finetune and "_target_" in finetune else []
-    callbacks += instantiate_all(cfg.get("callbacks"))
+    if finetune and "_target_" in finetune:
+        callbacks.append(instantiate(finetune))
+    callbacks += [c for c in others if not isinstance(c, ProgressBar)]
     artifacts = cfg.get("artifacts")
     if artifacts and "_target_" in artifacts:
         callbacks.append(instantiate(artifacts))

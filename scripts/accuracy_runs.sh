@@ -16,7 +16,7 @@ run() {  # run NAME OVERRIDES...: one genre-train, its wall time appended to $OU
     [ -f "$OUT/$name/metrics.json" ] && return 0  # done already: the list can be re-run after a stop
     mkdir -p "$OUT"
     local start=$(date +%s)
-    genre-train data.root="$POSTERS" trainer.enable_progress_bar=false print_config=false \
+    genre-train data.root="$POSTERS" print_config=false \
         hydra.run.dir="$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
     printf '%s\t%s\n' "$name" "$(( $(date +%s) - start ))" >> "$OUT/times.tsv"
 }

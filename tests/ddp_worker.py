@@ -1,7 +1,9 @@
-"""Run by test_ddp.py as ``python -m tests.ddp_worker POSTERS OUT {sync|nosync}``.
+"""Run by test_ddp.py as ``python -m tests.ddp_worker POSTERS OUT``.
 
-A real 2-process CPU DDP fit (gloo) that crosses an unfreeze milestone. Lightning starts the
-second process by re-running this module. Each rank saves its weights and the split it read.
+Two real 2-process CPU DDP fits (gloo) that cross an unfreeze milestone: first with our gradient
+sync for late-unfrozen parameters (into OUT/sync), then without it (the control, OUT/nosync).
+Lightning starts the second process by re-running this module; the second fit reuses both
+processes and their process group. Each rank saves its weights and the split it read.
 """
 
 from __future__ import annotations
@@ -45,10 +47,10 @@ class SaveRankState(Callback):
         )
 
 
-def main(posters: str, out: str, mode: str) -> None:
-    out_dir = Path(out)
+def fit(posters: Path, out_dir: Path, mode: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
     cfg = train_config(
-        Path(posters),
+        posters,
         out_dir,
         "trainer=ddp_cpu",
         "finetune=none",
@@ -67,5 +69,10 @@ def main(posters: str, out: str, mode: str) -> None:
     trainer.fit(model, datamodule=datamodule)
 
 
+def main(posters: str, out: str) -> None:
+    for mode in ("sync", "nosync"):
+        fit(Path(posters), Path(out) / mode, mode)
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:3])

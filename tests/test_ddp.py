@@ -14,16 +14,22 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def run_ddp(poster_root: Path, out: Path, mode: str) -> tuple[dict, dict]:
-    out.mkdir(parents=True)
+@pytest.fixture(scope="module")
+def ddp_runs(poster_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both fits (with our sync, then the control without it) in one launch of the two processes."""
+    out = tmp_path_factory.mktemp("ddp_runs")
     done = subprocess.run(
-        [sys.executable, "-m", "tests.ddp_worker", str(poster_root), str(out), mode],
+        [sys.executable, "-m", "tests.ddp_worker", str(poster_root), str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def rank_states(out: Path) -> tuple[dict, dict]:
     return torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
 
 
@@ -31,12 +37,12 @@ def backbone_keys(state: dict) -> list[str]:
     return [k for k in state if k.startswith("net.") and not k.startswith("net.fc.") and "num_batches" not in k]
 
 
-def test_unfrozen_backbone_trains_and_ranks_stay_bit_identical(poster_root: Path, tmp_path: Path):
-    rank0, rank1 = run_ddp(poster_root, tmp_path / "sync", "sync")
+def test_unfrozen_backbone_trains_and_ranks_stay_bit_identical(ddp_runs: Path):
+    rank0, rank1 = rank_states(ddp_runs / "sync")
     assert rank0["world_size"] == 2
     # The split was made once and both ranks read the same one.
     assert rank0["split_digest"] == rank1["split_digest"]
-    assert (tmp_path / "sync" / "annotations.csv").is_file()
+    assert (ddp_runs / "sync" / "annotations.csv").is_file()
     # (a) The backbone, frozen in epoch 0 and unfrozen at the epoch-1 milestone, changed.
     weights = [k for k in backbone_keys(rank0["end"]) if k.endswith("weight")]
     changed = [k for k in weights if not torch.equal(rank0["start"][k], rank0["end"][k])]
@@ -47,9 +53,9 @@ def test_unfrozen_backbone_trains_and_ranks_stay_bit_identical(poster_root: Path
     assert different == []
 
 
-def test_without_our_gradient_sync_the_ranks_drift_apart(poster_root: Path, tmp_path: Path):
+def test_without_our_gradient_sync_the_ranks_drift_apart(ddp_runs: Path):
     """The control: it shows the test above can fail, and why the sync exists (Lightning #20340)."""
-    rank0, rank1 = run_ddp(poster_root, tmp_path / "nosync", "nosync")
+    rank0, rank1 = rank_states(ddp_runs / "nosync")
     backbone = [k for k in backbone_keys(rank0["end"]) if k.endswith("weight")]
     head = ["net.fc.weight", "net.fc.bias"]
     assert all(torch.equal(rank0["end"][k], rank1["end"][k]) for k in head)  # DDP syncs the head

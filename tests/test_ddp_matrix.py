@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from genre_lightning.data.annotations import ANNOTATIONS_FILE, prepare_annotations
 from genre_lightning.data.demo import GENRES, ensure_demo_posters
-from tests.conftest import run_cli
+from genre_lightning.evaluate import evaluate
+from tests.conftest import compose_config, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +88,7 @@ def matrix(split_with_a_broken_image, tmp_path_factory: pytest.TempPathFactory) 
             stdout=stdout,
             timeout=1500,
         )
+    (cwd / "stderr.log").write_text(done.stderr)
     assert done.returncode == 0, log.read_text()[-4000:] + done.stderr[-4000:]
     jobs = {}
     for job in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()):
@@ -94,8 +99,22 @@ def matrix(split_with_a_broken_image, tmp_path_factory: pytest.TempPathFactory) 
     return jobs
 
 
-def test_the_matrix_covers_every_option_pair(matrix):
+def test_the_matrix_covers_every_option_pair_and_each_job_stays_in_its_folder(matrix):
+    """Lightning starts rank 1 by re-running the command line: it must run this job, not the sweep."""
     assert set(matrix) == {(f, c) for f in FINETUNE for c in CALLBACKS}
+    sweep = next(iter(matrix.values())).parent
+    cwd = sweep.parent
+    output = (cwd / "stdout.log").read_text() + (cwd / "stderr.log").read_text()
+    assert output.count("MEMBER: 2/2") == len(matrix)  # two processes per job
+    # stdout is a file: one progress line per epoch, from rank 0 only.
+    assert len(re.findall(r"\] - epoch [123]/3  train/loss ", output)) == 3 * len(matrix)
+    # Nothing outside the sweep folder: no run folder or second sweep made by a rank-1 process.
+    assert sorted(p.name for p in cwd.iterdir()) == ["stderr.log", "stdout.log", "sweep"]
+    for job in matrix.values():
+        assert {"metrics.json", "config.yaml", "annotations.csv", "checkpoints", "train.log"} <= {
+            p.name for p in job.iterdir()
+        }
+        assert not (job / "outputs").exists() and not (job / "lightning_logs").exists()
 
 
 @pytest.mark.parametrize("finetune", FINETUNE)
@@ -133,25 +152,29 @@ def test_the_frozen_feature_cache_served_the_frozen_runs(matrix):
         assert "Frozen-feature cache" in log, log[-2000:]
 
 
-def test_eval_under_ddp_gives_the_single_process_metrics(matrix, tmp_path: Path):
+def test_eval_under_ddp_gives_the_single_process_results(matrix, tmp_path: Path):
+    """genre-eval on 2 processes: each rank predicts its shard of the test set; the metrics and the
+    tables must equal a single-process evaluation's (no image lost, none counted twice)."""
     job = matrix[("head_then_all", "default")]
     ckpt = json.loads((job / "metrics.json").read_text())["test_ckpt_path"]
-    results = {}
-    for trainer in ("cpu", "ddp_cpu"):
-        run = tmp_path / trainer
-        done = run_cli(
-            "genre-eval",
-            f"ckpt_path={ckpt}",
-            f"trainer={trainer}",
-            "print_config=false",
-            f"hydra.run.dir={run}",
-            cwd=tmp_path,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        results[trainer] = json.loads((run / "metrics.json").read_text())["test"]
-    assert results["cpu"].keys() == results["ddp_cpu"].keys()
-    for name, value in results["cpu"].items():
-        assert results["ddp_cpu"][name] == pytest.approx(value, abs=1e-5), name
+    single = tmp_path / "single"
+    evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "print_config=false"], single))
+    ddp = tmp_path / "ddp"
+    done = run_cli(
+        "genre-eval", f"ckpt_path={ckpt}", "trainer=ddp_cpu", "print_config=false", f"hydra.run.dir={ddp}", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MEMBER: 2/2" in done.stdout + done.stderr  # a real second process joined
+    ours, theirs = (json.loads((run / "metrics.json").read_text())["test"] for run in (ddp, single))
+    assert ours.keys() == theirs.keys()
+    for name, value in theirs.items():
+        assert ours[name] == pytest.approx(value, abs=1e-5), name
+    pd.testing.assert_frame_equal(
+        pd.read_csv(ddp / "confusion_matrix.csv"), pd.read_csv(single / "confusion_matrix.csv")
+    )
+    ours, theirs = (pd.read_csv(run / "test_predictions.csv") for run in (ddp, single))
+    assert list(ours["file_path"]) == list(theirs["file_path"])
+    np.testing.assert_allclose(ours.filter(like="p_").to_numpy(), theirs.filter(like="p_").to_numpy(), atol=1e-5)
 
 
 def test_a_ddp_run_resumed_past_a_milestone_keeps_the_ranks_identical(split_with_a_broken_image, tmp_path: Path):

@@ -1,4 +1,6 @@
-"""Multiruns as a user starts them (`genre-train -m ...`): one shared split, DDP jobs, Optuna search."""
+"""Multiruns as a user starts them (`genre-train -m ...`): one shared split, Optuna search.
+
+DDP jobs in a local multirun: tests/test_ddp_matrix.py."""
 
 import json
 import shutil
@@ -86,29 +88,6 @@ def test_a_sweep_over_data_roots_gives_each_job_its_own_split(poster_root: Path,
         assert OmegaConf.load(job / "config.yaml").data.root == str(root)
         files = pd.read_csv(job / "annotations.csv")["file_path"]
         assert len(files) == 120 and all(Path(f).is_relative_to(root) for f in files)
-
-
-def test_ddp_jobs_in_a_local_multirun_stay_in_their_job_folders(poster_root: Path, tmp_path: Path):
-    """Lightning starts rank 1 by re-running the command line: it must run this job, not the sweep."""
-    sweep, jobs, output = multirun(poster_root, tmp_path, "trainer=ddp_cpu", "seed=1,2")
-    assert [j.name for j in jobs] == ["0", "1"]
-    assert output.count("MEMBER: 2/2") == 2  # each job really ran two processes
-    # Nothing outside the sweep folder: no run folder or second sweep made by a rank-1 process.
-    outside = [p for p in (tmp_path / "outputs").rglob("*") if sweep not in (p, *p.parents)]
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in outside) == ["outputs/train", "outputs/train/multiruns"]
-    assert not (tmp_path / "lightning_logs").exists()
-    for job in jobs:
-        assert sorted(p.name for p in job.iterdir()) == [
-            ".hydra",
-            "annotations.csv",
-            "checkpoints",
-            "config.yaml",
-            "csv",
-            "data_report.json",
-            "metrics.json",
-            "train.log",
-        ]
-        assert (job / "annotations.csv").read_text() == (sweep / "annotations.csv").read_text()
 
 
 def test_optuna_search_maximises_the_val_accuracy_the_jobs_return(poster_root: Path, tmp_path: Path):

@@ -85,8 +85,9 @@ def test_balanced_sampling_draws_genres_equally(poster_root: Path, tmp_path: Pat
     dm.prepare_data()
     dm.setup("fit")
     drawn = Counter()
+    loader = dm.train_dataloader()  # one loader, 20 epochs (its sampler's generator advances)
     for _ in range(20):
-        drawn.update(next(iter(dm.train_dataloader()))["target"].tolist())
+        drawn.update(next(iter(loader))["target"].tolist())
     shares = [drawn[i] / sum(drawn.values()) for i in range(4)]
     assert all(abs(share - 0.25) < 0.05 for share in shares), shares
 

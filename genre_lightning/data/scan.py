@@ -20,6 +20,7 @@ from genre_lightning.csvio import read_csv
 from genre_lightning.data.duplicates import perceptual_hash
 from genre_lightning.data.imageio import UnreadableImage, decode_rgb, read_image_bytes, unexpected_error_reason
 from genre_lightning.errors import ConfigError
+from genre_lightning.progress import tracked
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 
@@ -226,7 +227,8 @@ def verify_all(
 ) -> tuple[list[ImageRecord], list[Skipped]]:
     """Verify candidates in parallel threads (PIL releases the GIL while decoding)."""
     with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
-        outcomes = list(pool.map(lambda candidate: verify(candidate, min_side), candidates))
+        verified = pool.map(lambda candidate: verify(candidate, min_side), candidates)
+        outcomes = list(tracked(verified, len(candidates), "verify", "files"))
     records = [o for o in outcomes if isinstance(o, ImageRecord)]
     skipped = [o for o in outcomes if isinstance(o, Skipped)]
     return records, skipped
