@@ -94,17 +94,16 @@ class EpochLines(ProgressBar):
             groups = [group for optimizer in trainer.optimizers for group in optimizer.param_groups]
             self._lrs = [(group.get("name"), float(group["lr"])) for group in groups]
 
+    # Lightning passes (outputs, batch, batch_idx[, dataloader_idx]): batch_idx + 1 batches are done.
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        self._maybe_step_line(trainer, "train", trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+        self._maybe_step_line(trainer, "train", args[2] + 1)
 
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         if not trainer.sanity_checking:
-            self._maybe_step_line(
-                trainer, "validation", trainer.fit_loop.epoch_loop.val_loop.batch_progress.current.completed
-            )
+            self._maybe_step_line(trainer, "validation", args[2] + 1)
 
     def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        self._maybe_step_line(trainer, "test", trainer.test_loop.batch_progress.current.completed)
+        self._maybe_step_line(trainer, "test", args[2] + 1)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -116,20 +115,20 @@ class EpochLines(ProgressBar):
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._last_line = time.monotonic()
 
-    def _total_batches(self, phase: str) -> float:
-        if phase == "train":
-            return self.total_train_batches
-        if phase == "validation":
-            return self.total_val_batches_current_dataloader
-        return self.total_test_batches_current_dataloader
+    @staticmethod
+    def _total_batches(trainer: Trainer, phase: str) -> float:
+        """Batches of the running loop (its first dataloader); inf when the loader has no length."""
+        totals = {"train": trainer.num_training_batches, "validation": trainer.num_val_batches}
+        total = totals.get(phase, trainer.num_test_batches)
+        return (total[0] if total else 0) if isinstance(total, list) else total
 
     def _maybe_step_line(self, trainer: Trainer, phase: str, done: int) -> None:
         now = time.monotonic()
         if not self._enabled or now - self._last_line < self.interval_s:
             return
         self._last_line = now
-        total = self._total_batches(phase)
-        of = f"/{int(total)} ({done / total:.0%})" if isinstance(total, int) and total > 0 else ""
+        total = self._total_batches(trainer, phase)
+        of = f"/{int(total)} ({done / total:.0%})" if 0 < total < math.inf else ""
         where = f"epoch {trainer.current_epoch + 1}{self._of_epochs(trainer)} " if phase != "test" else ""
         loss = trainer.callback_metrics.get("train/loss_step") if phase == "train" else None
         loss_text = f"  train/loss_step {float(loss):.4f}" if loss is not None else ""

@@ -39,7 +39,7 @@ def test_a_piped_run_logs_one_line_per_epoch_with_the_logged_numbers(poster_root
             "finetune=head_then_all",
             "finetune.milestones=[1]",
             "logger=csv",
-            "test=false",
+            "callbacks.progress.interval_s=0",  # a step line after every batch, as in a long epoch
             f"hydra.run.dir={run}",
             cwd=tmp_path,
             stdout=stdout,
@@ -75,6 +75,15 @@ def test_a_piped_run_logs_one_line_per_epoch_with_the_logged_numbers(poster_root
             assert float(lrs["backbone1"]) == pytest.approx(monitored["lr-AdamW/backbone1"], rel=1e-2)
         assert re.search(r"  (\d+\.\d s|\d+m \d{2}s|\d+h \d{2}m)(  ETA |$)", m[0])  # the epoch's seconds
     assert "ETA" in lines[0][3] and "ETA" in lines[1][3] and "ETA" not in lines[2][3]
+    # Inside each epoch, validation and the test: step lines with the count of batches.
+    steps = re.findall(r"\] - (?:epoch (\d)/3 )?(train|validation|test) step (\d+)/(\d+) \(\d+%\)", output)
+    assert [(e, n, t) for e, phase, n, t in steps if phase == "train"] == [
+        (str(e), str(n), "3") for e in (1, 2, 3) for n in (1, 2, 3)
+    ]
+    assert {e for e, phase, _, _ in steps if phase == "validation"} == {"1", "2", "3"}
+    assert [n for _, phase, n, _ in steps if phase == "test"][-1] == [t for _, phase, _, t in steps if phase == "test"][
+        -1
+    ]
 
 
 def test_a_long_phase_logs_its_count_rate_and_time_left(caplog: pytest.LogCaptureFixture):
