@@ -19,6 +19,7 @@ one run):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -262,22 +263,77 @@ def rate(
 
 
 # ----------------------------------------------------------------------------- rss
+def peak_rss(command: list[str]) -> tuple[int, float, float]:
+    """Run ``command``; (exit status, peak MiB of the whole process tree as PSS, peak RSS MiB of its
+    largest process). PSS splits pages shared between the process and its forked DataLoader workers
+    instead of counting them in each; the tree is sampled from /proc every 0.1 s."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tree_peak = 0
+
+    def tree_pss() -> int:
+        pids = [process.pid]
+        with contextlib.suppress(OSError):
+            pids += [int(c) for c in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+        total = 0
+        for pid in pids:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int(Path(f"/proc/{pid}/smaps_rollup").read_text().split("Pss:")[1].split()[0])
+        return total
+
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:  # ru_maxrss: the largest of the process and its waited-for children (workers)
+            return os.waitstatus_to_exitcode(status), tree_peak / 1024, usage.ru_maxrss / 1024
+        tree_peak = max(tree_peak, tree_pss())
+        time.sleep(0.1)
+
+
 def section_rss(setup: Setup, steps: int) -> list[tuple[str, str, str]]:
-    """Peak RSS of `genre-train` (the study recipe, a few steps), its workers included."""
-    command = [
-        str(Path(sys.executable).parent / "genre-train"),
+    """Peak RSS of genre-train (the study recipe, a few steps; and with 2 loader workers), genre-eval
+    on its checkpoint and genre-predict on the test images."""
+    scripts = Path(sys.executable).parent
+    run = setup.workdir / "rss"
+    train = [
+        str(scripts / "genre-train"),
         *setup.overrides,
         f"trainer.limit_train_batches={steps}",
         "trainer.limit_val_batches=2",
         "trainer.max_epochs=1",
-        f"hydra.run.dir={setup.workdir / 'rss'}",
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
-        return [("rss: genre-train", "failed", f"exit status {status}")]
-    # ru_maxrss (KiB) covers the process and its waited-for children, taking the largest one.
-    return [("rss: genre-train peak (largest process)", f"{usage.ru_maxrss / 1024:.0f} MiB", "")]
+    rows = []
+    for name, command in (
+        ("genre-train", [*train, f"hydra.run.dir={run}"]),
+        ("genre-train, data.num_workers=2", [*train, "data.num_workers=2", f"hydra.run.dir={run}-workers"]),
+    ):
+        status, tree, largest = peak_rss(command)
+        rows.append(
+            (f"rss: {name} peak (PSS of all processes / RSS of the largest)", f"{tree:.0f} / {largest:.0f} MiB", "")
+        )
+        if status != 0:
+            return [*rows[:-1], (f"rss: {name}", "failed", f"exit status {status}")]
+    checkpoint = next((run / "checkpoints").glob("epoch*.ckpt"))
+    test_folder = setup.workdir / "rss-test-images"
+    test_folder.mkdir(exist_ok=True)
+    for path in setup.files("test"):
+        (test_folder / Path(path).name).write_bytes(Path(path).read_bytes())
+    for name, command in (
+        (
+            "genre-eval",
+            [str(scripts / "genre-eval"), f"ckpt_path={checkpoint}", "print_config=false", f"hydra.run.dir={run}-eval"],
+        ),
+        (
+            "genre-predict",
+            [
+                str(scripts / "genre-predict"),
+                f"ckpt_path={checkpoint}",
+                f"input={test_folder}",
+                f"hydra.run.dir={run}-predict",
+            ],
+        ),
+    ):
+        status, tree, largest = peak_rss(command)
+        rows.append((f"rss: {name} peak", f"{largest:.0f} MiB" if status == 0 else "failed", ""))
+    return rows
 
 
 # ----------------------------------------------------------------------------- decoded

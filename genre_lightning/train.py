@@ -79,7 +79,16 @@ def build(
     model: GenreClassifier = instantiate(cfg.model, _recursive_=False)
     datamodule.set_data_config(model.data_config)
     callbacks = [*build_callbacks(cfg), *extra_callbacks]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg))
+    accumulation = {}
+    if datamodule.accumulation_steps > 1:  # data.micro_batch_size
+        if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
+            raise ConfigError(
+                "trainer.accumulate_grad_batches",
+                cfg.trainer.accumulate_grad_batches,
+                "1 when data.micro_batch_size is set (it decides the accumulation)",
+            )
+        accumulation["accumulate_grad_batches"] = datamodule.accumulation_steps
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg), **accumulation)
     return datamodule, model, trainer
 
 

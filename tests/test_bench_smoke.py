@@ -25,4 +25,7 @@ def test_benchmark_runs_every_section_and_prints_its_table():
     assert {"train", "predict", "rss", "decoded", "feature", "workers"} <= sections
     ratios = [float(m) for row in rows for m in re.findall(r"\| ([0-9.]+)x", row)]
     assert len(ratios) >= 15 and all(r > 0 for r in ratios)
-    assert re.search(r"rss: genre-train peak .*\| \d+ MiB", done.stdout)
+    assert re.search(r"rss: genre-train peak .*\| \d+ / \d+ MiB", done.stdout)
+    assert re.search(r"rss: genre-train, data.num_workers=2 peak .*\| \d+ / \d+ MiB", done.stdout)
+    assert re.search(r"rss: genre-eval peak .*\| \d+ MiB", done.stdout)
+    assert re.search(r"rss: genre-predict peak .*\| \d+ MiB", done.stdout)

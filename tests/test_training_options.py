@@ -150,3 +150,50 @@ def test_test_ece_scores_softmax_probabilities_even_when_logits_lie_in_0_1(poste
 def test_an_unknown_scheduler_interval_is_one_line():
     with pytest.raises(ConfigError, match=r"^model\.scheduler_interval='epochs' is not valid: expected epoch or step$"):
         GenreClassifier("resnet10t", GENRES, scheduler_interval="epochs")
+
+
+def _weights_after_an_epoch(poster_root: Path, out: Path, *overrides: str) -> tuple[dict, int]:
+    cfg = train_config(
+        poster_root,
+        out,
+        "data.batch_size=12",  # 84 training images: 7 whole steps, no partial one
+        "data.augment=null",
+        "model.drop_rate=0",
+        "finetune=head_then_all",
+        "finetune.milestones=[0]",  # every layer trains from the start ...
+        "finetune.freeze_bn_stats=true",  # ... with BatchNorm statistics kept (eval-mode BatchNorm)
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=0",
+        "test=false",
+        "logger=csv",
+        *overrides,
+    )
+    pl.seed_everything(cfg.seed)
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, trainer.global_step
+
+
+def test_micro_batches_make_the_same_steps_as_whole_batches(poster_root: Path, tmp_path: Path):
+    whole, whole_steps = _weights_after_an_epoch(poster_root, tmp_path / "whole")
+    micro, micro_steps = _weights_after_an_epoch(poster_root, tmp_path / "micro", "data.micro_batch_size=4")
+    assert whole_steps == micro_steps == 7  # optimizer steps of 12 images either way
+    changed = [
+        k for k in whole if k.endswith("weight") and not torch.equal(whole[k], _initial(poster_root, tmp_path)[k])
+    ]
+    assert changed, "the weights did not train"
+    for name in whole:
+        torch.testing.assert_close(micro[name], whole[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _initial(poster_root: Path, tmp_path: Path) -> dict:
+    cfg = train_config(poster_root, tmp_path / "init")
+    pl.seed_everything(cfg.seed)
+    _, model, _ = build(cfg)
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("micro", [5, 0, 24])
+def test_a_micro_batch_that_does_not_divide_the_batch_is_one_line(micro: int, tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"data.micro_batch_size=.* expected null or a divisor of data.batch_size=12"):
+        PosterDataModule(GENRES, output_dir=str(tmp_path), root=str(tmp_path), batch_size=12, micro_batch_size=micro)

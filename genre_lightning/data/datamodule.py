@@ -56,6 +56,7 @@ class PosterDataModule(LightningDataModule):
         test_split: str = "test",
         cache_dir: str | None = None,
         balanced_sampling: bool = False,
+        micro_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if not classes:
@@ -74,7 +75,14 @@ class PosterDataModule(LightningDataModule):
         self.root, self.annotations, self.split_file = root, annotations, split_file
         self.fractions = check_fractions(fractions or {"train": 0.7, "val": 0.15, "test": 0.15})
         self.split_seed = split_seed
+        if micro_batch_size is not None and (micro_batch_size < 1 or batch_size % micro_batch_size):
+            raise ConfigError(
+                "data.micro_batch_size", micro_batch_size, f"null or a divisor of data.batch_size={batch_size}"
+            )
         self.batch_size = batch_size
+        # Training loads micro-batches and the trainer accumulates their gradients into one step of
+        # batch_size images: the same step (exactly so while BatchNorm statistics are frozen), in less memory.
+        self.micro_batch_size = micro_batch_size or batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -96,6 +104,11 @@ class PosterDataModule(LightningDataModule):
         self.datasets: dict[str, PosterDataset] = {}
         # Only global rank 0 scans and splits; the run folder is shared by all ranks.
         self.prepare_data_per_node = False
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Micro-batches per optimizer step (Lightning's ``accumulate_grad_batches``)."""
+        return self.batch_size // self.micro_batch_size
 
     @property
     def annotations_path(self) -> Path:
@@ -167,7 +180,7 @@ class PosterDataModule(LightningDataModule):
             )
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            batch_size=self.micro_batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
