@@ -5,6 +5,7 @@
 
 Sections (measured in this one process; compared things alternate, and each ratio comes from
 one run):
+  micro     fine-tuning in whole batches against micro-batches accumulated into the same steps.
   train     genre-train's training loop against a plain PyTorch loop of the study's recipe
             (same files, transforms, model, optimizer, batch size, workers): train images/s.
   predict   genre-predict on a folder against a plain eval loop: images/s, and what each
@@ -103,7 +104,7 @@ def steady_rate(ends: list[float], warmup: int, batch_size: int) -> float:
     return (len(ends) - warmup) * batch_size / (ends[-1] - ends[warmup - 1])
 
 
-def framework_train(setup: Setup, steps: int, warmup: int, *extra: str) -> float:
+def framework_train(setup: Setup, steps: int, warmup: int, *extra: str, batch_size: int | None = None) -> float:
     """genre-train's own path: composed config, data module, GenreClassifier, Lightning Trainer."""
     clock = StepClock()
     cfg = setup.config(
@@ -118,7 +119,7 @@ def framework_train(setup: Setup, steps: int, warmup: int, *extra: str) -> float
     seed_everything(0)
     datamodule, model, trainer = build(cfg, extra_callbacks=[clock])
     trainer.fit(model, datamodule=datamodule)
-    return steady_rate(clock.ends, warmup, setup.batch_size)
+    return steady_rate(clock.ends, warmup, batch_size or setup.batch_size)  # one clock tick per loaded batch
 
 
 class NotebookPosters(Dataset):
@@ -182,6 +183,35 @@ def section_train(setup: Setup, steps: int, warmup: int, rounds: int) -> list[tu
         (
             "train: genre-train",
             f"{statistics.median(framework):.2f} img/s",
+            f"{statistics.median(ratios):.3f}x (rounds: {', '.join(f'{r:.3f}' for r in ratios)})",
+        ),
+    ]
+
+
+# ----------------------------------------------------------------------------- micro
+def section_micro(setup: Setup, steps: int, warmup: int, rounds: int) -> list[tuple[str, str, str]]:
+    """Fine-tuning every layer (BatchNorm statistics frozen, as best_cpu) in whole batches against
+    micro-batches of 8 accumulated into the same steps: train images/s, alternating."""
+    micro = max(1, setup.batch_size // 4)
+    common = ["finetune=head_then_all", "finetune.milestones=[0]", "finetune.freeze_bn_stats=true"]
+    whole, micros = [], []
+    for _ in range(rounds):
+        whole.append(framework_train(setup, steps, warmup, *common))
+        micro_rate = framework_train(
+            setup,
+            steps * 4,
+            warmup * 4,
+            *common,
+            f"data.micro_batch_size={micro}",
+            batch_size=micro,
+        )
+        micros.append(micro_rate)
+    ratios = [m / w for m, w in zip(micros, whole, strict=True)]
+    return [
+        ("micro: fine-tuning in whole batches", f"{statistics.median(whole):.2f} img/s", "1.00x"),
+        (
+            f"micro: the same steps in micro-batches of {micro}",
+            f"{statistics.median(micros):.2f} img/s",
             f"{statistics.median(ratios):.3f}x (rounds: {', '.join(f'{r:.3f}' for r in ratios)})",
         ),
     ]
@@ -449,7 +479,7 @@ def section_workers(setup: Setup, steps: int, warmup: int) -> list[tuple[str, st
     return rows
 
 
-SECTIONS = ("train", "predict", "rss", "decoded", "features", "workers")
+SECTIONS = ("train", "micro", "predict", "rss", "decoded", "features", "workers")
 
 
 def main() -> None:
@@ -474,6 +504,7 @@ def main() -> None:
         )
         sections = {
             "train": lambda: section_train(setup, steps, warmup, rounds),
+            "micro": lambda: section_micro(setup, steps, warmup, rounds),
             "predict": lambda: section_predict(setup, rounds),
             "rss": lambda: section_rss(setup, steps),
             "decoded": lambda: section_decoded(setup, steps, warmup),

@@ -15,7 +15,7 @@ training metrics: gloo's ``op.preamble.length <= op.nbytes`` abort, or a hang on
 hands ``self.log`` values that are already global, with ``sync_dist=False``.
 
 The other collectives of a run: DDP's gradient all-reduce, :func:`average_gradients` for
-parameters unfrozen after DDP wrapped the model, the requeue decision in ``slurm.py`` (Lightning's
+parameters unfrozen after DDP wrapped the model, the requeue decision in ``launch/slurm.py`` (Lightning's
 ``reduce_boolean_decision``), :func:`all_gather_objects` for failed images and test predictions,
 and :func:`weights_agree` at the end of fitting.
 """

@@ -8,14 +8,15 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from genre_lightning.data.annotations import ANNOTATIONS_FILE
 from genre_lightning.data.datamodule import PosterDataModule
+from genre_lightning.data.split_source import ANNOTATIONS_FILE, checkpoint_split, choose_split
 from genre_lightning.errors import ConfigError, exit_on_user_error
-from genre_lightning.hparams import log_hparams_with_metrics
-from genre_lightning.model import GenreClassifier
+from genre_lightning.model import TRAINING_DATA_KEY, GenreClassifier
+from genre_lightning.results.hparams import log_hparams_with_metrics
 from genre_lightning.runtime import (
     CONFIG_PATH,
     build_callbacks,
@@ -31,22 +32,23 @@ log = logging.getLogger(__name__)
 
 def split_file_for(ckpt_path: str | Path, split_file: str | None) -> str:
     """The split to evaluate on: ``split_file`` if given, else the checkpoint's own run's split."""
-    if split_file:
-        return split_file
-    sibling = Path(ckpt_path).resolve().parent.parent / ANNOTATIONS_FILE
-    if not sibling.is_file():
+    choice = choose_split(split_file, checkpoint_split(ckpt_path))
+    if choice.path is None:
+        expected = Path(ckpt_path).resolve().parent.parent / ANNOTATIONS_FILE
         raise ConfigError(
-            "data.split_file", None, f"an annotations.csv to evaluate on (none beside the checkpoint at {sibling})"
+            "data.split_file", None, f"an annotations.csv to evaluate on (none beside the checkpoint at {expected})"
         )
-    return str(sibling)
+    return str(choice.path)
 
 
-def training_augment(model: GenreClassifier, cfg: DictConfig) -> Any:
-    """The augmentation the checkpoint was trained with (its training-samples figure shows that),
-    or ``data.augment`` for a checkpoint written before genre-train recorded it."""
-    if model.training_data is not None and "augment" in model.training_data:
-        return model.training_data["augment"]
-    fallback = cfg.data.get("augment")
+def training_augment(ckpt_path: str | Path, fallback: Any) -> Any:
+    """The augmentation the checkpoint was trained with (its training-samples figure shows that):
+    recorded in the data module's checkpoint state (or, before 0.2, under ``TRAINING_DATA_KEY``);
+    ``fallback`` (``data.augment``) for a checkpoint that does not say."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
+    for recorded in (checkpoint.get(PosterDataModule.__qualname__), checkpoint.get(TRAINING_DATA_KEY)):
+        if isinstance(recorded, dict) and "augment" in recorded:
+            return recorded["augment"]
     log.info(
         "The checkpoint does not record its training augmentation (written by an older genre-train): "
         "the training-samples figure uses data.augment=%s",
@@ -63,7 +65,7 @@ def eval_datamodule(cfg: DictConfig, model: GenreClassifier) -> PosterDataModule
         classes=model.classes,
         split_file=split_file,
         test_split=cfg.split,
-        augment=training_augment(model, cfg),
+        augment=training_augment(cfg.ckpt_path, cfg.data.get("augment")),
     )
     datamodule.set_data_config(model.data_config)
     return datamodule
@@ -77,7 +79,7 @@ def evaluate(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     model = GenreClassifier.from_checkpoint(cfg.ckpt_path)
     if cfg.get("tta_hflip") is not None:
-        model.hparams.tta_hflip = bool(cfg.tta_hflip)
+        model.set_flip_tta(cfg.tta_hflip)
     datamodule = eval_datamodule(cfg, model)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg), callbacks=build_callbacks(cfg))
     metrics = to_python(trainer.test(model, datamodule=datamodule)[0])

@@ -2,7 +2,7 @@
 
 When every backbone parameter is frozen, the backbone is a fixed function, so the pooled
 features of an image (seen through a deterministic transform) never change. The
-``FrozenFeatureCache`` callback then gives the model a ``FeatureStore``; the model runs the
+``FrozenFeatureCache`` callback then hands the model a ``FeatureStore`` (``use_feature_store``); the model runs the
 backbone only for images the store has not seen, and trains the classifier on stored
 features. Training uses it only when the training transform is deterministic (no
 augmentation) and the backbone has no stochastic depth (``drop_path_rate`` > 0 drops residual
@@ -120,11 +120,11 @@ class FrozenFeatureCache(Callback):
 
     def _attach(self, trainer: Trainer, pl_module: LightningModule, stage: str, usable: bool) -> None:
         if not usable:
-            pl_module.feature_store = None
+            pl_module.use_feature_store(None)
             return
         store = self._store_for(trainer, pl_module, stage)
         store.stages = {stage}
-        pl_module.feature_store = store
+        pl_module.use_feature_store(store)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         deterministic = getattr(trainer.datamodule, "augment", "unknown") is None
@@ -155,7 +155,7 @@ class FrozenFeatureCache(Callback):
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.on_train_epoch_end(trainer, pl_module)
-        pl_module.feature_store = None
+        pl_module.use_feature_store(None)
         self._report(trainer, "test")
 
     def _report(self, trainer: Trainer, phase: str) -> None:

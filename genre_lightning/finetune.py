@@ -25,7 +25,6 @@ import timm
 import torch.nn as nn
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BaseFinetuning
-from lightning.pytorch.utilities import rank_zero_info
 from torch.optim import Optimizer
 
 from genre_lightning.distributed import average_gradients
@@ -112,7 +111,7 @@ class GradualUnfreeze(BaseFinetuning):
         keep = self.freeze_bn_stats
         if keep is None:
             keep = bool(pl_module.hparams.get("pretrained") or pl_module.hparams.get("weights"))
-        pl_module.freeze_bn_stats = keep  # applied per batch by the module
+        pl_module.set_batchnorm_policy(keep)  # applied per batch by the module
         for chunk in self.chunks(pl_module):
             for param in chunk:
                 param.requires_grad = False
@@ -143,10 +142,16 @@ class GradualUnfreeze(BaseFinetuning):
                 name=f"backbone{index + 1}",
             )
             self.unfrozen_chunks += 1
-            rank_zero_info(
-                f"Epoch {epoch}: unfroze backbone chunk {index + 1}/{len(chunks)} "
-                f"({len(chunks[index])} tensors) at lr {lr:.2e}"
-            )
+            if pl_module.trainer.is_global_zero:  # epochs count from 1, as in the progress lines
+                log.info(
+                    "epoch %d: unfroze backbone chunk %d/%d (%d tensors, milestone %d) at lr %.2e",
+                    epoch + 1,
+                    index + 1,
+                    len(chunks),
+                    len(chunks[index]),
+                    self.milestones[index],
+                    lr,
+                )
 
     @staticmethod
     def _add_param_group(

@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 from hydra.utils import instantiate
 from lightning.pytorch import LightningModule
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
 from genre_lightning.backbone import create_backbone, resolve_data_config
@@ -25,6 +25,7 @@ from genre_lightning.errors import ConfigError
 from genre_lightning.feature_cache import FeatureStore, backbone_is_frozen
 from genre_lightning.inference import GenrePrediction, ImageInput, predict_images
 from genre_lightning.metrics import classification_metrics
+from genre_lightning.plain import to_plain
 
 log = logging.getLogger(__name__)
 # Epoch values are computed, and synced across ranks, by the metrics themselves and logged with
@@ -32,17 +33,9 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.01}
-# Checkpoint entry with how the data looked in training (the data module's augment options), so
-# genre-eval can show training samples as the model saw them, whatever eval.yaml's data says.
+# Where genre-train before 0.2 recorded the training augmentation in a checkpoint (now the data
+# module's own checkpoint state); genre-eval still reads it from older checkpoints.
 TRAINING_DATA_KEY = "genre_lightning_training_data"
-# Bins of the expected calibration error (torchmetrics' default); the reliability diagram uses the same.
-
-
-def to_plain(value: Any) -> Any:
-    """OmegaConf containers to plain dicts/lists, so checkpoints load with ``weights_only=True``."""
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def _update_called(metric: Metric | MetricCollection) -> bool:
@@ -131,6 +124,7 @@ class GenreClassifier(LightningModule):
         self.mixup = Mixup(**mixup, label_smoothing=label_smoothing, num_classes=len(self.classes)) if mixup else None
         self.data_config = resolve_data_config(self.net, data_config)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.soft_target_criterion = SoftTargetCrossEntropy()  # Mixup's mixed targets
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.train_metrics = classification_metrics(self.classes, "train/")
@@ -141,12 +135,13 @@ class GenreClassifier(LightningModule):
         # Accuracy where any genre of a multi-genre item counts (duplicate policy multi_genre).
         self.val_acc_multi_genre = MeanMetric()
         self.test_acc_multi_genre = MeanMetric()
-        # Set by the FrozenFeatureCache callback while the backbone is frozen (see feature_cache.py).
-        self.feature_store: FeatureStore | None = None
-        # Images that failed to decode during the run: (split, dataset index, reason).
+        # Stored backbone features, while the backbone is frozen: see use_feature_store().
+        self._feature_store: FeatureStore | None = None
+        # Whether trainable BatchNorm layers keep their running statistics: see set_batchnorm_policy().
+        self.keep_batchnorm_statistics = False
+        # Images that failed to decode during the run: (stage, dataset index, reason); the entry point
+        # that knows the data module names their files (runtime.images_skipped_during_run).
         self.failed_items: list[tuple[str, int, str]] = []
-        # Read from a loaded checkpoint: {"augment": ...} as trained, or None if it does not say.
-        self.training_data: dict[str, Any] | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GenreClassifier:
@@ -183,15 +178,26 @@ class GenreClassifier(LightningModule):
         """
         return predict_images(self, images, top_k=top_k, batch_size=batch_size)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None and hasattr(datamodule, "augment"):
-            augment = datamodule.augment
-            plain = {k: to_plain(v) for k, v in augment.items()} if augment is not None else None
-            checkpoint[TRAINING_DATA_KEY] = {"augment": plain}
+    # What callbacks and entry points may change, as methods (nothing else sets state from outside).
+    def use_feature_store(self, store: FeatureStore | None) -> None:
+        """Serve the backbone's features from ``store`` (for the stages in ``store.stages``) while the
+        backbone is frozen; None computes them every time. Called by ``FrozenFeatureCache``."""
+        self._feature_store = store
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.training_data = checkpoint.get(TRAINING_DATA_KEY)
+    def set_batchnorm_policy(self, keep_statistics: bool) -> None:
+        """Whether BatchNorm layers whose weights train keep their running statistics (frozen layers
+        always keep theirs). Called by ``GradualUnfreeze`` (``finetune.freeze_bn_stats``)."""
+        self.keep_batchnorm_statistics = bool(keep_statistics)
+
+    def set_flip_tta(self, enabled: bool) -> None:
+        """Average each image's logits with its mirror image's at evaluation and prediction (recorded
+        in the hyper-parameters, so an export or a saved checkpoint says so too)."""
+        self.hparams.tta_hflip = bool(enabled)
+
+    def set_channels_last(self, enabled: bool) -> None:
+        """Run the network in channels-last memory (faster convolutions on CPUs)."""
+        self.hparams.channels_last = bool(enabled)
+        self.net = self.net.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
     def _stage_metrics(self, stage: str) -> MetricCollection:
         return getattr(self, f"{stage}_metrics")
@@ -236,7 +242,7 @@ class GenreClassifier(LightningModule):
         return self.net.get_classifier()(features)
 
     def _logits(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        store = self.feature_store
+        store = self._feature_store
         # Checked per step too: a fine-tuning callback may have unfrozen layers since the store was attached.
         if store is not None and stage in store.stages and backbone_is_frozen(self):
             flip = self.flip_averaged(stage)
@@ -252,7 +258,7 @@ class GenreClassifier(LightningModule):
         # run, and a resumed run must train exactly as an uninterrupted one.
         if not self.training:
             return
-        keep_statistics = getattr(self, "freeze_bn_stats", False)
+        keep_statistics = self.keep_batchnorm_statistics
         for module in self.net.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 trainable = module.weight is None or module.weight.requires_grad
@@ -261,8 +267,7 @@ class GenreClassifier(LightningModule):
     def _shared_step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """(loss, logits) of a batch, with the stage's metrics updated; None for an evaluation batch
         without images."""
-        split = self._split_of(stage)
-        self.failed_items.extend((split, index, reason) for index, reason in batch["failed"])
+        self.failed_items.extend((stage, index, reason) for index, reason in batch["failed"])
         targets = batch["target"]
         if targets.numel() == 0:
             if stage != "train":
@@ -274,7 +279,7 @@ class GenreClassifier(LightningModule):
             # Mixed images and soft targets; no accuracy for them (it would not mean much).
             images, soft_targets = self.mixup(batch["image"], targets)
             logits = self(images)
-            loss = torch.sum(-soft_targets * logits.log_softmax(dim=-1), dim=-1).mean()
+            loss = self.soft_target_criterion(logits, soft_targets)
         else:
             logits = self._logits(batch, stage)
             loss = self.criterion(logits, targets)
@@ -291,11 +296,6 @@ class GenreClassifier(LightningModule):
         getattr(self, f"{stage}_loss").update(loss.detach(), weight=batch_size)
         if stage == "train":  # per step: this rank's loss, unsynced (no collective; see distributed.py)
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
-
-    def _split_of(self, stage: str) -> str:
-        """The data split a loop reads (genre-eval can point the test loop at another split)."""
-        datamodule = self.trainer.datamodule
-        return getattr(datamodule, "test_split", "test") if stage == "test" else stage
 
     def _log_epoch_metrics(self, stage: str) -> None:
         """Compute the stage's epoch metrics on every rank and log the (already global) values.
@@ -337,14 +337,11 @@ class GenreClassifier(LightningModule):
         self._shared_step(batch, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
-        """Per-image probabilities, targets and dataset indices, for callbacks (see ``artifacts.py``)."""
+        """Per-image probabilities, targets and dataset indices, for callbacks (see ``results/callback.py``)."""
         result = self._shared_step(batch, "test")
         if result is None:
             return None
         return {"probs": result[1].detach().softmax(dim=-1), "target": batch["target"], "index": batch["index"]}
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self(batch["image"]).softmax(dim=-1)
 
     def configure_optimizers(self) -> Any:
         # Only trainable parameters: a fine-tuning callback adds the rest as it unfreezes them.

@@ -21,7 +21,7 @@ from genre_lightning.data.scan import IMAGE_EXTENSIONS, walk_files
 from genre_lightning.errors import ConfigError, UserFacingError, exit_on_user_error
 from genre_lightning.model import GenreClassifier
 from genre_lightning.progress import Progress
-from genre_lightning.results import probability_frame
+from genre_lightning.results.tables import probability_frame
 from genre_lightning.runtime import CONFIG_PATH
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def resolve_device(name: str) -> torch.device:
 def prefetched(batches: Iterable[Batch]) -> Iterator[Batch]:
     """Yield ``batches`` while one background thread prepares the next: JPEG decoding and resizing
     release the GIL, so decoding batch i + 1 overlaps the model's work on batch i, without the
-    process start-up and tensor copies of DataLoader workers (README "Performance")."""
+    process start-up and tensor copies of DataLoader workers (docs/PERFORMANCE.md)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
         iterator = iter(batches)
         pending = pool.submit(next, iterator, None)
@@ -79,13 +79,12 @@ def predict_files(
     ``channels_last``, ``freeze`` (a frozen TorchScript trace: BatchNorm folded into the convolutions),
     ``bf16`` (autocast) and ``prefetch`` (decode the next batch in a thread while the model runs; with
     ``num_workers`` > 0 the loader's workers do that instead) are the speed settings measured in
-    README "Performance".
+    docs/PERFORMANCE.md.
     """
     device = torch.device(device)
     model = model.to(device).eval()
     if channels_last:
-        model.hparams.channels_last = True
-        model.net.to(memory_format=torch.channels_last)
+        model.set_channels_last(True)
     _, eval_transform = build_transforms(model.data_config, None)
     dataset = PosterDataset(paths, [0] * len(paths), eval_transform)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_posters)
@@ -112,7 +111,7 @@ def predict_files(
 
 def frozen_forward(model: GenreClassifier, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """A frozen TorchScript trace of the model for inference: BatchNorm folded into the convolutions
-    (README "Performance"). Falls back to the model itself if tracing fails or changes the logits."""
+    (docs/PERFORMANCE.md). Falls back to the model itself if tracing fails or changes the logits."""
     memory_format = torch.channels_last if model.hparams.channels_last else torch.contiguous_format
     try:
         with warnings.catch_warnings():

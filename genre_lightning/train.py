@@ -14,12 +14,14 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, open_dict
 
-from genre_lightning.data.annotations import ANNOTATIONS_FILE
 from genre_lightning.data.datamodule import PosterDataModule
+from genre_lightning.data.split_source import checkpoint_split, choose_split
 from genre_lightning.distributed import weights_agree
 from genre_lightning.errors import ConfigError, exit_on_user_error
-from genre_lightning.hparams import log_hparams_with_metrics
+from genre_lightning.launch.slurm import RequeueOnSignal, export_submitit_local_ranks, register_resolvers
+from genre_lightning.launch.sweep import local_ddp_job, shared_split_file
 from genre_lightning.model import GenreClassifier
+from genre_lightning.results.hparams import log_hparams_with_metrics
 from genre_lightning.runtime import (
     CONFIG_PATH,
     build_callbacks,
@@ -29,33 +31,23 @@ from genre_lightning.runtime import (
     to_python,
     write_json,
 )
-from genre_lightning.slurm import RequeueOnSignal, export_submitit_local_ranks, register_resolvers
-from genre_lightning.sweep import local_ddp_job, shared_split_file
 
 log = logging.getLogger(__name__)
 register_resolvers()  # used by conf/hydra/launcher/*.yaml
 
 
-def _reuse_split_of_resumed_run(cfg: DictConfig) -> None:
-    """A resumed run must see the split it was trained on: take the checkpoint run's annotations."""
-    if not cfg.ckpt_path:
-        return
-    checkpoint = Path(cfg.ckpt_path)
-    if not checkpoint.is_file():
-        raise ConfigError("ckpt_path", cfg.ckpt_path, "an existing checkpoint file to resume from")
-    sibling = checkpoint.resolve().parent.parent / ANNOTATIONS_FILE
-    if not cfg.data.split_file and sibling.is_file() and sibling.parent != Path(cfg.paths.output_dir).resolve():
+def _use_the_chosen_split(cfg: DictConfig) -> None:
+    """A resumed run takes its checkpoint run's split, a multirun job the sweep's (data/split_source.py
+    has the whole order); the data module takes it from ``data.split_file``."""
+    choice = choose_split(
+        cfg.data.split_file, checkpoint_split(cfg.ckpt_path), shared_split_file(cfg), cfg.paths.output_dir
+    )
+    if choice.source in ("checkpoint", "sweep"):
         with open_dict(cfg):
-            cfg.data.split_file = str(sibling)
-        log.info("Resuming: reusing the split of %s", sibling)
-
-
-def _use_shared_sweep_split(cfg: DictConfig) -> None:
-    """A multirun job compares on the sweep's one split (made by genre_lightning.sweep.SharedSplit)."""
-    shared = shared_split_file(cfg)
-    if shared:
-        with open_dict(cfg):
-            cfg.data.split_file = shared
+            cfg.data.split_file = str(choice.path)
+        log.info(
+            "Using the %s's split: %s", "resumed checkpoint" if choice.source == "checkpoint" else "sweep", choice.path
+        )
 
 
 def _resume_in_place(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
@@ -121,8 +113,7 @@ def _fit_and_test(
 @exit_on_user_error
 def train(cfg: DictConfig) -> float | None:
     """Fit, test the best checkpoint, write ``metrics.json``; return ``cfg.optimized_metric``."""
-    _reuse_split_of_resumed_run(cfg)
-    _use_shared_sweep_split(cfg)
+    _use_the_chosen_split(cfg)
     export_submitit_local_ranks()
     output_dir = Path(cfg.paths.output_dir)
     show_and_save_config(cfg, output_dir, show=cfg.get("print_config", True))

@@ -15,17 +15,9 @@ from omegaconf import DictConfig
 from genre_lightning.data.demo import ensure_demo_posters
 from genre_lightning.runtime import compose_config
 
-# Small, fast settings for every training run in the tests: a random-init resnet10t at 32 px.
-FAST = [
-    "model=tiny",
-    "model.data_config.input_size=[3,32,32]",
-    "trainer=cpu",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "data.num_workers=0",
-    "data.persistent_workers=false",
-    "print_config=false",
-]
+# Small, fast settings for every run in the tests: conf/debug/tests.yaml (a random-init resnet10t at
+# 32 px on the CPU), the same as `genre-train debug=tests` on the command line.
+FAST = ["debug=tests"]
 
 
 def have_module(name: str) -> bool:
@@ -71,6 +63,34 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def run_entry_point(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a console script's function (the one ``genre-train`` etc. call) in this process, with
+    ``sys.argv`` as the script would have it: the same code path without a new interpreter's
+    ~10 s of imports. For the tests of what happens before any training (config errors)."""
+    import contextlib
+    import io
+    from importlib.metadata import entry_points
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    (entry,) = [e for e in entry_points(group="console_scripts") if e.name == args[0]]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    saved_argv, saved_cwd = sys.argv, os.getcwd()
+    GlobalHydra.instance().clear()
+    try:
+        os.chdir(cwd)
+        sys.argv = [args[0], *args[1:]]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            entry.load()()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

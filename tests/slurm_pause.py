@@ -12,7 +12,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from genre_lightning.slurm import RequeueOnSignal
+from genre_lightning.launch.slurm import RequeueOnSignal
 
 PAUSED_FILE = "paused_at_step"
 

@@ -1,10 +1,13 @@
-"""Config mistakes on the command line: one line naming the key, the value and what is valid (exit 2)."""
+"""Config mistakes on the command line: one line naming the key, the value and what is valid (exit 2).
+
+The first case runs the console script; the others call the same entry function in this process
+(``run_entry_point``: the same Hydra and error-handling path, without ~10 s of imports each)."""
 
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, run_cli
+from tests.conftest import FAST, run_cli, run_entry_point
 
 CASES = [
     (["data.root=/no/such/folder"], "error: data.root='/no/such/folder' is not valid: expected an existing folder"),
@@ -21,7 +24,8 @@ def test_cli_reports_config_mistakes_in_one_line(overrides, expected, poster_roo
     stale = tmp_path / "old_annotations.csv"  # a split whose images were moved away since
     stale.write_text(f"file_path,label,split\n{tmp_path}/moved/a.jpg,Action,train\n")
     overrides = [o.replace("STALE", str(stale)) for o in overrides]
-    done = run_cli(
+    run = run_cli if overrides == CASES[0][0] else run_entry_point
+    done = run(
         "genre-train", *FAST, f"data.root={poster_root}", *overrides, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path
     )
     assert done.returncode == 2, done.stderr[-2000:]

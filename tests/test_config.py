@@ -166,3 +166,18 @@ def test_demo_fills_an_empty_folder(tmp_path):
     )
     datamodule.prepare_data()
     assert len(list(root.glob("*/*.jpg"))) == 16 and (root / "demo_manifest.json").is_file()
+
+
+@pytest.mark.parametrize("config_name", ["train", "eval"])
+def test_debug_options_give_the_tests_settings_and_a_seconds_long_check(config_name: str, tmp_path):
+    extra = ["ckpt_path=x.ckpt"] if config_name == "eval" else []
+    tests = compose_config(config_name, ["debug=tests", *extra], tmp_path)
+    assert tests.trainer.accelerator == "cpu" and tests.trainer.enable_progress_bar is False
+    assert tests.data.num_workers == 0 and tests.print_config is False
+    if config_name == "train":
+        assert tests.model.backbone == "resnet10t" and tests.model.pretrained is False
+        assert list(tests.model.data_config.input_size) == [3, 32, 32]
+        fast = compose_config("train", ["debug=fast", "experiment=best_cpu"], tmp_path)
+        assert fast.model.backbone == "resnet10t"  # debug comes after the experiment
+        assert fast.trainer.limit_train_batches == 2 and fast.trainer.max_epochs == 2
+        assert "_target_" not in fast.artifacts  # no figures

@@ -162,9 +162,9 @@ def test_freeze_bn_stats_keeps_the_running_statistics_of_unfrozen_layers(poster_
 def test_freeze_bn_stats_defaults_to_keeping_pretrained_statistics_only():
     model = GenreClassifier("resnet10t", ["a", "b", "c", "d"], pretrained=False)
     GradualUnfreeze(milestones=[1]).freeze_before_training(model)
-    assert model.freeze_bn_stats is False  # a random init's statistics mean nothing: update them
+    assert model.keep_batchnorm_statistics is False  # a random init's statistics mean nothing: update them
     model.hparams.weights = "/weights/resnet10t.safetensors"  # as if the backbone had loaded a file
     GradualUnfreeze(milestones=[1]).freeze_before_training(model)
-    assert model.freeze_bn_stats is True
+    assert model.keep_batchnorm_statistics is True
     GradualUnfreeze(milestones=[1], freeze_bn_stats=False).freeze_before_training(model)
-    assert model.freeze_bn_stats is False
+    assert model.keep_batchnorm_statistics is False

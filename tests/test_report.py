@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from genre_lightning.report import summarise, to_markdown
+from genre_lightning.results.sweep_report import summarise, to_markdown
 from tests.conftest import FAST, run_cli
 
 pytestmark = pytest.mark.slow
@@ -60,7 +60,7 @@ def job_values(sweep: Path) -> pd.DataFrame:
 
 
 def test_report_groups_the_seeds_and_its_mean_and_std_match_the_jobs(sweep: Path):
-    done = run_cli("genre-report", str(sweep), cwd=sweep)
+    done = run_cli("genre-report", f"sweep_dir={sweep}", cwd=sweep)
     assert done.returncode == 0, done.stderr[-3000:]
     table = pd.read_csv(sweep / "report.csv", dtype={"model.optimizer.lr": str})
     jobs = job_values(sweep)
@@ -91,17 +91,17 @@ def test_unfinished_jobs_are_listed_sorting_follows_the_metric_and_a_bad_metric_
     crashed.mkdir(parents=True)
     shutil.copy(copy / "0" / ".hydra" / "overrides.yaml", crashed / "overrides.yaml")
 
-    done = run_cli("genre-report", str(copy), "--metric", "test/ece", cwd=tmp_path)
+    done = run_cli("genre-report", f"sweep_dir={copy}", "metric=test/ece", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     table = pd.read_csv(copy / "report.csv")
     assert list(table["test/ece_mean"]) == sorted(table["test/ece_mean"])  # lower is better: ascending
     assert "Jobs without metrics.json (failed or unfinished): 4" in (copy / "report.md").read_text()
     assert table["n"].sum() == 4
 
-    bad = run_cli("genre-report", str(copy), "--metric", "test/accuracy", cwd=tmp_path)
+    bad = run_cli("genre-report", f"sweep_dir={copy}", "metric=test/accuracy", cwd=tmp_path)
     assert bad.returncode == 2
     (line,) = bad.stderr.strip().splitlines()
-    assert line.startswith("error: --metric='test/accuracy' is not valid: expected one of [") and "'test/acc'" in line
+    assert line.startswith("error: metric='test/accuracy' is not valid: expected one of [") and "'test/acc'" in line
 
 
 def test_a_job_with_a_nan_metric_is_flagged_not_hidden_in_the_mean():

@@ -24,8 +24,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from genre_lightning.launch.slurm import register_resolvers
 from genre_lightning.runtime import CONFIG_MODULE
-from genre_lightning.slurm import register_resolvers
 from tests.conftest import FAST, have_module, require, run_cli
 from tests.slurm_pause import PAUSED_FILE
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from genre_lightning.sweep import split_settings
+from genre_lightning.launch.sweep import split_settings
 from tests.conftest import FAST, compose_config, have_module, require, run_cli
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ the duplicate group (identical or near-identical images share one, and one split
 ``labels`` is every genre the item counts as at evaluation (``A|B`` under the
 ``multi_genre`` duplicate policy, else just ``label``).
 
-``prepare_annotations`` is the one place a split is made or reused. Training, evaluation
-and ``genre-data`` all call it, so they agree on what "the split" is.
+``prepare_annotations`` makes or reuses the split that ``split_source.choose_split`` picks
+(training, evaluation and ``genre-data`` all go through it, so they agree on "the split").
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import pandas as pd
 
 from genre_lightning.csvio import read_csv, write_csv
 from genre_lightning.data.duplicates import (
-    DEFAULT_OPTIONS,
     apply_policy,
     check_duplicate_options,
     duplicate_summary,
@@ -31,14 +30,13 @@ from genre_lightning.data.duplicates import (
 )
 from genre_lightning.data.scan import Candidate, ScanResult, Skipped, scan, verify_all
 from genre_lightning.data.split import SPLITS, stratified_group_split
+from genre_lightning.data.split_source import ANNOTATIONS_FILE, choose_split
 from genre_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-ANNOTATIONS_FILE = "annotations.csv"
 REPORT_FILE = "data_report.json"
 COLUMNS = ["file_path", "label", "split", "sha256", "group", "labels"]
-DEFAULT_DUPLICATES = DEFAULT_OPTIONS
 
 
 def read_split_file(path: str | Path, classes: Sequence[str], key: str = "data.split_file") -> pd.DataFrame:
@@ -167,11 +165,12 @@ def prepare_annotations(
     """
     output_dir = Path(output_dir)
     target = output_dir / ANNOTATIONS_FILE
-    if target.is_file() and not split_file:
+    choice = choose_split(split_file, run_folder=output_dir)
+    if choice.source == "run_folder":
         log.info("Reusing the split already in this run folder: %s", target)
         return target
     output_dir.mkdir(parents=True, exist_ok=True)
-    if split_file:
+    if choice.source == "split_file":
         frame = read_split_file(split_file, classes)
         report = split_file_report(frame, classes, split_file, verify_threads, min_image_side)
     else:

@@ -20,6 +20,7 @@ from genre_lightning.data.demo import ensure_demo_posters
 from genre_lightning.data.duplicates import check_duplicate_options
 from genre_lightning.data.split import SPLITS, check_fractions
 from genre_lightning.errors import ConfigError
+from genre_lightning.plain import to_plain
 
 log = logging.getLogger(__name__)
 
@@ -208,12 +209,14 @@ class PosterDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(EVAL_TRAIN if self.test_split == "train" else self.test_split, shuffle=False)
 
-    def split_paths(self, split: str) -> list[str]:
-        return self.datasets[split].paths
-
     # Stored in checkpoints, so a resume on a different split is caught instead of leaking test data.
+    # Also the training augmentation, so genre-eval shows training samples as the model saw them.
     def state_dict(self) -> dict[str, Any]:
-        return {"classes": self.classes, "split_digest": split_digest(self.frame) if self.frame is not None else None}
+        return {
+            "classes": self.classes,
+            "split_digest": split_digest(self.frame) if self.frame is not None else None,
+            "augment": to_plain(self.augment),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         expected = state_dict.get("split_digest")

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from genre_lightning.errors import ConfigError
 
@@ -59,30 +61,15 @@ def _bits(hashes: Sequence[str]) -> np.ndarray:
     return np.unpackbits(np.frombuffer(bytes.fromhex("".join(hashes)), dtype=np.uint8).reshape(len(hashes), -1), axis=1)
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        a, b = self.find(i), self.find(j)
-        if a != b:
-            self.parent[max(a, b)] = min(a, b)
-
-
 def group_duplicates(sha256: Sequence[str], phash: Sequence[str], near_threshold: int) -> list[int]:
     """A group id per item: items with the same bytes, or perceptual hashes within
-    ``near_threshold`` bits, share a group (transitively). Group ids are the smallest member index."""
+    ``near_threshold`` bits, share a group (transitively: the connected components of the
+    "duplicate of" graph). Group ids are the smallest member index."""
     n = len(sha256)
-    groups = _UnionFind(n)
+    edges: list[tuple[int, int]] = []
     first_with: dict[str, int] = {}
     for i, digest in enumerate(sha256):
-        groups.union(i, first_with.setdefault(digest, i))
+        edges.append((i, first_with.setdefault(digest, i)))
     hashed = [i for i, h in enumerate(phash) if h]
     if near_threshold > 0 and len(hashed) > 1:
         bits = np.zeros((n, HASH_BITS), dtype=np.uint8)
@@ -96,9 +83,16 @@ def group_duplicates(sha256: Sequence[str], phash: Sequence[str], near_threshold
             for members in buckets.values():
                 for a_pos, a in enumerate(members):
                     for b in members[a_pos + 1 :]:
-                        if groups.find(a) != groups.find(b) and int((bits[a] != bits[b]).sum()) <= near_threshold:
-                            groups.union(a, b)
-    return [groups.find(i) for i in range(n)]
+                        if int((bits[a] != bits[b]).sum()) <= near_threshold:
+                            edges.append((a, b))
+    if n == 0:
+        return []
+    rows, cols = np.array(edges, dtype=np.int64).T
+    graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (rows, cols)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    smallest = np.full(component.max() + 1, n, dtype=np.int64)
+    np.minimum.at(smallest, component, np.arange(n))
+    return smallest[component].tolist()
 
 
 @dataclass

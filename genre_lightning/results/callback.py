@@ -30,12 +30,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from PIL import Image
 
-from genre_lightning import figures
 from genre_lightning.csvio import write_csv
 from genre_lightning.data.imageio import UnreadableImage, read_rgb
 from genre_lightning.distributed import all_gather_objects
 from genre_lightning.metrics import ECE_BINS
-from genre_lightning.results import Predictions, calibration_bins, per_class_table
+from genre_lightning.results import figures
+from genre_lightning.results.tables import Predictions, calibration_bins, per_class_table
 from genre_lightning.runtime import to_python
 
 log = logging.getLogger(__name__)

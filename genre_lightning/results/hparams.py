@@ -1,8 +1,9 @@
 """Fill TensorBoard's HPARAMS tab: the run's config beside its final metrics.
 
-Lightning's ``TensorBoardLogger.log_hyperparams(params, metrics)`` also writes each metric as a
-new scalar at one step, which would add a stray point to the ``val/acc`` curve. We write only
-the hparams summary; the tab then reads each metric's last value from the scalars the run
+The summary goes into the logger's ``log_dir`` through torch's public ``FileWriter``, in an
+event file of its own beside the run's. Not ``TensorBoardLogger.log_hyperparams(params, metrics)``:
+that also logs every metric again as a scalar (at a step the curves do not have), a stray point
+on the ``val/acc`` curve. The tab reads each metric's last value from the scalars the run
 already logged (the last epoch's ``val/acc``, the test's ``test/acc``).
 """
 
@@ -15,6 +16,7 @@ import pandas as pd
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import FileWriter
 from torch.utils.tensorboard.summary import hparams
 
 # Config keys that say where things go, not how the model was trained.
@@ -39,15 +41,15 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
 
 @rank_zero_only
 def log_hparams_with_metrics(loggers: Iterable[Logger], cfg: DictConfig, logged: Mapping[str, Any]) -> list[str]:
-    """Write the hparams summary to every TensorBoard logger; return the metric tags it shows."""
+    """Write the hparams summary for every TensorBoard logger; return the metric tags it shows."""
     metrics = {name: 0.0 for name in HPARAM_METRICS if name in logged}  # values are read from the scalars
     if not metrics:
         return []
-    experiment, start, end = hparams(flat_params(cfg), metrics)
+    summaries = hparams(flat_params(cfg), metrics)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            writer = logger.experiment._get_file_writer()  # reopens it: Lightning closes it after fit and test
-            for summary in (experiment, start, end):
+            writer = FileWriter(logger.log_dir)
+            for summary in summaries:
                 writer.add_summary(summary)
-            writer.flush()
+            writer.close()
     return list(metrics)
