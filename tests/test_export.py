@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 import pandas as pd
 import pytest
 import torch
@@ -15,7 +14,16 @@ from PIL import Image
 
 from genre_lightning.export import export
 from genre_lightning.model import GenreClassifier
-from tests.conftest import compose_config
+from tests.conftest import compose_config, have_module, require
+
+HAVE_ONNX = have_module("onnxruntime") and have_module("onnxscript")
+
+
+@pytest.fixture(autouse=True)
+def export_extra(request: pytest.FixtureRequest) -> None:
+    """The ONNX cases need the export extra; the TorchScript ones run without it."""
+    if getattr(request.node, "callspec", None) and request.node.callspec.params.get("fmt") == "onnx":
+        require(HAVE_ONNX, 'genre-export format=onnx needs the export extra: pip install -e ".[export]"')
 
 
 def best_checkpoint(run: Path) -> str:
@@ -39,6 +47,8 @@ def preprocess_like_a_server(paths: list[str], pre: dict) -> np.ndarray:
 
 def run_artifact(path: Path, fmt: str, images: np.ndarray) -> np.ndarray:
     if fmt == "onnx":
+        import onnxruntime
+
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (name,) = [i.name for i in session.get_inputs()]
         return session.run(None, {name: images})[0]
