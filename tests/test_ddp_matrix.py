@@ -3,10 +3,12 @@
 One ``genre-train -m ... trainer=ddp_cpu`` from a folder outside the repository, stdout piped to a
 file: every ``finetune`` option x every callback set that touches training, with Mixup,
 balanced sampling, flip TTA, the frozen-feature cache (no augmentation, so it serves the frozen
-phases), and one training image that decodes at the scan but is corrupt by the time the run
-reads it, so one rank's batch is short by an image (and odd: Mixup skips it there, the cache
-serves it). Lightning starts rank 1 by re-running the command line (``local_ddp_job``). Each job
-must finish, test, write ``metrics.json``, and end with bit-identical weights on both ranks.
+phases), one training image that decodes at the scan but is corrupt by the time the run reads
+it, so one rank's batch is short by an image (and odd: Mixup skips it there, the cache serves
+it), and every validation image of rank 1 corrupt the same way, so rank 1 validates nothing at
+all and must still take part in every collective of the validation metrics. Lightning starts
+rank 1 by re-running the command line (``local_ddp_job``). Each job must finish, test, write
+``metrics.json``, and end with bit-identical weights on both ranks.
 Then ``genre-eval`` under DDP must give the single-process metrics, and a DDP run resumed past a
 milestone must keep its ranks identical.
 """
@@ -55,9 +57,11 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def split_with_a_broken_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def split_with_a_broken_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Path]]:
     """A split made while every image decoded; afterwards the smallest genre's first training image
-    is truncated (it stays in the split and fails when a rank reads it). Returns (split, image)."""
+    is truncated (it stays in the split and fails when a rank reads it), and so is every validation
+    image of rank 1 (evaluation shards are strided: rank r reads rows r, r + 2, ...).
+    Returns (split, the training image, rank 1's validation images)."""
     base = tmp_path_factory.mktemp("ddp_data")
     generated = ensure_demo_posters(base / "generated", per_class=max(PER_GENRE.values()), size=(40, 60), seed=3)
     posters = base / "posters"
@@ -68,13 +72,16 @@ def split_with_a_broken_image(tmp_path_factory: pytest.TempPathFactory) -> tuple
     split = prepare_annotations(base / "split", list(GENRES), {"train": 0.7, "val": 0.15, "test": 0.15}, 0, posters)
     rows = [line.split(",") for line in split.read_text().splitlines()[1:]]
     broken = Path(next(r[0] for r in rows if r[1] == "Romance" and r[2] == "train"))
-    broken.write_bytes(broken.read_bytes()[:200])  # our own generated copy, never user data
-    return split, broken
+    rank1_val = [Path(r[0]) for r in rows if r[2] == "val"][1::2]
+    assert len(rank1_val) >= 2  # rank 0 keeps as many validation images
+    for image in [broken, *rank1_val]:
+        image.write_bytes(image.read_bytes()[:200])  # our own generated copies, never user data
+    return split, broken, rank1_val
 
 
 @pytest.fixture(scope="module")
 def matrix(split_with_a_broken_image, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
-    split, _ = split_with_a_broken_image
+    split = split_with_a_broken_image[0]
     cwd = tmp_path_factory.mktemp("ddp_matrix")
     sweep = cwd / "sweep"
     log = cwd / "stdout.log"
@@ -126,7 +133,7 @@ def test_each_option_pair_finishes_tests_and_keeps_the_ranks_identical(
     matrix, split_with_a_broken_image, finetune: str, callbacks: str
 ):
     job = matrix[(finetune, callbacks)]
-    _, broken = split_with_a_broken_image
+    _, broken, rank1_val = split_with_a_broken_image
     metrics = json.loads((job / "metrics.json").read_text())
     # Both ranks hashed their weights after fitting: bit-identical.
     assert metrics["ddp"]["world_size"] == 2
@@ -143,6 +150,9 @@ def test_each_option_pair_finishes_tests_and_keeps_the_ranks_identical(
     assert [s["path"] for s in skipped] == [str(broken)]
     assert skipped[0]["reason"].startswith("corrupt image data")
     assert skipped[0]["times"] >= 1
+    # Rank 1 validated nothing, every epoch (3 validations, no sanity check); the metrics are rank 0's.
+    skipped_val = {s["path"]: s["times"] for s in metrics["skipped_during_run"] if s["split"] == "val"}
+    assert skipped_val == {str(image): 3 for image in rank1_val}
     # Every epoch ran and validated.
     assert (job / "checkpoints" / "last.ckpt").is_file()
     assert set(metrics["final_val"]) >= {"val/acc", "val/loss", "val/f1_macro"}
