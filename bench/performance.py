@@ -275,8 +275,7 @@ def rate(
     prefetch: bool = True,
 ) -> float:
     if not channels_last:  # undo an earlier channels-last run
-        model.net.to(memory_format=torch.contiguous_format)
-        model.hparams.channels_last = False
+        model.set_channels_last(False)
     start = time.perf_counter()
     predict_files(
         model,

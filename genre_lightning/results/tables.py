@@ -1,6 +1,6 @@
 """What a set of predictions says: the probability table, confusion matrix, calibration bins,
 the most confident mistakes, and the per-class table printed after a test. No plotting here
-(that is ``figures.py``) and no Lightning (that is ``artifacts.py``)."""
+(that is ``figures.py``) and no Lightning (that is ``callback.py``)."""
 
 from __future__ import annotations
 
