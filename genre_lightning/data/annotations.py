@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from genre_lightning.csvio import read_csv, write_csv
+from genre_lightning.csvio import TEXT, read_csv, write_csv
 from genre_lightning.data.duplicates import (
     apply_policy,
     check_duplicate_options,
@@ -112,7 +112,7 @@ def make_annotations(
 
     frame = pd.DataFrame(
         {
-            "file_path": [paths[i] for i in outcome.keep],
+            "file_path": pd.Series([paths[i] for i in outcome.keep], dtype=TEXT),
             "label": [labels[i] for i in outcome.keep],
             "sha256": [sha256[i] for i in outcome.keep],
             "group": [str(groups[i]) for i in outcome.keep],

@@ -13,6 +13,8 @@ import torch
 from rich.table import Table
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
+from genre_lightning.csvio import TEXT
+
 
 def probability_frame(
     paths: Sequence[str], probabilities: torch.Tensor, classes: Sequence[str], errors: Sequence[str] | None = None
@@ -24,13 +26,13 @@ def probability_frame(
     probabilities = probabilities.float().cpu()
     readable = ~probabilities.isnan().any(dim=1)
     best = probabilities.nan_to_num(-1).argmax(dim=1)
-    frame = pd.DataFrame({"file_path": list(paths)})
+    frame = pd.DataFrame({"file_path": pd.Series(list(paths), dtype=TEXT)})
     frame["top1"] = [classes[i] if ok else "" for i, ok in zip(best.tolist(), readable.tolist(), strict=True)]
     frame["p_top1"] = probabilities.max(dim=1).values.numpy()
     for column, name in enumerate(classes):
         frame[f"p_{name}"] = probabilities[:, column].numpy()
     if errors is not None:
-        frame["error"] = list(errors)
+        frame["error"] = pd.Series(list(errors), dtype=TEXT)
     return frame
 
 
