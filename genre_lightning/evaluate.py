@@ -26,6 +26,7 @@ from genre_lightning.runtime import (
     to_python,
     write_json,
 )
+from genre_lightning.tracking import finish_run, log_config
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def evaluate(cfg: DictConfig) -> dict:
         model.set_flip_tta(cfg.tta_hflip)
     datamodule = eval_datamodule(cfg, model)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg), callbacks=build_callbacks(cfg))
+    log_config(trainer.loggers, cfg)
     metrics = to_python(trainer.test(model, datamodule=datamodule)[0])
     results = {
         "test": metrics,
@@ -92,6 +94,7 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     log_hparams_with_metrics(trainer.loggers, cfg, metrics)
     write_json(output_dir / "metrics.json", results)
+    finish_run(trainer.loggers, cfg, output_dir)
     log.info("Run folder: %s", output_dir)
     return results
 

@@ -116,7 +116,8 @@ class GenreClassifier(LightningModule):
                 "tta_hflip": tta_hflip,
                 "drop_path_rate": drop_path_rate,
                 "mixup": mixup,
-            }
+            },
+            logger=False,  # the loggers get the whole resolved config instead (tracking.log_config)
         )
         self.classes = list(classes)
         extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}

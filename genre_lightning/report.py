@@ -1,13 +1,16 @@
 """genre-report sweep_dir=<multirun folder> [metric=<name>] [order=ascending|descending]: a sweep
-as one table, mean ± std over seeds (the work is in ``results/sweep_report.py``)."""
+as one table, mean ± std over seeds (the work is in ``results/sweep_report.py``). With
+``mlflow.tracking_uri=<uri> mlflow.sweep=<name>`` the sweep is read back from an MLflow server."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from genre_lightning.errors import ConfigError, exit_on_user_error
-from genre_lightning.results.sweep_report import report
+from genre_lightning.results.sweep_report import report, write_report
 from genre_lightning.runtime import CONFIG_PATH
 
 ORDERS = {"ascending": True, "descending": False, None: None}
@@ -19,7 +22,17 @@ def run(cfg: DictConfig) -> None:
         raise ConfigError(
             "order", cfg.order, "ascending, descending or null (losses and ECE ascending, the rest descending)"
         )
-    report(cfg.sweep_dir, cfg.metric, ORDERS[cfg.order])
+    if bool(cfg.sweep_dir) == bool(cfg.mlflow.tracking_uri):
+        raise ConfigError(
+            "sweep_dir", cfg.sweep_dir, "a multirun folder, or mlflow.tracking_uri=<server> instead (one of the two)"
+        )
+    if cfg.sweep_dir:
+        report(cfg.sweep_dir, cfg.metric, ORDERS[cfg.order])
+        return
+    from genre_lightning.results.tracked_sweep import collect_mlflow_jobs
+
+    jobs, unfinished = collect_mlflow_jobs(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.sweep)
+    write_report(jobs, unfinished, Path(cfg.output_dir), cfg.metric, ORDERS[cfg.order])
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")

@@ -31,6 +31,7 @@ from genre_lightning.runtime import (
     to_python,
     write_json,
 )
+from genre_lightning.tracking import finish_run, log_config
 
 log = logging.getLogger(__name__)
 register_resolvers()  # used by conf/hydra/launcher/*.yaml
@@ -119,10 +120,12 @@ def train(cfg: DictConfig) -> float | None:
     show_and_save_config(cfg, output_dir, show=cfg.get("print_config", True))
     pl.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
+    log_config(trainer.loggers, cfg)
 
     with local_ddp_job(cfg, output_dir, trainer.world_size):
         results = _fit_and_test(cfg, datamodule, model, trainer)
     write_json(output_dir / "metrics.json", results)
+    finish_run(trainer.loggers, cfg, output_dir, results["best_ckpt_path"])
     rank_zero_info(f"Run folder: {output_dir}")
 
     return optimized_metric_value(cfg.get("optimized_metric"), results)

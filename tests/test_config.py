@@ -1,13 +1,14 @@
 """Every option of every config group composes, and builds the object it describes."""
 
 import importlib.resources
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 from PIL import Image
 
 from genre_lightning.data.datamodule import PosterDataModule
@@ -86,6 +87,19 @@ def test_callback_options(option, tmp_path):
 def test_logger_options(option, kind, tmp_path):
     (logger,) = build_loggers(compose_config("train", [f"logger={option}"], tmp_path))
     assert isinstance(logger, kind) and Path(logger.save_dir) == tmp_path
+
+
+def test_logger_many_is_tensorboard_csv_and_mlflow_on_a_local_store_under_outputs(tmp_path):
+    pytest.importorskip("mlflow")
+    loggers = build_loggers(compose_config("train", ["logger=many"], tmp_path))
+    assert [type(lg) for lg in loggers] == [TensorBoardLogger, CSVLogger, MLFlowLogger]
+    mlflow = loggers[2]
+    assert mlflow._tracking_uri == f"sqlite:///{tmp_path}/outputs/mlflow.db"
+    assert mlflow.experiment.get_experiment(mlflow.experiment_id).name == "train"
+    # The run exists as soon as the logger does, and the run folder knows it (a resume continues it).
+    ids = json.loads((tmp_path / "tracking.json").read_text())
+    assert ids["mlflow"]["run_id"] == mlflow.run_id
+    assert Path(mlflow.experiment.get_run(mlflow.run_id).info.artifact_uri).is_relative_to(tmp_path / "outputs")
 
 
 @pytest.mark.parametrize("option", options("trainer"))

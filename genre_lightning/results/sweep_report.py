@@ -53,11 +53,13 @@ def collect_jobs(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
         if not metrics_file.is_file():
             unfinished.append(job)
             continue
-        row = {"job": str(job.relative_to(folder))}
-        row |= {f"override:{k}": v for k, v in overrides.items()}
-        row |= job_metrics(json.loads(metrics_file.read_text()))
-        rows.append(row)
+        rows.append(job_row(str(job.relative_to(folder)), overrides, json.loads(metrics_file.read_text())))
     return pd.DataFrame(rows), unfinished
+
+
+def job_row(job: str, overrides: dict[str, str], metrics: dict) -> dict:
+    """One job of the table: its name, its overrides as ``override:<key>`` columns, its metrics."""
+    return {"job": job, **{f"override:{k}": v for k, v in overrides.items()}, **job_metrics(metrics)}
 
 
 def summarise(jobs: pd.DataFrame, metric: str, ascending: bool | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -128,10 +130,23 @@ def report(folder: str | Path, metric: str = "test/acc", ascending: bool | None 
         raise ConfigError(
             "sweep_dir", str(folder), "a multirun folder whose jobs hold .hydra/overrides.yaml and metrics.json"
         )
+    return write_report(jobs, unfinished, folder, metric, ascending)
+
+
+def write_report(
+    jobs: pd.DataFrame,
+    unfinished: Sequence[Path],
+    out_dir: Path,
+    metric: str = "test/acc",
+    ascending: bool | None = None,
+) -> pd.DataFrame:
+    """Summarise ``jobs`` (rows as :func:`collect_jobs` gives them, from folders or a tracking server)
+    into ``out_dir/report.csv`` and ``report.md``; print the Markdown; return the table."""
     table, shared = summarise(jobs, metric, ascending)
-    table.to_csv(folder / "report.csv", index=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "report.csv", index=False)
     markdown = to_markdown(table, metric, shared, unfinished)
-    (folder / "report.md").write_text(markdown)
+    (out_dir / "report.md").write_text(markdown)
     print(markdown)
-    print(f"Wrote {folder / 'report.csv'} and {folder / 'report.md'} ({len(jobs)} jobs, {len(table)} groups)")
+    print(f"Wrote {out_dir / 'report.csv'} and {out_dir / 'report.md'} ({len(jobs)} jobs, {len(table)} groups)")
     return table
