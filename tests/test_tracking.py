@@ -141,6 +141,11 @@ def test_every_job_of_the_sweep_is_a_run_of_one_experiment_with_its_config_metri
         assert figures == {p.name for p in (job / "figures").glob("*.png")} and "confusion_matrix.png" in figures
         (checkpoint,) = client.list_artifacts(run.info.run_id, "checkpoints")
         assert Path(checkpoint.path).name == Path(metrics["best_ckpt_path"]).name
+        print(  # the figures a person reads with `pytest -s`
+            f"MLflow run {run.info.run_id} ({run.info.run_name}): {len(params)} params, "
+            f"{len(history)} val/acc points, artifacts {sorted(names - {'figures', 'checkpoints'})}, "
+            f"figures {sorted(figures)}, checkpoint {Path(checkpoint.path).name}"
+        )
 
 
 def test_genre_report_reads_the_sweep_back_from_the_server_as_from_its_folder(
