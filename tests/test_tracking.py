@@ -243,8 +243,13 @@ def wandb_records(path: Path) -> list:
 
 
 def wandb_config_and_summary(offline_run: Path) -> tuple[str, dict, dict]:
-    """The run id, config and summary that W&B wrote into an offline run's folder."""
+    """The run id, config and summary that W&B wrote into an offline run's folder. W&B's service
+    process writes the file on its own time: the run is complete once it holds its exit record."""
     (file,) = offline_run.glob("run-*.wandb")
+    deadline = time.monotonic() + 60
+    while not any(r.WhichOneof("record_type") == "exit" for r in wandb_records(file)):
+        assert time.monotonic() < deadline, f"{file} has no exit record after 60 s"
+        time.sleep(0.5)
     config, summary = {}, {}
     for record in wandb_records(file):
         kind = record.WhichOneof("record_type")

@@ -58,7 +58,8 @@ def read_split_file(path: str | Path, classes: Sequence[str], key: str = "data.s
         raise ConfigError(key, str(path), f"split values among {list(SPLITS)} (found {unknown_splits})")
     # A relative path is relative to the CSV's own folder (as for data.annotations), never to
     # the working directory, so the same file is found from anywhere; absolute paths stay as they are.
-    frame["file_path"] = [p if os.path.isabs(p) else os.path.abspath(path.parent / p) for p in frame["file_path"]]
+    absolute = [p if os.path.isabs(p) else os.path.abspath(path.parent / p) for p in frame["file_path"]]
+    frame["file_path"] = pd.Series(absolute, index=frame.index, dtype=TEXT)
     gone = [p for p in frame["file_path"] if not Path(p).is_file()]
     if gone:
         raise ConfigError(key, str(path), f"a split whose files exist ({len(gone)} missing, e.g. {gone[0]!r})")
