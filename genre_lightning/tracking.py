@@ -130,7 +130,7 @@ def mlflow_logger(
     run_dir: str,
     artifact_location: str | None = None,
     tags: Mapping[str, str] | None = None,
-    log_model: bool = False,  # read by publish_run (the best checkpoint), not by MLFlowLogger
+    log_model: bool = False,  # read by finish_run (the best checkpoint), not by MLFlowLogger
 ) -> MLFlowLogger:
     """An ``MLFlowLogger`` whose run exists once this returns (on global rank 0), so that a store that
     does not answer stops the run here. A run folder that has a run on this store continues it."""
@@ -166,7 +166,7 @@ def wandb_logger(
     group: str | None = None,
     offline: bool = False,
     tags: Sequence[str] = (),
-    log_model: bool = False,  # read by publish_run (the best checkpoint), not by WandbLogger
+    log_model: bool = False,  # read by finish_run (the best checkpoint), not by WandbLogger
 ) -> WandbLogger:
     """A ``WandbLogger`` with a run id kept in the run folder (``resume="allow"``): a resumed or
     requeued run continues the same W&B run. ``offline`` (or ``WANDB_MODE=offline``) writes the run
