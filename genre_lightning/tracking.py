@@ -39,7 +39,7 @@ from genre_lightning.results.hparams import flat_params
 log = logging.getLogger(__name__)
 
 RUN_IDS_FILE = "tracking.json"
-# What publish_run sends from the run folder (those that exist), and the figures under figures/.
+# What finish_run sends from the run folder (those that exist), and the figures under figures/.
 RUN_FILES = (
     "metrics.json",
     "config.yaml",
