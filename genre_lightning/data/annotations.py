@@ -2,8 +2,9 @@
 
 ``annotations.csv`` columns: ``file_path, label, split, sha256, group, labels``. ``group`` is
 the duplicate group (identical or near-identical images share one, and one split);
-``labels`` is every genre the item counts as at evaluation (``A|B`` under the
-``multi_genre`` duplicate policy, else just ``label``).
+``labels`` is every genre of the item, joined by ``|`` (``A|B`` for a merged duplicate group or a
+multi-label CSV row, else just ``label``): the targets of ``data.task=multilabel``, and the genres
+a single-label prediction counts as correct for in ``acc_multi_genre``.
 
 ``prepare_annotations`` makes or reuses the split that ``split_source.choose_split`` picks
 (training, evaluation and ``genre-data`` all go through it, so they agree on "the split").
@@ -28,8 +29,8 @@ from genre_lightning.data.duplicates import (
     duplicate_summary,
     group_duplicates,
 )
-from genre_lightning.data.scan import Candidate, ScanResult, Skipped, scan, verify_all
-from genre_lightning.data.split import SPLITS, stratified_group_split
+from genre_lightning.data.scan import Candidate, ScanResult, Skipped, scan, split_labels, verify_all
+from genre_lightning.data.split import SPLITS, iterative_stratified_split, stratified_group_split
 from genre_lightning.data.split_source import ANNOTATIONS_FILE, choose_split
 from genre_lightning.errors import ConfigError
 
@@ -68,6 +69,9 @@ def read_split_file(path: str | Path, classes: Sequence[str], key: str = "data.s
     for column, default in defaults.items():
         if column not in frame.columns:
             frame[column] = default
+    frame["labels"] = [
+        "|".join(split_labels(v, classes, f"{path.name} row {i + 2}")) for i, v in enumerate(frame["labels"])
+    ]
     return frame[COLUMNS]
 
 
@@ -86,19 +90,23 @@ def make_annotations(
     verify_threads: int = 4,
     min_image_side: int = 1,
     duplicates: Mapping[str, Any] | None = None,
+    task: str = "single",
 ) -> tuple[pd.DataFrame, dict]:
     """Scan, verify, group duplicates, apply the duplicate policy and split.
 
+    ``task=multilabel`` merges each duplicate group into one item with all its genres and splits
+    by iterative stratification over the genre sets; ``single`` stratifies by the one label.
     Returns the annotations table and the data report.
     """
-    options = check_duplicate_options(duplicates)  # before the scan: a typo must not cost a full scan
+    options = check_duplicate_options(duplicates, task)  # before the scan: a typo must not cost a full scan
     result = scan(classes, root=root, annotations=annotations, num_threads=verify_threads, min_side=min_image_side)
     records = sorted(result.records, key=lambda r: r.path)
     paths, labels = [r.path for r in records], [r.label for r in records]
     sha256 = [r.sha256 for r in records]
     groups = group_duplicates(sha256, [r.phash for r in records], int(options["near_threshold"]))
     summary = duplicate_summary(paths, labels, sha256, groups, classes)
-    outcome = apply_policy(paths, labels, groups, options["policy"], classes)
+    own_label_sets = [r.labels or r.label for r in records]
+    outcome = apply_policy(paths, labels, groups, options["policy"], classes, own_label_sets)
     result.skipped.extend(Skipped(paths[i], labels[i], reason) for i, reason in outcome.dropped)
     result.merged = [Skipped(paths[i], labels[i], f"merged into {paths[j]}") for i, j in outcome.merged]
     result.records = [records[i] for i in outcome.keep]
@@ -117,11 +125,20 @@ def make_annotations(
             "label": [labels[i] for i in outcome.keep],
             "sha256": [sha256[i] for i in outcome.keep],
             "group": [str(groups[i]) for i in outcome.keep],
-            "labels": [outcome.labels.get(i, labels[i]) for i in outcome.keep],
+            "labels": [outcome.labels.get(i, own_label_sets[i]) for i in outcome.keep],
         }
     )
-    frame["split"] = stratified_group_split(list(frame["label"]), list(frame["group"]), fractions, seed)
-    report["split"] = {"seed": seed, "fractions": dict(fractions), "counts": _split_counts(frame, classes)}
+    if task == "multilabel":
+        label_sets = [s.split("|") for s in frame["labels"]]
+        frame["split"] = iterative_stratified_split(label_sets, list(frame["group"]), fractions, seed)
+    else:
+        frame["split"] = stratified_group_split(list(frame["label"]), list(frame["group"]), fractions, seed)
+    report["split"] = {
+        "seed": seed,
+        "fractions": dict(fractions),
+        "task": task,
+        "counts": _split_counts(frame, classes, task),
+    }
     report["duplicates"] = {
         **summary,
         **options,
@@ -142,8 +159,14 @@ def _affected_test_items(frame: pd.DataFrame, summary: dict) -> dict:
     }
 
 
-def _split_counts(frame: pd.DataFrame, classes: Sequence[str]) -> dict:
-    table = frame.groupby(["split", "label"]).size()
+def _split_counts(frame: pd.DataFrame, classes: Sequence[str], task: str = "single") -> dict:
+    """Items per split and genre: by ``label``, or for multi-label data by every genre in ``labels``
+    (an Action|Comedy poster counts once for each)."""
+    if task == "multilabel":
+        genres = frame.assign(label=frame["labels"].str.split("|")).explode("label")
+        table = genres.groupby(["split", "label"]).size()
+    else:
+        table = frame.groupby(["split", "label"]).size()
     return {s: {c: int(table.get((s, c), 0)) for c in classes} for s in SPLITS}
 
 
@@ -158,6 +181,7 @@ def prepare_annotations(
     verify_threads: int = 4,
     min_image_side: int = 1,
     duplicates: Mapping[str, Any] | None = None,
+    task: str = "single",
 ) -> Path:
     """Write ``annotations.csv`` and ``data_report.json`` into ``output_dir`` and return the CSV path.
 
@@ -173,10 +197,10 @@ def prepare_annotations(
     output_dir.mkdir(parents=True, exist_ok=True)
     if choice.source == "split_file":
         frame = read_split_file(split_file, classes)
-        report = split_file_report(frame, classes, split_file, verify_threads, min_image_side)
+        report = split_file_report(frame, classes, split_file, verify_threads, min_image_side, task)
     else:
         frame, report = make_annotations(
-            classes, fractions, seed, root, annotations, verify_threads, min_image_side, duplicates
+            classes, fractions, seed, root, annotations, verify_threads, min_image_side, duplicates, task
         )
     if target.is_file() and split_digest(read_split_file(target, classes)) != split_digest(frame):
         raise ConfigError("data.split_file", str(split_file), f"the same split as the one already in {target}")
@@ -189,7 +213,12 @@ def prepare_annotations(
 
 
 def split_file_report(
-    frame: pd.DataFrame, classes: Sequence[str], split_file: str | Path, verify_threads: int = 4, min_side: int = 1
+    frame: pd.DataFrame,
+    classes: Sequence[str],
+    split_file: str | Path,
+    verify_threads: int = 4,
+    min_side: int = 1,
+    task: str = "single",
 ) -> dict:
     """The data report of a reused split: every listed file verified again, counted per genre.
 
@@ -199,7 +228,7 @@ def split_file_report(
     records, skipped = verify_all(candidates, verify_threads, min_side)
     report = ScanResult(records=records, skipped=skipped).report(classes)
     report["split_file"] = str(Path(split_file).resolve())
-    report["split"] = {"counts": _split_counts(frame, classes)}
+    report["split"] = {"task": task, "counts": _split_counts(frame, classes, task)}
     if skipped:
         log.warning("%d file(s) listed in %s no longer verify; the split is reused as it is", len(skipped), split_file)
     return report

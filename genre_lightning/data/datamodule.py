@@ -58,6 +58,7 @@ class PosterDataModule(LightningDataModule):
         cache_dir: str | None = None,
         balanced_sampling: bool = False,
         micro_batch_size: int | None = None,
+        task: str = "single",
     ) -> None:
         super().__init__()
         if not classes:
@@ -91,7 +92,9 @@ class PosterDataModule(LightningDataModule):
         self.augment = dict(augment) if augment is not None else None
         self.verify_threads = verify_threads
         self.min_image_side = min_image_side
-        check_duplicate_options(duplicates)  # here, not after a scan of every file (also for genre-data)
+        # here, not after a scan of every file (also for genre-data); checks data.task too
+        check_duplicate_options(duplicates, task)
+        self.task = task
         self.duplicates = dict(duplicates) if duplicates else None
         self.demo = dict(demo) if demo else None
         if test_split not in SPLITS:
@@ -141,6 +144,7 @@ class PosterDataModule(LightningDataModule):
             verify_threads=self.verify_threads,
             min_image_side=self.min_image_side,
             duplicates=self.duplicates,
+            task=self.task,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -153,8 +157,10 @@ class PosterDataModule(LightningDataModule):
         if self.cache_dir:
             image_cache = DecodedImageCache(self.cache_dir, cover_side(self.data_config, self.augment is not None))
         label_index = {c: i for i, c in enumerate(self.classes)}
-        # Multi-genre items (duplicate policy multi_genre) also carry every genre they count as.
-        multi_genre = self.frame["labels"].str.contains("|", regex=False).any()
+        # Multi-genre items (duplicate policy multi_genre) also carry every genre they count as; for
+        # data.task=multilabel those genres are the targets.
+        multilabel = self.task == "multilabel"
+        multi_genre = multilabel or self.frame["labels"].str.contains("|", regex=False).any()
         datasets = {"train": ("train", train_tf), "val": ("val", eval_tf), "test": ("test", eval_tf)}
         if self.test_split == "train":  # evaluating the training images: without the augmentation
             datasets[EVAL_TRAIN] = ("train", eval_tf)
@@ -169,7 +175,18 @@ class PosterDataModule(LightningDataModule):
                 num_classes=len(self.classes),
                 keys=[sha or path for sha, path in zip(rows["sha256"], rows["file_path"], strict=True)],
                 image_cache=image_cache,
+                multi_hot=multilabel,
             )
+
+    def train_label_counts(self) -> tuple[list[int], int]:
+        """Training images per genre (an image counts for each of its genres under ``task=multilabel``),
+        and training images in all: what ``model.pos_weight`` is computed from."""
+        if self.frame is None:
+            self.frame = read_split_file(self.annotations_path, self.classes, key="annotations")
+        train = self.frame[self.frame["split"] == "train"]
+        column = train["labels"].str.split("|").explode() if self.task == "multilabel" else train["label"]
+        counts = column.value_counts()
+        return [int(counts.get(c, 0)) for c in self.classes], len(train)
 
     def _loader(self, split: str, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         dataset = self.datasets[split]

@@ -36,7 +36,10 @@ class PosterDataset(Dataset):
     and lists it in the batch's ``failed``.
 
     ``label_sets`` (optional): every genre an item counts as at evaluation, returned as a
-    multi-hot ``label_set`` (the ``multi_genre`` duplicate policy). ``keys`` (content hashes)
+    multi-hot ``label_set`` (the ``multi_genre`` duplicate policy). With ``multi_hot`` they are the
+    target itself (``data.task=multilabel``): a float 0/1 vector per image, what
+    ``BCEWithLogitsLoss`` takes; ``targets`` then stays the primary genre (for sampling and
+    figures). ``keys`` (content hashes)
     name each image for the caches; ``image_cache`` serves already-decoded pixels.
     """
 
@@ -49,7 +52,11 @@ class PosterDataset(Dataset):
         num_classes: int = 0,
         keys: Sequence[str] | None = None,
         image_cache: DecodedImageCache | None = None,
+        multi_hot: bool = False,
     ) -> None:
+        if multi_hot and label_sets is None:
+            raise ValueError("multi_hot targets need label_sets")
+        self.multi_hot = multi_hot
         self.paths = list(paths)
         self.targets = list(targets)
         self.transform = transform
@@ -75,6 +82,8 @@ class PosterDataset(Dataset):
         if self.label_sets is not None:
             item["label_set"] = torch.zeros(self.num_classes, dtype=torch.bool)
             item["label_set"][list(self.label_sets[index])] = True
+            if self.multi_hot:
+                item["target"] = item.pop("label_set").float()
         return item
 
 

@@ -5,6 +5,9 @@ has to learn them: about a quarter of the posters borrow another genre's palette
 vary in number, size and place, and every poster gets pixel noise and a fake title block.
 A working pipeline learns them well above chance; a broken one (shuffled labels, wrong
 normalisation, frozen weights) stays near 25%.
+
+``two_genre`` adds multi-genre posters for ``data.task=multilabel``: each carries the motifs of two
+genres and is filed, byte-identical, in both genre folders, as real posters of two genres are.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ def _jitter(rng: np.random.Generator, rgb: tuple[int, int, int], amount: int = 3
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in rgb)
 
 
-def _draw_motif(draw: ImageDraw.ImageDraw, genre: str, rng: np.random.Generator, w: int, h: int, color) -> None:
-    for _ in range(int(rng.integers(2, 5))):
+def _draw_motif(
+    draw: ImageDraw.ImageDraw, genre: str, rng: np.random.Generator, w: int, h: int, color, count: int | None = None
+) -> None:
+    for _ in range(count or int(rng.integers(2, 5))):
         x, y = rng.uniform(0.1, 0.9) * w, rng.uniform(0.15, 0.75) * h
         r = rng.uniform(0.08, 0.2) * w
         if genre == "Action":  # starbursts and diagonal streaks
@@ -61,8 +66,11 @@ def _draw_motif(draw: ImageDraw.ImageDraw, genre: str, rng: np.random.Generator,
             draw.polygon([(x - r, y), (x + r, y), (x, y + 1.3 * r)], fill=color)
 
 
-def draw_poster(genre: str, rng: np.random.Generator, size: tuple[int, int] = (96, 144)) -> Image.Image:
-    """Draw one synthetic poster of ``genre`` (width, height = ``size``)."""
+def draw_poster(
+    genre: str, rng: np.random.Generator, size: tuple[int, int] = (96, 144), second: str | None = None
+) -> Image.Image:
+    """Draw one synthetic poster of ``genre`` (width, height = ``size``); with ``second``, two motifs
+    of each of the two genres."""
     w, h = size
     palette_genre = genre
     if rng.random() < _PALETTE_SWAP_PROBABILITY:
@@ -70,7 +78,11 @@ def draw_poster(genre: str, rng: np.random.Generator, size: tuple[int, int] = (9
     background, motif = (_jitter(rng, c) for c in _PALETTES[palette_genre])
     image = Image.new("RGB", (w, h), background)
     draw = ImageDraw.Draw(image)
-    _draw_motif(draw, genre, rng, w, h, motif)
+    if second is None:
+        _draw_motif(draw, genre, rng, w, h, motif)
+    else:
+        _draw_motif(draw, genre, rng, w, h, motif, count=2)
+        _draw_motif(draw, second, rng, w, h, _jitter(rng, _PALETTES[second][1]), count=2)
     # A fake title block: its place and shade carry no genre information.
     top = rng.uniform(0.78, 0.88) * h
     shade = int(rng.integers(0, 256))
@@ -80,11 +92,16 @@ def draw_poster(genre: str, rng: np.random.Generator, size: tuple[int, int] = (9
 
 
 def ensure_demo_posters(
-    root: str | Path, per_class: int = 80, size: tuple[int, int] = (96, 144), seed: int = 0
+    root: str | Path, per_class: int = 80, size: tuple[int, int] = (96, 144), seed: int = 0, two_genre: int = 0
 ) -> Path:
-    """Write the demo set into ``root`` unless the same set is already there; return ``root``."""
+    """Write the demo set into ``root`` unless the same set is already there; return ``root``.
+
+    ``two_genre``: per genre, this many extra posters that also carry a second genre (drawn in turn
+    from the other three), each written into both genre folders."""
     root = Path(root)
     manifest = {"generator_version": GENERATOR_VERSION, "per_class": per_class, "size": list(size), "seed": seed}
+    if two_genre:  # only when used: the single-label demo's manifest (and so its cached folder) is unchanged
+        manifest["two_genre"] = two_genre
     manifest_path = root / "demo_manifest.json"
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest:
         return root
@@ -104,6 +121,13 @@ def ensure_demo_posters(
         (staging / genre).mkdir()
         for index in range(per_class):
             draw_poster(genre, rng, size).save(staging / genre / f"{genre.lower()}_{index:04d}.jpg", quality=90)
+    for genre in GENRES:
+        partners = [g for g in GENRES if g != genre]
+        for index in range(two_genre):
+            second = partners[index % len(partners)]
+            name = f"{genre.lower()}_{second.lower()}_{index:04d}.jpg"
+            draw_poster(genre, rng, size, second).save(staging / genre / name, quality=90)
+            shutil.copyfile(staging / genre / name, staging / second / name)  # byte-identical: one poster
     (staging / manifest_path.name).write_text(json.dumps(manifest, indent=2))
     if manifest_path.is_file():
         shutil.rmtree(root)

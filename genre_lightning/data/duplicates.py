@@ -24,16 +24,29 @@ from genre_lightning.errors import ConfigError
 HASH_BITS = 128
 POLICIES = ("keep", "drop", "multi_genre")
 DEFAULT_OPTIONS = {"policy": "keep", "near_threshold": 6}
+TASKS = ("single", "multilabel")
 
 
 FLAT_RANGE = 8  # a thumbnail whose brightness varies less than this has no shape to hash
 
 
-def check_duplicate_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``data.duplicates`` with its defaults filled in, checked before any scan (one line per bad value)."""
+def check_duplicate_options(options: Mapping[str, Any] | None, task: str = "single") -> dict[str, Any]:
+    """``data.duplicates`` with its defaults filled in, checked before any scan (one line per bad value).
+
+    Multi-label data (``task=multilabel``) always merges a duplicate group into one item carrying all
+    its genres: that is what a copy filed under two genre folders means. ``keep`` (the default) is
+    read as ``multi_genre`` there; ``drop`` would throw away exactly the multi-genre posters."""
+    if task not in TASKS:
+        raise ConfigError("data.task", task, f"one of {list(TASKS)}")
     merged = {**DEFAULT_OPTIONS, **(options or {})}
     if merged["policy"] not in POLICIES:
         raise ConfigError("data.duplicates.policy", merged["policy"], f"one of {list(POLICIES)}")
+    if task == "multilabel":
+        if merged["policy"] == "drop":
+            raise ConfigError(
+                "data.duplicates.policy", "drop", "keep or multi_genre with data.task=multilabel (both merge copies)"
+            )
+        merged["policy"] = "multi_genre"
     threshold = merged["near_threshold"]
     # bool is an int in Python; "near_threshold: true" is a typo, not a distance.
     if isinstance(threshold, bool) or not isinstance(threshold, int) or not 0 <= threshold <= HASH_BITS:
@@ -106,11 +119,17 @@ class DuplicateOutcome:
 
 
 def apply_policy(
-    paths: Sequence[str], labels: Sequence[str], groups: Sequence[int], policy: str, classes: Sequence[str]
+    paths: Sequence[str],
+    labels: Sequence[str],
+    groups: Sequence[int],
+    policy: str,
+    classes: Sequence[str],
+    label_sets: Sequence[str] | None = None,
 ) -> DuplicateOutcome:
     """``keep``: every file stays (a group still shares one split). ``drop``: groups whose labels
     conflict are left out; same-label copies are reduced to one file. ``multi_genre``: each group
-    becomes one item labelled with its most common genre, evaluated as correct for any of its genres."""
+    becomes one item labelled with its most common genre and carrying every genre of its members
+    (``label_sets``: an item's own ``"A|B"`` genres from a CSV, "" for just its label)."""
     if policy not in POLICIES:
         raise ConfigError("data.duplicates.policy", policy, f"one of {list(POLICIES)}")
     members: dict[int, list[int]] = defaultdict(list)
@@ -133,7 +152,8 @@ def apply_policy(
             primary = min(group_labels, key=lambda label: (-counts[label], list(classes).index(label)))
             keeper = next(i for i in group_members if labels[i] == primary)
             outcome.keep.append(keeper)
-            outcome.labels[keeper] = "|".join(group_labels)
+            every = {g for i in group_members for g in ((label_sets[i] if label_sets else "") or labels[i]).split("|")}
+            outcome.labels[keeper] = "|".join(sorted(every, key=list(classes).index))
             outcome.merged.extend((i, keeper) for i in group_members if i != keeper)
     outcome.keep.sort()
     return outcome

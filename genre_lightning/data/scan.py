@@ -25,10 +25,14 @@ from genre_lightning.progress import tracked
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 
 
+LABEL_SEPARATOR = "|"  # between the genres of a multi-genre item: "Action|Comedy"
+
+
 @dataclass(frozen=True)
 class Candidate:
     path: str
     label: str
+    labels: str = ""  # every genre of the item, "A|B" (from a CSV's labels column); "" = just label
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class ImageRecord:
     phash: str
     width: int
     height: int
+    labels: str = ""  # "A|B" when the item's source named several genres; "" = just label
 
 
 @dataclass(frozen=True)
@@ -168,26 +173,52 @@ def walk_files(
 
 
 def read_candidates_csv(csv_path: str | Path, classes: Sequence[str]) -> list[Candidate]:
-    """Read ``file_path,label`` rows; relative paths are relative to the CSV's folder."""
+    """Read ``file_path,label`` rows, or ``file_path,labels`` with genres joined by ``|`` (multi-label;
+    ``label`` is then the first of them); relative paths are relative to the CSV's folder."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise ConfigError("data.annotations", str(csv_path), "an existing CSV file with file_path,label columns")
     # Our own annotations.csv keeps non-UTF-8 file names byte-exact (surrogateescape): read it the same way.
     frame = read_csv(csv_path)
-    missing_columns = {"file_path", "label"} - set(frame.columns)
-    if missing_columns:
+    if "file_path" not in frame.columns or not {"label", "labels"} & set(frame.columns):
         raise ConfigError(
-            "data.annotations", str(csv_path), f"a CSV with columns file_path,label (missing {sorted(missing_columns)})"
+            "data.annotations",
+            str(csv_path),
+            f"a CSV with columns file_path and label (or labels, genres joined by '|'); found {list(frame.columns)}",
         )
-    unknown = sorted(set(frame["label"]) - set(classes))
+    if "labels" in frame.columns:
+        label_sets = [
+            split_labels(value, classes, f"{csv_path.name} row {row + 2}") for row, value in enumerate(frame["labels"])
+        ]
+        first = list(frame["label"]) if "label" in frame.columns else [labels[0] for labels in label_sets]
+        joined = [LABEL_SEPARATOR.join(labels) for labels in label_sets]
+    else:
+        first, joined = list(frame["label"]), [""] * len(frame)
+    unknown = sorted(set(first) - set(classes))
     if unknown:
         raise ConfigError(
             "data.classes", list(classes), f"a list that includes every label in {csv_path.name} (also found {unknown})"
         )
     return [
-        Candidate(os.path.abspath(csv_path.parent / p), label)
-        for p, label in zip(frame["file_path"], frame["label"], strict=True)
+        Candidate(os.path.abspath(csv_path.parent / p), label, labels)
+        for p, label, labels in zip(frame["file_path"], first, joined, strict=True)
     ]
+
+
+def split_labels(value: object, classes: Sequence[str], where: str) -> list[str]:
+    """The genres of one ``labels`` cell (``"Action|Comedy"``), in ``classes`` order; a genre that is
+    not in ``classes``, or an empty cell, is a one-line error naming ``where`` (the CSV row)."""
+    names = [name.strip() for name in str(value if isinstance(value, str) else "").split(LABEL_SEPARATOR)]
+    names = [name for name in names if name]
+    unknown = [name for name in names if name not in classes]
+    if unknown or not names:
+        raise ConfigError(
+            "data.annotations",
+            f"{where}: {value!r}",
+            f"genres from data.classes {list(classes)} joined by '{LABEL_SEPARATOR}'"
+            + (f" (unknown: {unknown})" if unknown else " (the cell is empty)"),
+        )
+    return sorted(set(names), key=list(classes).index)
 
 
 def verify(candidate: Candidate, min_side: int = 1) -> ImageRecord | Skipped:
@@ -219,6 +250,7 @@ def _verify(candidate: Candidate, min_side: int) -> ImageRecord | Skipped:
         perceptual_hash(image),
         image.width,
         image.height,
+        candidate.labels,
     )
 
 

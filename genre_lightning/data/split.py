@@ -1,9 +1,12 @@
-"""Stratified, seeded train/val/test split that keeps identical images together.
+"""Seeded train/val/test splits keeping identical images together, and iterative stratification for multi-label data.
 
 Every genre is split by the configured fractions (largest-remainder rounding, so each
 split's per-genre count is within 1 of the exact fraction). Items that share a group key
 (the content hash) always land in the same split, so a poster filed under two genres can
 never sit in train and in test at once.
+
+``iterative_stratified_split`` handles items with several genres each (Sechidis, Tsoumakas &
+Vlahavas 2011, "On the stratification of multi-label data"), again keeping groups together.
 """
 
 from __future__ import annotations
@@ -104,3 +107,68 @@ def _remaining_quota(target: dict[str, int], placed: dict[str, int], available: 
     total_room = sum(room.values()) or 1
     weights = {s: (room[s] / total_room if sum(room.values()) else fractions[s]) for s in SPLITS}
     return split_targets(available, weights)
+
+
+def iterative_stratified_split(
+    label_sets: Sequence[Sequence[str]],
+    groups: Sequence[str],
+    fractions: Mapping[str, float],
+    seed: int,
+) -> list[str]:
+    """Return the split name of each multi-label item, by iterative stratification over groups.
+
+    Each group is one unit whose label counts sum its items' labels. The rarest label (fewest
+    unassigned units) is handled first: its units go, one by one, to the split that still wants
+    most of that label, then most items overall, then a seeded draw. Units without labels go
+    where most items are still wanted. Deterministic for a given input and seed.
+    """
+    fractions = check_fractions(fractions)
+    if len(label_sets) != len(groups):
+        raise ValueError(f"{len(label_sets)} label sets but {len(groups)} group keys")
+    rng = np.random.default_rng(seed)
+    members: dict[str, list[int]] = defaultdict(list)
+    for index, key in enumerate(groups):
+        members[key].append(index)
+    keys = sorted(members)  # a stable order first, so the shuffle depends on the seed alone
+    rng.shuffle(keys)
+
+    # set(): a genre listed twice on one item still counts once for that item.
+    unit_labels = {k: Counter(label for i in members[k] for label in set(label_sets[i])) for k in keys}
+    item_counts = Counter(label for labels in label_sets for label in set(labels))
+    want_total = {s: fractions[s] * len(label_sets) for s in SPLITS}
+    want = {label: {s: fractions[s] * n for s in SPLITS} for label, n in item_counts.items()}
+    # Each label's unassigned units, kept in the shuffled order.
+    open_units = {label: [k for k in keys if label in unit_labels[k]] for label in sorted(item_counts)}
+    chosen: dict[str, str] = {}
+
+    while open_units:
+        # Rarest label first: its few units have the least freedom, so they pick before
+        # common labels use up the room (ties by name, as open_units is sorted).
+        label = min(open_units, key=lambda name: len(open_units[name]))
+        for key in open_units.pop(label):
+            split = _most_wanted(rng, want[label], want_total)
+            chosen[key] = split
+            # A unit spends its split's wish for every label it carries, not just this one.
+            want_total[split] -= len(members[key])
+            for other, n in unit_labels[key].items():
+                want[other][split] -= n
+        for name in list(open_units):
+            open_units[name] = [k for k in open_units[name] if k not in chosen]
+            if not open_units[name]:
+                del open_units[name]
+
+    for key in keys:
+        if key not in chosen:  # no labels at all: only the split sizes matter
+            chosen[key] = _most_wanted(rng, want_total)
+            want_total[chosen[key]] -= len(members[key])
+    return [chosen[key] for key in groups]
+
+
+def _most_wanted(rng: np.random.Generator, *wants: Mapping[str, float]) -> str:
+    """The split with the largest wish in ``wants[0]``, ties by the next wish, then by ``rng``."""
+    candidates = list(SPLITS)
+    for wish in wants:
+        top = max(wish[s] for s in candidates)
+        # A tolerance, so float rounding in the running subtractions does not break real ties.
+        candidates = [s for s in candidates if wish[s] >= top - 1e-9]
+    return candidates[0] if len(candidates) == 1 else str(rng.choice(candidates))
