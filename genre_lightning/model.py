@@ -17,6 +17,7 @@ from PIL import Image
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torchmetrics import MeanMetric, Metric, MetricCollection
+from torchmetrics.classification import MultilabelPrecisionRecallCurve
 
 from genre_lightning.backbone import create_backbone, resolve_data_config
 from genre_lightning.data.dataset import build_transforms
@@ -25,6 +26,13 @@ from genre_lightning.errors import ConfigError
 from genre_lightning.feature_cache import FeatureStore, backbone_is_frozen
 from genre_lightning.inference import GenrePrediction, ImageInput, predict_images
 from genre_lightning.metrics import classification_metrics
+from genre_lightning.multilabel import (
+    DEFAULT_THRESHOLD,
+    mix_multi_hot,
+    multilabel_metrics,
+    tune_thresholds,
+    update_multilabel_metrics,
+)
 from genre_lightning.plain import to_plain
 
 log = logging.getLogger(__name__)
@@ -75,6 +83,12 @@ class GenreClassifier(LightningModule):
         data_config: overrides of timm's data config (``input_size``, ``crop_pct``, ...); None keeps timm's.
         channels_last: run the network in channels-last memory format.
         tta_hflip: at evaluation and prediction, average the logits of each image and its mirror image.
+        task: ``single`` (one genre per poster: softmax, cross-entropy) or ``multilabel`` (any number:
+            a sigmoid per genre, ``BCEWithLogitsLoss``, per-genre thresholds tuned on the validation
+            split after every validation epoch; ``val/acc`` is then top-1 "any true genre" accuracy).
+        threshold: multi-label only: one decision threshold for every genre instead of the tuned ones.
+        pos_weight: multi-label only: weigh each genre's positives by (negatives / positives) in the
+            training split, so rare genres are not drowned out.
     """
 
     def __init__(
@@ -93,10 +107,16 @@ class GenreClassifier(LightningModule):
         tta_hflip: bool = False,
         drop_path_rate: float = 0.0,
         mixup: Mapping[str, Any] | None = None,
+        task: str = "single",
+        threshold: float | None = None,
+        pos_weight: bool = False,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
             raise ConfigError("model.scheduler_interval", scheduler_interval, "epoch or step")
+        if task not in ("single", "multilabel"):
+            raise ConfigError("model.task", task, "single or multilabel (it follows data.task)")
+        _check_threshold(threshold)
         classes, optimizer, scheduler, data_config, mixup = map(
             to_plain, (classes, optimizer, scheduler, data_config, mixup)
         )
@@ -116,21 +136,35 @@ class GenreClassifier(LightningModule):
                 "tta_hflip": tta_hflip,
                 "drop_path_rate": drop_path_rate,
                 "mixup": mixup,
+                "task": task,
+                "threshold": threshold,
+                "pos_weight": pos_weight,
             },
             logger=False,  # the loggers get the whole resolved config instead (tracking.log_config)
         )
         self.classes = list(classes)
         extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
         self.net = create_backbone(backbone, len(self.classes), pretrained, weights, drop_rate=drop_rate, **extra)
-        self.mixup = Mixup(**mixup, label_smoothing=label_smoothing, num_classes=len(self.classes)) if mixup else None
+        self.multilabel = task == "multilabel"
+        # Multi-label: Mixup mixes the multi-hot targets itself (mix_multi_hot), with smoothing applied after.
+        mixup_smoothing = 0.0 if self.multilabel else label_smoothing
+        self.mixup = Mixup(**mixup, label_smoothing=mixup_smoothing, num_classes=len(self.classes)) if mixup else None
         self.data_config = resolve_data_config(self.net, data_config)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.soft_target_criterion = SoftTargetCrossEntropy()  # Mixup's mixed targets
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.train_metrics = classification_metrics(self.classes, "train/")
-        self.val_metrics = classification_metrics(self.classes, "val/")
-        self.test_metrics = classification_metrics(self.classes, "test/", detailed=True)
+        metrics = multilabel_metrics if self.multilabel else classification_metrics
+        self.train_metrics = metrics(self.classes, "train/")
+        self.val_metrics = metrics(self.classes, "val/")
+        self.test_metrics = metrics(self.classes, "test/", detailed=True)
+        if self.multilabel:
+            n = len(self.classes)
+            # Buffers, so a checkpoint (and the export sidecar) carries the tuned thresholds.
+            self.register_buffer("thresholds", torch.full((n,), DEFAULT_THRESHOLD))
+            self.register_buffer("positive_weights", torch.ones(n))
+            self.val_curve = MultilabelPrecisionRecallCurve(n, thresholds=None)  # exact, synced over ranks
+            self.train_acc_multi_genre = MeanMetric()  # top-1 "any true genre", logged as train/acc
         # Each stage's epoch loss (train/loss, val/loss, test/loss), averaged over every rank's images.
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         # Accuracy where any genre of a multi-genre item counts (duplicate policy multi_genre).
@@ -194,6 +228,34 @@ class GenreClassifier(LightningModule):
         """Average each image's logits with its mirror image's at evaluation and prediction (recorded
         in the hyper-parameters, so an export or a saved checkpoint says so too)."""
         self.hparams.tta_hflip = bool(enabled)
+
+    def set_threshold(self, threshold: float | None) -> None:
+        """Multi-label: decide every genre at ``threshold`` instead of the thresholds tuned on the
+        validation split (None: the tuned ones again). genre-eval / genre-predict ``threshold=``."""
+        if threshold is not None and not self.multilabel:
+            raise ConfigError("threshold", threshold, "null for a single-label checkpoint (it takes the top genre)")
+        _check_threshold(threshold, key="threshold")
+        self.hparams.threshold = threshold
+
+    def decision_thresholds(self) -> torch.Tensor:
+        """Multi-label: each genre's decision threshold (``model.threshold`` if set, else the tuned ones)."""
+        if self.hparams.threshold is not None:
+            return torch.full_like(self.thresholds, float(self.hparams.threshold))
+        return self.thresholds
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Genre probabilities from logits: softmax (one genre) or a sigmoid per genre (multi-label)."""
+        return logits.sigmoid() if self.multilabel else logits.softmax(dim=-1)
+
+    def setup(self, stage: str) -> None:
+        if self.multilabel and self.hparams.pos_weight and stage == "fit":
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if datamodule is None or not hasattr(datamodule, "train_label_counts"):
+                raise ConfigError("model.pos_weight", True, "false unless training with the PosterDataModule")
+            counts, total = datamodule.train_label_counts()
+            positives = torch.tensor(counts, dtype=torch.float32).clamp(min=1)
+            self.positive_weights.copy_((total - positives).clamp(min=1) / positives)
+            log.info("pos_weight per genre: %s", dict(zip(self.classes, self.positive_weights.tolist(), strict=True)))
 
     def set_channels_last(self, enabled: bool) -> None:
         """Run the network in channels-last memory (faster convolutions on CPUs)."""
@@ -276,6 +338,8 @@ class GenreClassifier(LightningModule):
             # Every image of this batch failed to decode. A zero loss that touches every trainable
             # parameter keeps DDP ranks in step (a skipped step on one rank would hang the others).
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0, None
+        if self.multilabel:
+            return self._multilabel_step(batch, stage)
         if stage == "train" and self.mixup is not None and targets.numel() % 2 == 0:
             # Mixed images and soft targets; no accuracy for them (it would not mean much).
             images, soft_targets = self.mixup(batch["image"], targets)
@@ -293,6 +357,30 @@ class GenreClassifier(LightningModule):
         self._log_loss(stage, loss, targets.numel())
         return loss, logits
 
+    def _multilabel_step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        targets = batch["target"].float()  # (N, C) multi-hot
+        if stage == "train" and self.mixup is not None and len(targets) % 2 == 0:
+            images, mixed = mix_multi_hot(self.mixup, batch["image"], targets)
+            logits = self(images)
+            loss = self._binary_loss(logits, mixed)
+        else:
+            logits = self._logits(batch, stage)
+            loss = self._binary_loss(logits, targets)
+            probabilities = logits.detach().float().sigmoid()
+            update_multilabel_metrics(self._stage_metrics(stage), probabilities, targets, self.decision_thresholds())
+            # Top-1 "any true genre": comparable with a single-label run's acc_multi_genre on the same posters.
+            getattr(self, f"{stage}_acc_multi_genre").update(targets.gather(1, logits.argmax(dim=1, keepdim=True)))
+            if stage == "val":
+                self.val_curve.update(probabilities, targets.long())
+        self._log_loss(stage, loss, len(targets))
+        return loss, logits
+
+    def _binary_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        smoothing = self.hparams.label_smoothing
+        targets = targets * (1 - smoothing) + smoothing / 2  # binary label smoothing, towards 0.5
+        weights = self.positive_weights if self.hparams.pos_weight else None
+        return nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights)
+
     def _log_loss(self, stage: str, loss: torch.Tensor, batch_size: int) -> None:
         getattr(self, f"{stage}_loss").update(loss.detach(), weight=batch_size)
         if stage == "train":  # per step: this rank's loss, unsynced (no collective; see distributed.py)
@@ -306,10 +394,12 @@ class GenreClassifier(LightningModule):
         agree on which metrics to compute, in one collective; then all of them compute the same ones
         in the same order (the rule in distributed.py).
         """
+        # Multi-label: the top-1 "any true genre" accuracy is the run's acc (what checkpoints monitor).
+        top1_any_true = f"{stage}/acc" if self.multilabel else f"{stage}/acc_multi_genre"
         metrics = {
             "": self._stage_metrics(stage),
             f"{stage}/loss": getattr(self, f"{stage}_loss"),
-            f"{stage}/acc_multi_genre": getattr(self, f"{stage}_acc_multi_genre", None),
+            top1_any_true: getattr(self, f"{stage}_acc_multi_genre", None),
         }
         metrics = {name: metric for name, metric in metrics.items() if metric is not None}
         updated = any_rank([_update_called(metric) for metric in metrics.values()])
@@ -327,6 +417,20 @@ class GenreClassifier(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
+        if self.multilabel:
+            self._tune_thresholds()
+
+    def _tune_thresholds(self) -> None:
+        """Per-genre thresholds that maximise F1 on this validation epoch (every rank's images; every
+        rank takes part in the same collectives, whatever its data: see distributed.py). Not on the
+        sanity check's few batches. Used from the next epoch on, and by the test of the checkpoint."""
+        (updated,) = any_rank([self.val_curve.update_called])
+        if updated and not self.trainer.sanity_checking:
+            precision, recall, thresholds = self.val_curve.compute()
+            self.thresholds.copy_(tune_thresholds(precision, recall, thresholds).to(self.thresholds))
+            values = {f"val/threshold/{c}": t for c, t in zip(self.classes, self.thresholds.tolist(), strict=True)}
+            self.log_dict(values, sync_dist=False)
+        self.val_curve.reset()
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
@@ -342,7 +446,7 @@ class GenreClassifier(LightningModule):
         result = self._shared_step(batch, "test")
         if result is None:
             return None
-        return {"probs": result[1].detach().softmax(dim=-1), "target": batch["target"], "index": batch["index"]}
+        return {"probs": self.probabilities(result[1].detach()), "target": batch["target"], "index": batch["index"]}
 
     def configure_optimizers(self) -> Any:
         # Only trainable parameters: a fine-tuning callback adds the rest as it unfreezes them.
@@ -355,3 +459,8 @@ class GenreClassifier(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval, "monitor": "val/acc"},
         }
+
+
+def _check_threshold(threshold: float | None, key: str = "model.threshold") -> None:
+    if threshold is not None and (isinstance(threshold, bool) or not 0 < float(threshold) < 1):
+        raise ConfigError(key, threshold, "null (per-genre thresholds tuned on val) or a probability between 0 and 1")
