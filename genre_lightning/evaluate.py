@@ -67,6 +67,7 @@ def eval_datamodule(cfg: DictConfig, model: GenreClassifier) -> PosterDataModule
         split_file=split_file,
         test_split=cfg.split,
         augment=training_augment(cfg.ckpt_path, cfg.data.get("augment")),
+        task=model.hparams.task,  # what the checkpoint was trained for, whatever data.task says
     )
     datamodule.set_data_config(model.data_config)
     return datamodule
@@ -81,6 +82,8 @@ def evaluate(cfg: DictConfig) -> dict:
     model = GenreClassifier.from_checkpoint(cfg.ckpt_path)
     if cfg.get("tta_hflip") is not None:
         model.set_flip_tta(cfg.tta_hflip)
+    if cfg.get("threshold") is not None:
+        model.set_threshold(cfg.threshold)
     datamodule = eval_datamodule(cfg, model)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg), callbacks=build_callbacks(cfg))
     log_config(trainer.loggers, cfg)

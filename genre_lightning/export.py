@@ -113,7 +113,10 @@ def sidecar(model: GenreClassifier, fmt: str, artifact: Path, ckpt_path: str, pa
         "artifact": artifact.name,
         "classes": list(model.classes),
         "input": {"name": INPUT_NAME, "shape": ["batch", channels, height, width], "dtype": "float32"},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(model.classes)], "note": "logits; softmax -> p"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(model.classes)], "note": _output_note(model)},
+        # single: the top genre. multilabel: every genre whose sigmoid exceeds its threshold (tuned on val).
+        "task": "multilabel" if model.multilabel else "single",
+        "thresholds": model.decision_thresholds().tolist() if model.multilabel else None,
         # Flip test-time augmentation happens inside the artifact: send each image once.
         "tta_hflip": bool(model.hparams.tta_hflip),
         "preprocessing": {
@@ -178,3 +181,9 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _output_note(model: GenreClassifier) -> str:
+    if model.multilabel:
+        return "logits; sigmoid -> p per genre; a genre is predicted where p > its entry in thresholds"
+    return "logits; softmax -> p"

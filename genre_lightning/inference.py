@@ -29,7 +29,9 @@ ImageInput = str | Path | Image.Image | torch.Tensor
 
 @dataclass(frozen=True)
 class GenrePrediction:
-    """One image's result: every genre's probability (in the model's class order) and the top k.
+    """One image's result: every genre's probability (in the model's class order), the top k, and
+    ``genres``: the predicted genres (multi-label: every genre above its decision threshold, in class
+    order, possibly none; single-label: the top genre).
 
     ``error`` is set, and the probabilities are empty, for a file that could not be decoded.
     """
@@ -38,6 +40,7 @@ class GenrePrediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    genres: list[str] = field(default_factory=list)
 
     @property
     def genre(self) -> str | None:
@@ -60,10 +63,16 @@ def _as_items(images: ImageInput | Sequence[ImageInput]) -> list[str | Path | Im
     return list(images)
 
 
-def _prediction(source: str, probabilities: torch.Tensor, classes: Sequence[str], top_k: int) -> GenrePrediction:
+def _prediction(
+    source: str, probabilities: torch.Tensor, classes: Sequence[str], top_k: int, thresholds: torch.Tensor | None
+) -> GenrePrediction:
     values = [float(p) for p in probabilities.tolist()]
     ranked = sorted(zip(classes, values, strict=True), key=lambda pair: -pair[1])[: max(1, top_k)]
-    return GenrePrediction(source, dict(zip(classes, values, strict=True)), ranked)
+    if thresholds is None:
+        genres = [ranked[0][0]]
+    else:
+        genres = [c for c, p, t in zip(classes, values, thresholds.tolist(), strict=True) if p > t]
+    return GenrePrediction(source, dict(zip(classes, values, strict=True)), ranked, genres=genres)
 
 
 @torch.inference_mode()
@@ -75,6 +84,7 @@ def predict_images(
 
     items = _as_items(images)
     model.eval()
+    thresholds = model.decision_thresholds().cpu() if model.multilabel else None
     results: list[GenrePrediction | None] = [None] * len(items)
     paths = [(i, str(item)) for i, item in enumerate(items) if isinstance(item, str | Path)]
     if paths:
@@ -86,16 +96,16 @@ def predict_images(
                 results[i] = GenrePrediction(path, error=row.error)
             else:
                 row_probabilities = torch.tensor([getattr(row, f"p_{c}") for c in model.classes])
-                results[i] = _prediction(path, row_probabilities, model.classes, top_k)
+                results[i] = _prediction(path, row_probabilities, model.classes, top_k, thresholds)
     others = [(i, item) for i, item in enumerate(items) if not isinstance(item, str | Path)]
     transform = model.eval_transform
     for start in range(0, len(others), batch_size):
         chunk = others[start : start + batch_size]
         batch = torch.stack([_model_input(item, transform) for _, item in chunk]).to(model.device)
-        probabilities = model(batch).float().softmax(dim=-1).cpu()
+        probabilities = model.probabilities(model(batch).float()).cpu()
         for (i, item), row in zip(chunk, probabilities, strict=True):
             source = f"<{type(item).__name__} {i}>"
-            results[i] = _prediction(source, row, model.classes, top_k)
+            results[i] = _prediction(source, row, model.classes, top_k, thresholds)
     return [r for r in results if r is not None]
 
 

@@ -73,7 +73,8 @@ def predict_files(
     freeze: bool = False,
     prefetch: bool = True,
 ) -> pd.DataFrame:
-    """Probabilities for each file: ``file_path, top1, p_top1, p_<class>..., error``.
+    """Probabilities for each file: ``file_path, top1, p_top1, p_<class>..., error`` (a multi-label
+    model's also ``predicted``: every genre above its decision threshold, joined by ``|``).
 
     A file that cannot be decoded gets an ``error`` and empty probabilities; it never stops the run.
     ``channels_last``, ``freeze`` (a frozen TorchScript trace: BatchNorm folded into the convolutions),
@@ -104,9 +105,10 @@ def predict_files(
                 images = batch["image"].to(device)
                 if forward is None:
                     forward = frozen_forward(model, images) if freeze and not bf16 else model
-                probabilities[batch["index"]] = forward(images).float().softmax(dim=-1).cpu()
+                probabilities[batch["index"]] = model.probabilities(forward(images).float()).cpu()
             bar.advance(batch["index"].numel() + len(batch["failed"]))
-    return probability_frame(paths, probabilities, model.classes, errors)
+    thresholds = model.decision_thresholds().cpu() if model.multilabel else None
+    return probability_frame(paths, probabilities, model.classes, errors, thresholds)
 
 
 def frozen_forward(model: GenreClassifier, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -134,7 +136,10 @@ def format_top_k(row: pd.Series, classes: list[str], k: int) -> str:
     if row["error"]:
         return f"{row['file_path']}: cannot predict ({row['error']})"
     ranked = sorted(classes, key=lambda c: -row[f"p_{c}"])[:k]
-    return "\n".join([row["file_path"]] + [f"  {i + 1}. {c:<10} {row[f'p_{c}']:.3f}" for i, c in enumerate(ranked)])
+    lines = [row["file_path"]] + [f"  {i + 1}. {c:<10} {row[f'p_{c}']:.3f}" for i, c in enumerate(ranked)]
+    if "predicted" in row:  # multi-label: every genre above its threshold
+        lines.append(f"  genres: {row['predicted'].replace('|', ', ') or '(none above its threshold)'}")
+    return "\n".join(lines)
 
 
 @exit_on_user_error
@@ -145,6 +150,8 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     if not paths:
         raise ConfigError("input", cfg.input, "a folder that contains image files")
     model = GenreClassifier.from_checkpoint(cfg.ckpt_path)
+    if cfg.get("threshold") is not None:
+        model.set_threshold(cfg.threshold)
     single = Path(cfg.input).is_file()
     frame = predict_files(
         model,

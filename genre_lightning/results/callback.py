@@ -10,6 +10,13 @@ without repeats), and writes into the run folder:
   transforms, predicted-vs-true distribution, reliability diagram (also TensorBoard images);
 * a per-class table on the console.
 
+A multi-label model (``data.task=multilabel``) gets its own tables and figures instead of the
+confusion matrix and reliability diagram: ``test_predictions.csv`` with the true ``labels`` and the
+``predicted`` genres (above each genre's threshold), ``cooccurrence.csv`` and its figure (rows: true
+genre, columns: predicted genre, over images that carry the row's genre), per-genre
+precision-recall curves with the thresholds marked, the mistakes grid (top genre not a true one)
+and the predicted-vs-true genre counts.
+
 The metrics themselves (per-class, macro, top-2, ECE) are torchmetrics in the model and land in
 ``metrics.json`` through ``trainer.test``; the table prints those same numbers.
 """
@@ -29,19 +36,21 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from PIL import Image
+from sklearn.metrics import precision_recall_curve
 
 from genre_lightning.csvio import write_csv
 from genre_lightning.data.imageio import UnreadableImage, read_rgb
 from genre_lightning.distributed import all_gather_objects
 from genre_lightning.metrics import ECE_BINS
 from genre_lightning.results import figures
-from genre_lightning.results.tables import Predictions, calibration_bins, per_class_table
+from genre_lightning.results.tables import Predictions, calibration_bins, multilabel_table, per_class_table
 from genre_lightning.runtime import to_python
 
 log = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "test_predictions.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
+COOCCURRENCE_FILE = "cooccurrence.csv"
 FIGURES_DIR = "figures"
 THUMBNAIL = 256  # longest side, in pixels, of a poster shown in the mistakes grid
 
@@ -104,9 +113,10 @@ class TestArtifacts(Callback):
     def _gather(self, trainer: Trainer, pl_module: LightningModule) -> Predictions | None:
         """Every rank's predictions on global rank 0, in dataset order (None on the other ranks)."""
         classes = list(pl_module.classes)
+        multilabel = bool(getattr(pl_module, "multilabel", False))
+        empty_shapes = {"probs": (0, len(classes)), "target": (0, len(classes)) if multilabel else (0,), "index": (0,)}
         local = {
-            key: torch.cat(parts) if parts else torch.empty((0, len(classes)) if key == "probs" else 0)
-            for key, parts in self._parts.items()
+            key: torch.cat(parts) if parts else torch.empty(empty_shapes[key]) for key, parts in self._parts.items()
         }
         # Every rank, also one whose images all failed (it sends empty tensors); uneven sizes are fine.
         parts = all_gather_objects(local)
@@ -120,43 +130,23 @@ class TestArtifacts(Callback):
         order = torch.from_numpy(first)
         dataset = _test_dataset(trainer)
         paths = [dataset.paths[i] for i in unique.tolist()] if dataset is not None else [str(i) for i in unique]
-        return Predictions(probs[order], target[order], paths, classes)
+        thresholds = pl_module.decision_thresholds().detach().cpu() if multilabel else None
+        return Predictions(probs[order], target[order], paths, classes, thresholds)
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, predictions: Predictions) -> dict[str, Path]:
-        out, classes = self.output_dir, predictions.classes
+        out = self.output_dir
         out.mkdir(parents=True, exist_ok=True)
         written: dict[str, Path] = {}
         split = getattr(trainer.datamodule, "test_split", "test")
 
         write_csv(predictions.frame(), out / PREDICTIONS_FILE)  # keeps non-UTF-8 file names byte-exact
         written["predictions"] = out / PREDICTIONS_FILE
-        matrix = predictions.confusion_matrix()
-        confusion = pd.DataFrame(matrix, index=pd.Index(classes, name="true\\predicted"), columns=classes)
-        confusion.to_csv(out / CONFUSION_FILE)
-        written["confusion_csv"] = out / CONFUSION_FILE
-
         metrics = to_python({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-        support = matrix.sum(axis=1).tolist()
-        if self.print_table:
-            rich.print(per_class_table(metrics, classes, support))
-
-        figures_to_write: dict[str, tuple[str, Figure]] = {
-            "confusion_matrix": (
-                "test/confusion_matrix",
-                figures.confusion_matrix_figure(matrix, classes, f"Confusion matrix, {split} split"),
-            ),
-            "mistakes": ("test/mistakes", self._mistakes_figure(predictions, split)),
-            "genre_distribution": (
-                "test/genre_distribution",
-                figures.distribution_figure(support, matrix.sum(axis=0).tolist(), classes),
-            ),
-            "reliability": (
-                "test/reliability",
-                figures.reliability_figure(
-                    calibration_bins(predictions.probs, predictions.targets, ECE_BINS), metrics.get("test/ece")
-                ),
-            ),
-        }
+        if predictions.multilabel:
+            figures_to_write = self._multilabel_outputs(predictions, metrics, split, written)
+        else:
+            figures_to_write = self._single_label_outputs(predictions, metrics, split, written)
+        figures_to_write["mistakes"] = ("test/mistakes", self._mistakes_figure(predictions, split))
         samples = self._train_samples_figure(trainer, pl_module)
         if samples is not None:
             figures_to_write["train_samples"] = ("train/samples", samples)
@@ -170,6 +160,78 @@ class TestArtifacts(Callback):
         for logger in tensorboards:
             logger.experiment.flush()
         return written
+
+    def _single_label_outputs(
+        self, predictions: Predictions, metrics: dict[str, float], split: str, written: dict[str, Path]
+    ) -> dict[str, tuple[str, Figure]]:
+        """confusion_matrix.csv and the per-class table; the figures to write (name: (tag, figure))."""
+        out, classes = self.output_dir, predictions.classes
+        matrix = predictions.confusion_matrix()
+        confusion = pd.DataFrame(matrix, index=pd.Index(classes, name="true\\predicted"), columns=classes)
+        confusion.to_csv(out / CONFUSION_FILE)
+        written["confusion_csv"] = out / CONFUSION_FILE
+        support = matrix.sum(axis=1).tolist()
+        if self.print_table:
+            rich.print(per_class_table(metrics, classes, support))
+
+        return {
+            "confusion_matrix": (
+                "test/confusion_matrix",
+                figures.confusion_matrix_figure(matrix, classes, f"Confusion matrix, {split} split"),
+            ),
+            "genre_distribution": (
+                "test/genre_distribution",
+                figures.distribution_figure(support, matrix.sum(axis=0).tolist(), classes),
+            ),
+            "reliability": (
+                "test/reliability",
+                figures.reliability_figure(
+                    calibration_bins(predictions.probs, predictions.targets, ECE_BINS), metrics.get("test/ece")
+                ),
+            ),
+        }
+
+    def _multilabel_outputs(
+        self, predictions: Predictions, metrics: dict[str, float], split: str, written: dict[str, Path]
+    ) -> dict[str, tuple[str, Figure]]:
+        """cooccurrence.csv and the multi-label table; the figures to write (name: (tag, figure))."""
+        out, classes = self.output_dir, predictions.classes
+        matrix = predictions.cooccurrence_matrix()
+        support = predictions.targets.long().sum(dim=0).numpy()
+        frame = pd.DataFrame(matrix, index=pd.Index(classes, name="true\\predicted"), columns=classes)
+        frame["images"] = support  # how many images carry the row's genre (what a row is divided by)
+        frame.to_csv(out / COOCCURRENCE_FILE)
+        written["cooccurrence_csv"] = out / COOCCURRENCE_FILE
+        thresholds = predictions.thresholds.tolist()
+        if self.print_table:
+            rich.print(multilabel_table(metrics, classes, support.tolist(), thresholds))
+        curves, ap, points = [], [], []
+        for genre, name in enumerate(classes):
+            truth, scores = predictions.targets[:, genre].numpy(), predictions.probs[:, genre].numpy()
+            precision, recall, _ = precision_recall_curve(truth, scores) if truth.any() else ([1.0], [0.0], None)
+            curves.append((np.asarray(precision), np.asarray(recall)))
+            ap.append(float(metrics.get(f"test/ap/{name}", float("nan"))))
+            chosen = scores > thresholds[genre]
+            hits = float((chosen & (truth > 0)).sum())
+            points.append((hits / max(truth.sum(), 1), hits / max(chosen.sum(), 1), thresholds[genre]))
+        return {
+            "cooccurrence": (
+                "test/cooccurrence",
+                figures.confusion_matrix_figure(
+                    matrix, classes, f"Genre co-occurrence, truth vs prediction, {split} split", row_totals=support
+                ),
+            ),
+            "precision_recall": (
+                "test/precision_recall",
+                figures.precision_recall_figure(
+                    curves, ap, points, classes, f"Precision-recall per genre, {split} split"
+                ),
+            ),
+            "genre_distribution": (
+                "test/genre_distribution",
+                figures.distribution_figure(support.tolist(), predictions.predicted_sets.sum(dim=0).tolist(), classes),
+            ),
+        }
 
     def _mistakes_figure(self, predictions: Predictions, split: str) -> Figure:
         figure, self.mistakes_shown = mistakes_figure(predictions, split, self.max_mistakes, self.columns)
@@ -213,8 +275,9 @@ def mistakes_figure(
 ) -> tuple[Figure, list[ShownMistake]]:
     """The most confident mistakes grid, and what it shows, in drawing order (highest ``p_top1`` first)."""
     mistakes = predictions.most_confident_mistakes(max_mistakes)
-    total_wrong = int((predictions.preds != predictions.targets).sum())
-    shown = [ShownMistake(r.file_path, r.label, r.top1, float(r.p_top1)) for r in mistakes.itertuples()]
+    total_wrong = int((~predictions.top1_correct).sum())
+    truth = "labels" if predictions.multilabel else "label"  # multi-label: a mistake's top genre is not a true one
+    shown = [ShownMistake(r.file_path, getattr(r, truth), r.top1, float(r.p_top1)) for r in mistakes.itertuples()]
     images = [_thumbnail(m.file_path) for m in shown]
     captions = [f"True: {m.true} /\nPred: {m.predicted} ({m.p_top1:.3f})\n{_short(m.file_path)}" for m in shown]
     title = f"Most confident mistakes, {split} split: {len(images)} of {total_wrong} shown"

@@ -31,11 +31,16 @@ def save_png(figure: Figure, path: str | Path) -> Path:
     return path
 
 
-def confusion_matrix_figure(matrix: np.ndarray, classes: Sequence[str], title: str = "") -> Figure:
-    """Counts (left) and row-normalised fractions (right): rows are the true genre."""
+def confusion_matrix_figure(
+    matrix: np.ndarray, classes: Sequence[str], title: str = "", row_totals: np.ndarray | None = None
+) -> Figure:
+    """Counts (left) and row-normalised fractions (right): rows are the true genre.
+
+    ``row_totals`` (multi-label co-occurrence): the images that carry each row's genre, which the
+    rows are divided by; by default each row's own sum (single-label: recall on the diagonal)."""
     figure = Figure(figsize=CONFUSION_SIZE, layout="constrained")
     counts_ax, normalised_ax = figure.subplots(1, 2)
-    totals = matrix.sum(axis=1, keepdims=True)
+    totals = matrix.sum(axis=1, keepdims=True) if row_totals is None else np.asarray(row_totals).reshape(-1, 1)
     normalised = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
     for ax, values, fmt, name in (
         (counts_ax, matrix, "d", "counts"),
@@ -46,7 +51,33 @@ def confusion_matrix_figure(matrix: np.ndarray, classes: Sequence[str], title: s
         ax.set_title(name)
         ax.set_xlabel("predicted genre")
         ax.set_ylabel("true genre")
-    figure.suptitle(f"{title or 'Confusion matrix'} ({int(matrix.sum())} images)")
+    images = int(matrix.sum()) if row_totals is None else None
+    figure.suptitle(f"{title or 'Confusion matrix'}" + (f" ({images} images)" if images is not None else ""))
+    return figure
+
+
+def precision_recall_figure(
+    curves: Sequence[tuple[np.ndarray, np.ndarray]],
+    average_precision: Sequence[float],
+    operating_points: Sequence[tuple[float, float, float]],
+    classes: Sequence[str],
+    title: str = "",
+) -> Figure:
+    """One precision-recall curve per genre, with its AP and the point its decision threshold picks
+    (``operating_points``: recall, precision, threshold)."""
+    figure = Figure(figsize=DISTRIBUTION_SIZE, layout="constrained")
+    ax = figure.subplots()
+    for (precision, recall), ap, (r, p, t), name in zip(
+        curves, average_precision, operating_points, classes, strict=True
+    ):
+        (line,) = ax.plot(recall, precision, drawstyle="steps-post", label=f"{name} (AP {ap:.3f}, t={t:.2f})")
+        ax.plot([r], [p], "o", color=line.get_color())
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title or "Precision-recall per genre (dots: the decision thresholds)")
+    ax.legend(loc="lower left", fontsize=8)
     return figure
 
 

@@ -23,7 +23,10 @@ from torch.utils.tensorboard.summary import hparams
 NOT_HYPERPARAMETERS = ("paths", "logger", "callbacks", "artifacts", "print_config")
 NOT_HYPERPARAMETERS_FLAT = ("data.output_dir", "trainer.default_root_dir")
 # The metrics shown in the tab, when the run logged them.
-HPARAM_METRICS = ("val/acc", "val/f1_macro", "val/loss", "test/acc", "test/f1_macro", "test/acc_top2", "test/ece")
+HPARAM_METRICS = (
+    *("val/acc", "val/f1_macro", "val/loss", "test/acc", "test/f1_macro", "test/acc_top2", "test/ece"),
+    *("test/map", "test/f1_micro"),  # multi-label runs
+)
 
 
 def flat_params(cfg: DictConfig) -> dict[str, Any]:

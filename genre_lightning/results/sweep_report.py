@@ -19,8 +19,8 @@ from genre_lightning.errors import ConfigError
 
 SEED_KEYS = {"seed"}
 # Shown in report.md (when present); report.csv has every metric.
-MAIN_METRICS = ("test/acc", "test/f1_macro", "test/acc_top2", "test/ece", "val/acc_best")
-LOWER_IS_BETTER = ("loss", "ece")
+MAIN_METRICS = ("test/acc", "test/f1_macro", "test/acc_top2", "test/ece", "test/map", "test/f1_micro", "val/acc_best")
+LOWER_IS_BETTER = ("loss", "ece", "hamming")
 
 
 def parse_override(text: str) -> tuple[str, str]:

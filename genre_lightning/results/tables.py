@@ -17,11 +17,17 @@ from genre_lightning.csvio import TEXT
 
 
 def probability_frame(
-    paths: Sequence[str], probabilities: torch.Tensor, classes: Sequence[str], errors: Sequence[str] | None = None
+    paths: Sequence[str],
+    probabilities: torch.Tensor,
+    classes: Sequence[str],
+    errors: Sequence[str] | None = None,
+    thresholds: torch.Tensor | None = None,
 ) -> pd.DataFrame:
     """``file_path, top1, p_top1, p_<class>...`` (and ``error`` when ``errors`` is given).
 
-    Rows whose probabilities are NaN (an image that could not be read) get an empty ``top1``.
+    With ``thresholds`` (a multi-label model's), ``predicted`` lists every genre whose probability
+    is above its threshold, joined by ``|`` ("" when none is). Rows whose probabilities are NaN (an
+    image that could not be read) get an empty ``top1``.
     """
     probabilities = probabilities.float().cpu()
     readable = ~probabilities.isnan().any(dim=1)
@@ -29,6 +35,8 @@ def probability_frame(
     frame = pd.DataFrame({"file_path": pd.Series(list(paths), dtype=TEXT)})
     frame["top1"] = [classes[i] if ok else "" for i, ok in zip(best.tolist(), readable.tolist(), strict=True)]
     frame["p_top1"] = probabilities.max(dim=1).values.numpy()
+    if thresholds is not None:
+        frame.insert(1, "predicted", genre_sets(probabilities > thresholds.float().cpu(), classes))
     for column, name in enumerate(classes):
         frame[f"p_{name}"] = probabilities[:, column].numpy()
     if errors is not None:
@@ -36,25 +44,61 @@ def probability_frame(
     return frame
 
 
+def genre_sets(chosen: torch.Tensor, classes: Sequence[str]) -> list[str]:
+    """Each row of a boolean (N, C) as its genres joined by ``|``."""
+    return ["|".join(c for c, on in zip(classes, row, strict=True) if on) for row in chosen.tolist()]
+
+
 @dataclass
 class Predictions:
-    """Per-image test results, in dataset order: ``probs`` (N, C), ``targets`` (N,), ``paths``."""
+    """Per-image test results, in dataset order: ``probs`` (N, C), ``targets`` (N,) or, multi-label,
+    multi-hot (N, C) with the model's decision ``thresholds`` (C,), and ``paths``."""
 
     probs: torch.Tensor
     targets: torch.Tensor
     paths: list[str]
     classes: list[str]
+    thresholds: torch.Tensor | None = None
+
+    @property
+    def multilabel(self) -> bool:
+        return self.targets.ndim == 2
 
     @property
     def preds(self) -> torch.Tensor:
         return self.probs.argmax(dim=1)
 
+    @property
+    def predicted_sets(self) -> torch.Tensor:
+        """Multi-label: a boolean (N, C) of the genres above their thresholds."""
+        return self.probs > self.thresholds.float()
+
+    @property
+    def top1_correct(self) -> torch.Tensor:
+        """Whether the top genre is a true one (multi-label: any of the image's genres)."""
+        if self.multilabel:
+            return self.targets.gather(1, self.preds[:, None]).squeeze(1).bool()
+        return self.preds == self.targets
+
     def frame(self) -> pd.DataFrame:
-        """The probability table with the true ``label`` and ``correct`` added (test_predictions.csv)."""
-        frame = probability_frame(self.paths, self.probs, self.classes)
-        frame.insert(1, "label", [self.classes[t] for t in self.targets.tolist()])
-        frame["correct"] = frame["label"] == frame["top1"]
+        """The probability table with the true ``label`` and ``correct`` added (test_predictions.csv).
+
+        Multi-label: ``labels`` (true genres), ``predicted`` (genres above their thresholds), ``correct``
+        (the top genre is a true one) and ``exact`` (predicted == labels)."""
+        if not self.multilabel:
+            frame = probability_frame(self.paths, self.probs, self.classes)
+            frame.insert(1, "label", [self.classes[t] for t in self.targets.tolist()])
+            frame["correct"] = frame["label"] == frame["top1"]
+            return frame
+        frame = probability_frame(self.paths, self.probs, self.classes, thresholds=self.thresholds)
+        frame.insert(1, "labels", genre_sets(self.targets.bool(), self.classes))
+        frame["correct"] = self.top1_correct.numpy()
+        frame["exact"] = frame["labels"] == frame["predicted"]
         return frame
+
+    def cooccurrence_matrix(self) -> np.ndarray:
+        """Multi-label: images with true genre i (row) for which genre j (column) was predicted."""
+        return (self.targets.long().T @ self.predicted_sets.long()).numpy()
 
     def confusion_matrix(self) -> np.ndarray:
         """Counts, rows = true genre, columns = predicted genre (torchmetrics)."""
@@ -113,5 +157,42 @@ def per_class_table(
         "macro avg", value("precision_macro"), value("recall_macro"), value("f1_macro"), str(sum(support)), style="bold"
     )
     table.caption = f"accuracy {value('acc')}   top-2 accuracy {value('acc_top2')}   ECE {value('ece')}"
+    table.caption_justify = "left"
+    return table
+
+
+def multilabel_table(
+    metrics: Mapping[str, float],
+    classes: Sequence[str],
+    support: Sequence[int],
+    thresholds: Sequence[float],
+    prefix: str = "test/",
+) -> Table:
+    """Multi-label: AP, precision, recall and F1 at each genre's threshold, then mAP, micro/macro F1,
+    subset accuracy, Hamming loss and top-1 "any true genre" accuracy."""
+    table = Table(title=f"{prefix.rstrip('/')} multi-label results", title_justify="left")
+    for column in ("genre", "AP", "threshold", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "genre" else "right")
+
+    def value(key: str) -> str:
+        number = metrics.get(prefix + key)
+        return "-" if number is None else f"{number:.3f}"
+
+    for name, count, threshold in zip(classes, support, thresholds, strict=True):
+        table.add_row(
+            name,
+            value(f"ap/{name}"),
+            f"{threshold:.3f}",
+            value(f"precision/{name}"),
+            value(f"recall/{name}"),
+            value(f"f1/{name}"),
+            str(count),
+        )
+    table.add_section()
+    table.add_row("macro avg", value("map"), "", "", "", value("f1_macro"), "", style="bold")
+    table.caption = (
+        f"mAP {value('map')}   micro-F1 {value('f1_micro')}   subset accuracy {value('subset_acc')}   "
+        f"Hamming loss {value('hamming')}   top-1 any-true accuracy {value('acc')}"
+    )
     table.caption_justify = "left"
     return table
