@@ -55,6 +55,13 @@ def test_split_does_not_depend_on_input_order():
     assert forward == backward
 
 
+def assert_groups_share_a_split(groups: list[str], splits: list[str]) -> None:
+    by_group = defaultdict(set)
+    for group, split in zip(groups, splits, strict=True):
+        by_group[group].add(split)
+    assert all(len(s) == 1 for s in by_group.values())
+
+
 def test_identical_images_share_a_split_even_across_genres():
     labels, groups = make_items({"Action": 60, "Comedy": 60, "Horror": 60, "Romance": 60})
     # 20 posters filed twice (under two genres, or twice in one genre): same content hash.
@@ -63,10 +70,7 @@ def test_identical_images_share_a_split_even_across_genres():
         groups.append(f"hash{k * 11}")
     for seed in range(5):
         splits = stratified_group_split(labels, groups, FRACTIONS, seed=seed)
-        by_group = defaultdict(set)
-        for group, split in zip(groups, splits, strict=True):
-            by_group[group].add(split)
-        assert all(len(s) == 1 for s in by_group.values())
+        assert_groups_share_a_split(groups, splits)
         table = Counter(zip(labels, splits, strict=True))
         for label, n in Counter(labels).items():
             for split in SPLITS:
@@ -158,10 +162,7 @@ def test_iterative_split_keeps_groups_together():
     assert sizes.most_common(1)[0][1] == 3 and sum(n == 2 for n in sizes.values()) > 10
     for seed in range(5):
         splits = iterative_stratified_split(label_sets, groups, FRACTIONS, seed=seed)
-        by_group = defaultdict(set)
-        for group, split in zip(groups, splits, strict=True):
-            by_group[group].add(split)
-        assert all(len(s) == 1 for s in by_group.values())
+        assert_groups_share_a_split(groups, splits)
 
 
 def test_iterative_split_same_seed_same_result_and_another_seed_another():

@@ -159,14 +159,17 @@ def _affected_test_items(frame: pd.DataFrame, summary: dict) -> dict:
     }
 
 
+def genre_rows(frame: pd.DataFrame, task: str = "single") -> pd.DataFrame:
+    """The rows a genre count counts: ``frame`` itself (one genre per item, its ``label``), or for
+    multi-label data one row per genre in ``labels``, in ``label`` (Action|Comedy counts for both)."""
+    if task != "multilabel":
+        return frame
+    return frame.assign(label=frame["labels"].str.split("|")).explode("label")
+
+
 def _split_counts(frame: pd.DataFrame, classes: Sequence[str], task: str = "single") -> dict:
-    """Items per split and genre: by ``label``, or for multi-label data by every genre in ``labels``
-    (an Action|Comedy poster counts once for each)."""
-    if task == "multilabel":
-        genres = frame.assign(label=frame["labels"].str.split("|")).explode("label")
-        table = genres.groupby(["split", "label"]).size()
-    else:
-        table = frame.groupby(["split", "label"]).size()
+    """Items per split and genre (see ``genre_rows``)."""
+    table = genre_rows(frame, task).groupby(["split", "label"]).size()
     return {s: {c: int(table.get((s, c), 0)) for c in classes} for s in SPLITS}
 
 

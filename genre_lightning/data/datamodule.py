@@ -13,7 +13,13 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Sampler, WeightedRandomSampler
 
-from genre_lightning.data.annotations import ANNOTATIONS_FILE, prepare_annotations, read_split_file, split_digest
+from genre_lightning.data.annotations import (
+    ANNOTATIONS_FILE,
+    genre_rows,
+    prepare_annotations,
+    read_split_file,
+    split_digest,
+)
 from genre_lightning.data.cache import DecodedImageCache, cover_side
 from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
 from genre_lightning.data.demo import ensure_demo_posters
@@ -184,8 +190,7 @@ class PosterDataModule(LightningDataModule):
         if self.frame is None:
             self.frame = read_split_file(self.annotations_path, self.classes, key="annotations")
         train = self.frame[self.frame["split"] == "train"]
-        column = train["labels"].str.split("|").explode() if self.task == "multilabel" else train["label"]
-        counts = column.value_counts()
+        counts = genre_rows(train, self.task)["label"].value_counts()
         return [int(counts.get(c, 0)) for c in self.classes], len(train)
 
     def _loader(self, split: str, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:

@@ -129,12 +129,13 @@ def apply_policy(
     """``keep``: every file stays (a group still shares one split). ``drop``: groups whose labels
     conflict are left out; same-label copies are reduced to one file. ``multi_genre``: each group
     becomes one item labelled with its most common genre and carrying every genre of its members
-    (``label_sets``: an item's own ``"A|B"`` genres from a CSV, "" for just its label)."""
+    (``label_sets``: each item's own ``"A|B"`` genres, e.g. from a CSV; by default just its label)."""
     if policy not in POLICIES:
         raise ConfigError("data.duplicates.policy", policy, f"one of {list(POLICIES)}")
     members: dict[int, list[int]] = defaultdict(list)
     for i, group in enumerate(groups):
         members[group].append(i)
+    own_genres = label_sets or labels
     outcome = DuplicateOutcome(keep=[])
     for group_members in members.values():
         first = group_members[0]
@@ -152,7 +153,7 @@ def apply_policy(
             primary = min(group_labels, key=lambda label: (-counts[label], list(classes).index(label)))
             keeper = next(i for i in group_members if labels[i] == primary)
             outcome.keep.append(keeper)
-            every = {g for i in group_members for g in ((label_sets[i] if label_sets else "") or labels[i]).split("|")}
+            every = {genre for i in group_members for genre in own_genres[i].split("|")}
             outcome.labels[keeper] = "|".join(sorted(every, key=list(classes).index))
             outcome.merged.extend((i, keeper) for i in group_members if i != keeper)
     outcome.keep.sort()

@@ -211,9 +211,12 @@ class TestArtifacts(Callback):
             precision, recall, _ = precision_recall_curve(truth, scores) if truth.any() else ([1.0], [0.0], None)
             curves.append((np.asarray(precision), np.asarray(recall)))
             ap.append(float(metrics.get(f"test/ap/{name}", float("nan"))))
-            chosen = scores > thresholds[genre]
-            hits = float((chosen & (truth > 0)).sum())
-            points.append((hits / max(truth.sum(), 1), hits / max(chosen.sum(), 1), thresholds[genre]))
+            # The model's own test metrics at this threshold: where the threshold sits on the curve.
+            operating = (
+                metrics.get(f"test/recall/{name}", float("nan")),
+                metrics.get(f"test/precision/{name}", float("nan")),
+            )
+            points.append((*operating, thresholds[genre]))
         return {
             "cooccurrence": (
                 "test/cooccurrence",
