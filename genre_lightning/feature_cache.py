@@ -103,7 +103,7 @@ class FrozenFeatureCache(Callback):
         self._stores: dict[str, FeatureStore] = {}
         self._said_why_not = False
 
-    def _store_for(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> FeatureStore:
+    def store_for(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> FeatureStore:
         config = {
             "backbone": pl_module.hparams.backbone,
             "weights": backbone_fingerprint(pl_module),
@@ -122,7 +122,7 @@ class FrozenFeatureCache(Callback):
         if not usable:
             pl_module.use_feature_store(None)
             return
-        store = self._store_for(trainer, pl_module, stage)
+        store = self.store_for(trainer, pl_module, stage)
         store.stages = {stage}
         pl_module.use_feature_store(store)
 

@@ -29,6 +29,7 @@ from torch.optim import Optimizer
 
 from genre_lightning.distributed import average_gradients
 from genre_lightning.errors import ConfigError
+from genre_lightning.probe import DEFAULT_C_GRID, LinearProbe
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ class GradualUnfreeze(BaseFinetuning):
     optimizer param group whose LR is the head's current LR times
     ``backbone_lr_scale * lr_decay ** i``. ``milestones=[]`` never unfreezes (linear probe).
 
+    ``head_init=probe`` starts from a fitted linear probe instead of timm's random head (LP-FT: the
+    head has converged before any backbone layer trains; ``probe.py``), fitted when training starts.
+
     BatchNorm layers keep their running statistics while they are frozen. Once unfrozen, they
     update them unless ``freeze_bn_stats`` keeps them for the whole run (only the weights train);
     ``None`` keeps them when the backbone started from pretrained weights, where they are the better
@@ -73,8 +77,13 @@ class GradualUnfreeze(BaseFinetuning):
         backbone_lr_scale: float = 0.1,
         lr_decay: float = 1.0,
         freeze_bn_stats: bool | None = None,
+        head_init: str = "random",
+        probe_c_grid: Sequence[float] = DEFAULT_C_GRID,
     ) -> None:
         super().__init__()
+        if head_init not in ("random", "probe"):
+            raise ConfigError("finetune.head_init", head_init, "random (timm's new head) or probe (fitted)")
+        self.probe = LinearProbe(probe_c_grid) if head_init == "probe" else None
         if isinstance(milestones, int | float | str) or milestones is None:
             raise ConfigError("finetune.milestones", milestones, "a list of epoch numbers, e.g. [2] or [1,3,5]")
         milestones = list(milestones)
@@ -189,6 +198,11 @@ class GradualUnfreeze(BaseFinetuning):
             optimizer.param_groups[0].setdefault("name", "head")
         # The model is wrapped by now: these are the parameters DDP itself all-reduces.
         self._ddp_registered = {id(p) for p in pl_module.parameters() if p.requires_grad}
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Not on resume: the checkpoint holds the head (fitted, and maybe fine-tuned since).
+        if self.probe is not None and trainer.global_step == 0:
+            self.probe.fit(trainer, pl_module)
 
     def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Every rank, every step, the same list: chosen by what is trainable, never by which

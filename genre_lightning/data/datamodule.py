@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -159,6 +160,7 @@ class PosterDataModule(LightningDataModule):
         if self.frame is None:
             self.frame = read_split_file(self.annotations_path, self.classes, key="annotations")
         train_tf, eval_tf = build_transforms(self.data_config, self.augment)
+        self.eval_transform = eval_tf
         image_cache = None
         if self.cache_dir:
             image_cache = DecodedImageCache(self.cache_dir, cover_side(self.data_config, self.augment is not None))
@@ -183,6 +185,13 @@ class PosterDataModule(LightningDataModule):
                 image_cache=image_cache,
                 multi_hot=multilabel,
             )
+
+    def evaluation_dataset(self, split: str) -> PosterDataset:
+        """The images of ``split`` through the evaluation transform (no augmentation, even for train):
+        what a linear probe fits on (``probe.LinearProbeHead``)."""
+        dataset = copy.copy(self.datasets[split])
+        dataset.transform = self.eval_transform
+        return dataset
 
     def train_label_counts(self) -> tuple[list[int], int]:
         """Training images per genre (an image counts for each of its genres under ``task=multilabel``),
