@@ -2,7 +2,7 @@
 # The accuracy study behind docs/RESULTS.md, one genre-train run per line, on the real posters.
 # Variants are chosen on the validation split (test=false: the test split is not even evaluated);
 # the chosen recipe and the study's recipe then run with three seeds each, tested once.
-#   scripts/accuracy_runs.sh variants | final | study
+#   scripts/accuracy_runs.sh variants | lpft | final | study | probe | timing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 POSTERS=${POSTERS:-../shared/data/four_genre_posters}
@@ -58,6 +58,27 @@ study)
             model.weights="$WEIGHTS/tf_efficientnet_lite0.in1k.safetensors" model.channels_last=true
     done
     ;;
+lpft)
+    # Round 4: LP-FT. The head is a fitted linear probe (finetune.head_init=probe) and the backbone
+    # trains from epoch 0 (milestones=[0]); 8 epochs, so the run stays inside the study recipe's time.
+    LPFT=(experiment=best_cpu "$LITE0" test=false finetune.head_init=probe finetune.milestones=[0] trainer.max_epochs=8)
+    run v20_lpft_8_epochs           "${LPFT[@]}"
+    # The paper's form: after the probe, every layer at one small LR (the head too).
+    run v22_lpft_all_at_1e-4        "${LPFT[@]}" model.optimizer.lr=1e-4 finetune.backbone_lr_scale=1.0
+    ;;
+probe)
+    # The probe has no randomness (fixed features, a deterministic solver): seeds give one result.
+    for seed in 1 2 3; do run probe_cpu_seed$seed experiment=probe_cpu "$LITE0" seed=$seed; done
+    run probe_cpu_flip        experiment=probe_cpu "$LITE0" model.tta_hflip=true
+    run probe_mobilenetv2     experiment=probe_cpu model=mobilenetv2_100 model.weights="$WEIGHTS/mobilenetv2_100.in1k.safetensors"
+    ;;
+timing)
+    # probe_cpu and the study's recipe back to back, same machine, same moment: the time ratio.
+    run timing_probe_cpu experiment=probe_cpu "$LITE0"
+    run timing_study experiment=seed_efficientnet_b0 model.backbone=tf_efficientnet_lite0 \
+        model.weights="$WEIGHTS/tf_efficientnet_lite0.in1k.safetensors" model.channels_last=true
+    awk '$1=="timing_probe_cpu"{p=$2} $1=="timing_study"{s=$2} END{printf "probe_cpu %d s, study %d s, ratio %.3f\n", p, s, p/s}' "$OUT/times.tsv"
+    ;;
 *)
-    echo "usage: $0 variants|final|study" >&2; exit 2 ;;
+    echo "usage: $0 variants|lpft|final|study|probe|timing" >&2; exit 2 ;;
 esac
