@@ -22,6 +22,7 @@ from torchmetrics.classification import MultilabelPrecisionRecallCurve
 from genre_lightning.backbone import create_backbone, resolve_data_config
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.distributed import any_rank
+from genre_lightning.ensemble import EnsembleNet
 from genre_lightning.errors import ConfigError
 from genre_lightning.feature_cache import FeatureStore, backbone_is_frozen
 from genre_lightning.inference import GenrePrediction, ImageInput, predict_images
@@ -89,6 +90,8 @@ class GenreClassifier(LightningModule):
         threshold: multi-label only: one decision threshold for every genre instead of the tuned ones.
         pos_weight: multi-label only: weigh each genre's positives by (negatives / positives) in the
             training split, so rare genres are not drowned out.
+        members: an ensemble's members (``ensemble.member_spec``): the network is then their
+            ``EnsembleNet`` (written by genre-ensemble; evaluated and served, never trained).
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class GenreClassifier(LightningModule):
         task: str = "single",
         threshold: float | None = None,
         pos_weight: bool = False,
+        members: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
@@ -117,8 +121,8 @@ class GenreClassifier(LightningModule):
         if task not in ("single", "multilabel"):
             raise ConfigError("model.task", task, "single or multilabel (it follows data.task)")
         _check_threshold(threshold)
-        classes, optimizer, scheduler, data_config, mixup = map(
-            to_plain, (classes, optimizer, scheduler, data_config, mixup)
+        classes, optimizer, scheduler, data_config, mixup, members = map(
+            to_plain, (classes, optimizer, scheduler, data_config, mixup, members)
         )
         self.save_hyperparameters(
             {
@@ -139,17 +143,21 @@ class GenreClassifier(LightningModule):
                 "task": task,
                 "threshold": threshold,
                 "pos_weight": pos_weight,
+                "members": members,
             },
             logger=False,  # the loggers get the whole resolved config instead (tracking.log_config)
         )
         self.classes = list(classes)
         extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
-        self.net = create_backbone(backbone, len(self.classes), pretrained, weights, drop_rate=drop_rate, **extra)
+        if members:  # genre-ensemble: the members' networks, their probabilities averaged
+            self.net = EnsembleNet(members, len(self.classes))
+        else:
+            self.net = create_backbone(backbone, len(self.classes), pretrained, weights, drop_rate=drop_rate, **extra)
         self.multilabel = task == "multilabel"
         # Multi-label: Mixup mixes the multi-hot targets itself (mix_multi_hot), with smoothing applied after.
         mixup_smoothing = 0.0 if self.multilabel else label_smoothing
         self.mixup = Mixup(**mixup, label_smoothing=mixup_smoothing, num_classes=len(self.classes)) if mixup else None
-        self.data_config = resolve_data_config(self.net, data_config)
+        self.data_config = self.net.data_config if members else resolve_data_config(self.net, data_config)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.soft_target_criterion = SoftTargetCrossEntropy()  # Mixup's mixed targets
         if channels_last:
