@@ -2,7 +2,7 @@
 # The accuracy study behind docs/RESULTS.md, one genre-train run per line, on the real posters.
 # Variants are chosen on the validation split (test=false: the test split is not even evaluated);
 # the chosen recipe and the study's recipe then run with three seeds each, tested once.
-#   scripts/accuracy_runs.sh variants | lpft | final | study | probe | timing
+#   scripts/accuracy_runs.sh variants | lpft | final | study | probe | timing | ensembles
 set -euo pipefail
 cd "$(dirname "$0")/.."
 POSTERS=${POSTERS:-../shared/data/four_genre_posters}
@@ -79,6 +79,22 @@ timing)
         model.weights="$WEIGHTS/tf_efficientnet_lite0.in1k.safetensors" model.channels_last=true
     awk '$1=="timing_probe_cpu"{p=$2} $1=="timing_study"{s=$2} END{printf "probe_cpu %d s, study %d s, ratio %.3f\n", p, s, p/s}' "$OUT/times.tsv"
     ;;
+ensembles)
+    # genre-ensemble of finished runs (final and probe above): their best checkpoints, tested.
+    best() { python -c "import json; print(json.load(open('$OUT/$1/metrics.json'))['best_ckpt_path'])"; }
+    ensemble() {  # ensemble NAME RUN...: one genre-ensemble, its wall time appended to $OUT/times.tsv
+        local name=$1; shift
+        [ -f "$OUT/$name/metrics.json" ] && return 0
+        local members=() run start=$(date +%s)
+        for run in "$@"; do members+=("$(best "$run")"); done
+        genre-ensemble "ckpt_paths=[$(IFS=,; echo "${members[*]}")]" print_config=false \
+            hydra.run.dir="$OUT/$name" > "$OUT/$name.log" 2>&1
+        printf '%s\t%s\n' "$name" "$(( $(date +%s) - start ))" >> "$OUT/times.tsv"
+    }
+    ensemble ens_best_cpu_3_seeds        best_cpu_seed1 best_cpu_seed2 best_cpu_seed3
+    ensemble ens_best_cpu_mobilenetv2    best_cpu_seed1 probe_mobilenetv2
+    ensemble ens_probes_lite0_mobilenetv2 probe_cpu_seed1 probe_mobilenetv2
+    ;;
 *)
-    echo "usage: $0 variants|lpft|final|study|probe|timing" >&2; exit 2 ;;
+    echo "usage: $0 variants|lpft|final|study|probe|timing|ensembles" >&2; exit 2 ;;
 esac
