@@ -11,14 +11,18 @@ OUT=${OUT:-outputs/accuracy}
 # best_cpu takes its weights from the hub; offline, from the local timm file.
 LITE0="model.weights=$WEIGHTS/tf_efficientnet_lite0.in1k.safetensors"
 
-run() {  # run NAME OVERRIDES...: one genre-train, its wall time appended to $OUT/times.tsv
+timed() {  # timed NAME COMMAND...: run it into $OUT/NAME, its wall time appended to $OUT/times.tsv
     local name=$1; shift
     [ -f "$OUT/$name/metrics.json" ] && return 0  # done already: the list can be re-run after a stop
     mkdir -p "$OUT"
     local start=$(date +%s)
-    genre-train data.root="$POSTERS" print_config=false \
-        hydra.run.dir="$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
+    "$@" print_config=false hydra.run.dir="$OUT/$name" > "$OUT/$name.log" 2>&1
     printf '%s\t%s\n' "$name" "$(( $(date +%s) - start ))" >> "$OUT/times.tsv"
+}
+
+run() {  # run NAME OVERRIDES...: one timed genre-train
+    local name=$1; shift
+    timed "$name" genre-train data.root="$POSTERS" "$@"
 }
 
 case "${1:-}" in
@@ -82,14 +86,11 @@ timing)
 ensembles)
     # genre-ensemble of finished runs (final and probe above): their best checkpoints, tested.
     best() { python -c "import json; print(json.load(open('$OUT/$1/metrics.json'))['best_ckpt_path'])"; }
-    ensemble() {  # ensemble NAME RUN...: one genre-ensemble, its wall time appended to $OUT/times.tsv
+    ensemble() {  # ensemble NAME RUN...: one timed genre-ensemble of the runs' best checkpoints
         local name=$1; shift
-        [ -f "$OUT/$name/metrics.json" ] && return 0
-        local members=() run start=$(date +%s)
+        local members=() run
         for run in "$@"; do members+=("$(best "$run")"); done
-        genre-ensemble "ckpt_paths=[$(IFS=,; echo "${members[*]}")]" print_config=false \
-            hydra.run.dir="$OUT/$name" > "$OUT/$name.log" 2>&1
-        printf '%s\t%s\n' "$name" "$(( $(date +%s) - start ))" >> "$OUT/times.tsv"
+        timed "$name" genre-ensemble "ckpt_paths=[$(IFS=,; echo "${members[*]}")]"
     }
     ensemble ens_best_cpu_3_seeds        best_cpu_seed1 best_cpu_seed2 best_cpu_seed3
     ensemble ens_best_cpu_mobilenetv2    best_cpu_seed1 probe_mobilenetv2
