@@ -11,9 +11,11 @@ OUT=${OUT:-outputs/accuracy}
 # best_cpu takes its weights from the hub; offline, from the local timm file.
 LITE0="model.weights=$WEIGHTS/tf_efficientnet_lite0.in1k.safetensors"
 
+finished() { [ -f "$OUT/$1/metrics.json" ]; }  # done already: the list can be re-run after a stop
+
 timed() {  # timed NAME COMMAND...: run it into $OUT/NAME, its wall time appended to $OUT/times.tsv
     local name=$1; shift
-    [ -f "$OUT/$name/metrics.json" ] && return 0  # done already: the list can be re-run after a stop
+    finished "$name" && return 0
     mkdir -p "$OUT"
     local start=$(date +%s)
     "$@" print_config=false hydra.run.dir="$OUT/$name" > "$OUT/$name.log" 2>&1
@@ -88,6 +90,7 @@ ensembles)
     best() { python -c "import json; print(json.load(open('$OUT/$1/metrics.json'))['best_ckpt_path'])"; }
     ensemble() {  # ensemble NAME RUN...: one timed genre-ensemble of the runs' best checkpoints
         local name=$1; shift
+        finished "$name" && return 0  # before reading the members, which may have been cleared since
         local members=() run
         for run in "$@"; do members+=("$(best "$run")"); done
         timed "$name" genre-ensemble "ckpt_paths=[$(IFS=,; echo "${members[*]}")]"
