@@ -23,11 +23,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from genre_lightning.backbone import create_backbone, resolve_data_config
-from genre_lightning.csvio import read_csv
 from genre_lightning.data.annotations import prepare_annotations
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.data.demo import GENRES
+from genre_lightning.models.backbone import create_backbone, resolve_data_config
+from genre_lightning.utils.csvio import read_csv
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 POSTERS = SHARED / "data" / "four_genre_posters"

@@ -84,13 +84,13 @@ def main() -> None:
     import lightning.pytorch  # noqa: F401
     import timm  # noqa: F401
 
-    import genre_lightning.train  # noqa: F401  (everything genre-train imports)
+    import genre_lightning.cli.train  # noqa: F401  (everything genre-train imports)
 
     table.stop("import lightning, timm, torchmetrics, genre_lightning")
     from genre_lightning.data.annotations import prepare_annotations
     from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
     from genre_lightning.data.demo import GENRES, ensure_demo_posters
-    from genre_lightning.model import GenreClassifier
+    from genre_lightning.training.module import GenreClassifier
 
     workdir = Path(tempfile.mkdtemp(prefix="genre-memory-"))
     posters = args.posters if args.posters.is_dir() else ensure_demo_posters(workdir / "demo", per_class=60)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import statistics
 import subprocess
@@ -35,15 +36,15 @@ from lightning.pytorch import Callback, seed_everything
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from genre_lightning.backbone import resolve_data_config
-from genre_lightning.csvio import read_csv
+from genre_lightning.cli.common import compose_config
+from genre_lightning.cli.train import build
 from genre_lightning.data.annotations import prepare_annotations
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.data.demo import GENRES, ensure_demo_posters
-from genre_lightning.model import GenreClassifier
-from genre_lightning.predict import predict_files
-from genre_lightning.runtime import compose_config
-from genre_lightning.train import build
+from genre_lightning.inference.predictor import Predictor
+from genre_lightning.models.backbone import resolve_data_config
+from genre_lightning.training.tasks import SingleLabelTask
+from genre_lightning.utils.csvio import read_csv
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL_POSTERS = SHARED / "data" / "four_genre_posters"
@@ -232,20 +233,21 @@ def plain_eval(setup: Setup, paths: list[str], net, transform, batch_size: int =
 def section_predict(setup: Setup, rounds: int) -> list[tuple[str, str, str]]:
     paths = setup.files("val") + setup.files("test")
     net, transform, cfg = plain_net_and_transform(setup)
-    model = GenreClassifier(cfg.model.backbone, GENRES, data_config=cfg.model.data_config)
-    model.net.load_state_dict(net.state_dict())
+    config = resolve_data_config(net, cfg.model.data_config)
+    plain = Predictor(copy.deepcopy(net), SingleLabelTask(GENRES), config, channels_last=False)
+    fast = Predictor(copy.deepcopy(net), SingleLabelTask(GENRES), config, channels_last=True)
     variants = {
         "predict: plain eval loop": lambda: plain_eval(setup, paths, net, transform),
-        "predict: inference_mode, 0 workers": lambda: rate(model, paths, 0, channels_last=False, prefetch=False),
-        "predict: inference_mode, 1 loader worker": lambda: rate(model, paths, 1, channels_last=False),
-        "predict: inference_mode, 2 loader workers": lambda: rate(model, paths, 2, channels_last=False),
-        "predict: + channels_last, 0 workers": lambda: rate(model, paths, 0, prefetch=False),
-        "predict: + channels_last, 1 worker": lambda: rate(model, paths, 1),
-        "predict: + channels_last, decode thread (genre-predict default)": lambda: rate(model, paths, 0),
+        "predict: inference_mode, 0 workers": lambda: rate(plain, paths, 0, prefetch=False),
+        "predict: inference_mode, 1 loader worker": lambda: rate(plain, paths, 1),
+        "predict: inference_mode, 2 loader workers": lambda: rate(plain, paths, 2),
+        "predict: + channels_last, 0 workers": lambda: rate(fast, paths, 0, prefetch=False),
+        "predict: + channels_last, 1 worker": lambda: rate(fast, paths, 1),
+        "predict: + channels_last, decode thread (genre-predict default)": lambda: rate(fast, paths, 0),
         "predict: + channels_last + decode thread + frozen trace (freeze=true)": lambda: rate(
-            model, paths, 0, freeze=True
+            fast, paths, 0, freeze=True
         ),
-        "predict: + channels_last + decode thread + bf16 (precision=bf16)": lambda: rate(model, paths, 0, bf16=True),
+        "predict: + channels_last + decode thread + bf16 (precision=bf16)": lambda: rate(fast, paths, 0, bf16=True),
     }
     results = {name: [] for name in variants}
     for _ in range(rounds):
@@ -256,8 +258,8 @@ def section_predict(setup: Setup, rounds: int) -> list[tuple[str, str, str]]:
         (name, f"{statistics.median(v):.1f} img/s", f"{statistics.median(v) / base:.2f}x")
         for name, v in results.items()
     ]
-    fp32 = predict_files(model, paths, progress=False, freeze=False)
-    bf16 = predict_files(model, paths, progress=False, bf16=True)
+    fp32 = fast.predict_files(paths, progress=False, freeze=False)
+    bf16 = fast.predict_files(paths, progress=False, bf16=True)
     columns = [f"p_{g}" for g in GENRES]
     same = (fp32["top1"] == bf16["top1"]).mean()
     gap = (fp32[columns] - bf16[columns]).abs().to_numpy().max()
@@ -266,27 +268,16 @@ def section_predict(setup: Setup, rounds: int) -> list[tuple[str, str, str]]:
 
 
 def rate(
-    model: GenreClassifier,
+    predictor: Predictor,
     paths: list[str],
     workers: int,
-    channels_last: bool = True,
     bf16: bool = False,
     freeze: bool = False,
     prefetch: bool = True,
 ) -> float:
-    if not channels_last:  # undo an earlier channels-last run
-        model.set_channels_last(False)
     start = time.perf_counter()
-    predict_files(
-        model,
-        paths,
-        batch_size=32,
-        num_workers=workers,
-        progress=False,
-        channels_last=channels_last,
-        bf16=bf16,
-        freeze=freeze,
-        prefetch=prefetch,
+    predictor.predict_files(
+        paths, batch_size=32, num_workers=workers, progress=False, bf16=bf16, freeze=freeze, prefetch=prefetch
     )
     return len(paths) / (time.perf_counter() - start)
 

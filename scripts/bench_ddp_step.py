@@ -28,9 +28,9 @@ from hydra import compose, initialize_config_module
 from lightning.pytorch import Callback
 from omegaconf import open_dict
 
+from genre_lightning.cli.common import CONFIG_MODULE
+from genre_lightning.cli.train import build
 from genre_lightning.data.demo import ensure_demo_posters
-from genre_lightning.runtime import CONFIG_MODULE
-from genre_lightning.train import build
 
 WARMUP = 5
 # name: (trainer config, per-process batch, OMP_NUM_THREADS or None for torch's default)

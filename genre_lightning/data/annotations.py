@@ -22,7 +22,6 @@ from typing import Any
 
 import pandas as pd
 
-from genre_lightning.csvio import TEXT, read_csv, write_csv
 from genre_lightning.data.duplicates import (
     apply_policy,
     check_duplicate_options,
@@ -30,9 +29,10 @@ from genre_lightning.data.duplicates import (
     group_duplicates,
 )
 from genre_lightning.data.scan import Candidate, ScanResult, Skipped, scan, split_labels, verify_all
-from genre_lightning.data.split import SPLITS, iterative_stratified_split, stratified_group_split
-from genre_lightning.data.split_source import ANNOTATIONS_FILE, choose_split
-from genre_lightning.errors import ConfigError
+from genre_lightning.data.split_choice import ANNOTATIONS_FILE, choose_split
+from genre_lightning.data.stratify import SPLITS, iterative_stratified_split, stratified_group_split
+from genre_lightning.utils.csvio import TEXT, read_csv, write_csv
+from genre_lightning.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

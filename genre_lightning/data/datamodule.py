@@ -21,13 +21,13 @@ from genre_lightning.data.annotations import (
     read_split_file,
     split_digest,
 )
-from genre_lightning.data.cache import DecodedImageCache, cover_side
 from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
 from genre_lightning.data.demo import ensure_demo_posters
 from genre_lightning.data.duplicates import check_duplicate_options
-from genre_lightning.data.split import SPLITS, check_fractions
-from genre_lightning.errors import ConfigError
-from genre_lightning.plain import to_plain
+from genre_lightning.data.image_cache import DecodedImageCache, cover_side
+from genre_lightning.data.stratify import SPLITS, check_fractions
+from genre_lightning.utils.errors import ConfigError
+from genre_lightning.utils.plain_values import to_plain
 
 log = logging.getLogger(__name__)
 

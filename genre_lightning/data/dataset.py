@@ -9,7 +9,7 @@ import torch
 from timm.data import create_transform
 from torch.utils.data import Dataset, default_collate
 
-from genre_lightning.data.cache import DecodedImageCache
+from genre_lightning.data.image_cache import DecodedImageCache
 from genre_lightning.data.imageio import UnreadableImage, read_rgb, unexpected_error_reason
 
 # The keys of timm's data config that create_transform understands.

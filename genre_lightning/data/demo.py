@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from genre_lightning.errors import ConfigError
+from genre_lightning.utils.errors import ConfigError
 
 GENRES = ("Action", "Comedy", "Horror", "Romance")
 GENERATOR_VERSION = 1

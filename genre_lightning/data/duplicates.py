@@ -19,7 +19,7 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from genre_lightning.errors import ConfigError
+from genre_lightning.utils.errors import ConfigError
 
 HASH_BITS = 128
 POLICIES = ("keep", "drop", "multi_genre")

@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from genre_lightning.csvio import read_csv
 from genre_lightning.data.duplicates import perceptual_hash
 from genre_lightning.data.imageio import UnreadableImage, decode_rgb, read_image_bytes, unexpected_error_reason
-from genre_lightning.errors import ConfigError
-from genre_lightning.progress import tracked
+from genre_lightning.utils.csvio import read_csv
+from genre_lightning.utils.errors import ConfigError
+from genre_lightning.utils.progress import tracked
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 

@@ -29,7 +29,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from genre_lightning.errors import ConfigError, exit_on_user_error
+from genre_lightning.utils.errors import ConfigError, exit_on_user_error
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from genre_lightning.data.annotations import ANNOTATIONS_FILE
-from genre_lightning.errors import ConfigError, exit_on_user_error, find_user_error
+from genre_lightning.utils.errors import ConfigError, exit_on_user_error, find_user_error
 
 log = logging.getLogger(__name__)
 

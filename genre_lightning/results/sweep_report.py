@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from genre_lightning.errors import ConfigError
+from genre_lightning.utils.errors import ConfigError
 
 SEED_KEYS = {"seed"}
 # Shown in report.md (when present); report.csv has every metric.

@@ -13,52 +13,21 @@ import torch
 from rich.table import Table
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from genre_lightning.csvio import TEXT
-
-
-def probability_frame(
-    paths: Sequence[str],
-    probabilities: torch.Tensor,
-    classes: Sequence[str],
-    errors: Sequence[str] | None = None,
-    thresholds: torch.Tensor | None = None,
-) -> pd.DataFrame:
-    """``file_path, top1, p_top1, p_<class>...`` (and ``error`` when ``errors`` is given).
-
-    With ``thresholds`` (a multi-label model's), ``predicted`` lists every genre whose probability
-    is above its threshold, joined by ``|`` ("" when none is). Rows whose probabilities are NaN (an
-    image that could not be read) get an empty ``top1``.
-    """
-    probabilities = probabilities.float().cpu()
-    readable = ~probabilities.isnan().any(dim=1)
-    best = probabilities.nan_to_num(-1).argmax(dim=1)
-    frame = pd.DataFrame({"file_path": pd.Series(list(paths), dtype=TEXT)})
-    frame["top1"] = [classes[i] if ok else "" for i, ok in zip(best.tolist(), readable.tolist(), strict=True)]
-    frame["p_top1"] = probabilities.max(dim=1).values.numpy()
-    if thresholds is not None:
-        frame.insert(1, "predicted", genre_sets(probabilities > thresholds.float().cpu(), classes))
-    for column, name in enumerate(classes):
-        frame[f"p_{name}"] = probabilities[:, column].numpy()
-    if errors is not None:
-        frame["error"] = pd.Series(list(errors), dtype=TEXT)
-    return frame
-
-
-def genre_sets(chosen: torch.Tensor, classes: Sequence[str]) -> list[str]:
-    """Each row of a boolean (N, C) as its genres joined by ``|``."""
-    return ["|".join(c for c, on in zip(classes, row, strict=True) if on) for row in chosen.tolist()]
+from genre_lightning.inference.prediction_table import genre_sets, probability_frame
 
 
 @dataclass
 class Predictions:
     """Per-image test results, in dataset order: ``probs`` (N, C), ``targets`` (N,) or, multi-label,
-    multi-hot (N, C) with the model's decision ``thresholds`` (C,), and ``paths``."""
+    multi-hot (N, C) with the model's decision ``thresholds`` (C,) and its ``decisions`` (the predicted
+    genres, a boolean (N, C) from its task), and ``paths``."""
 
     probs: torch.Tensor
     targets: torch.Tensor
     paths: list[str]
     classes: list[str]
     thresholds: torch.Tensor | None = None
+    decisions: torch.Tensor | None = None
 
     @property
     def multilabel(self) -> bool:
@@ -71,7 +40,7 @@ class Predictions:
     @property
     def predicted_sets(self) -> torch.Tensor:
         """Multi-label: a boolean (N, C) of the genres above their thresholds."""
-        return self.probs > self.thresholds.float()
+        return self.decisions
 
     @property
     def top1_correct(self) -> torch.Tensor:
@@ -90,7 +59,7 @@ class Predictions:
             frame.insert(1, "label", [self.classes[t] for t in self.targets.tolist()])
             frame["correct"] = frame["label"] == frame["top1"]
             return frame
-        frame = probability_frame(self.paths, self.probs, self.classes, thresholds=self.thresholds)
+        frame = probability_frame(self.paths, self.probs, self.classes, decisions=self.decisions)
         frame.insert(1, "labels", genre_sets(self.targets.bool(), self.classes))
         frame["correct"] = self.top1_correct.numpy()
         frame["exact"] = frame["labels"] == frame["predicted"]

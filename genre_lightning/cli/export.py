@@ -1,0 +1,47 @@
+"""genre-export ckpt_path=<ckpt> format=onnx|torchscript: the model as a file a server can load
+without this project, with its sidecar, checked against the model on real posters
+(``inference/export.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from genre_lightning.cli.common import CONFIG_PATH, show_and_save_config
+from genre_lightning.inference.export import EXPORTERS, SUFFIXES, export_checkpoint
+from genre_lightning.utils.errors import ConfigError, UserFacingError, exit_on_user_error
+
+
+@exit_on_user_error
+def export(cfg: DictConfig) -> dict:
+    """Write the artifact and its sidecar, check parity; return the sidecar."""
+    if cfg.format not in EXPORTERS:
+        raise ConfigError("format", cfg.format, f"one of {sorted(EXPORTERS)}")
+    show_and_save_config(cfg, cfg.paths.output_dir, show=cfg.get("print_config", False))
+    output = Path(cfg.output or Path(cfg.paths.output_dir) / f"model{SUFFIXES[cfg.format]}")
+    done = export_checkpoint(
+        cfg.ckpt_path, cfg.format, output, cfg.get("parity_input"), cfg.parity_images, cfg.tolerance
+    )
+    parity = done.sidecar["parity"]
+    print(
+        f"parity: max |logit difference| = {done.max_abs_logit_diff:.3e} on {parity['images']} images "
+        f"({'ok' if done.passed else 'FAILED'}: tolerance {cfg.tolerance:g})"
+    )
+    if not done.passed:
+        raise UserFacingError(
+            f"the {cfg.format} export of {cfg.ckpt_path} differs from the model by {done.max_abs_logit_diff:.3e} "
+            f"(>= tolerance {cfg.tolerance:g}); do not serve {output}"
+        )
+    print(f"Wrote {output} and {done.sidecar_path}")
+    return done.sidecar
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
+def main(cfg: DictConfig) -> None:
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

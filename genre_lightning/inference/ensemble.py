@@ -1,0 +1,93 @@
+"""Build an ensemble checkpoint (``genre-ensemble``): several checkpoints of one split as one model.
+
+Checks that the members were trained on one split with the same genres, records each member's
+network settings, copies their weights into one ``GenreClassifier`` whose network is an
+``EnsembleNet``, and saves it beside a copy of the members' ``annotations.csv``. The checkpoint is
+a model like any other: genre-eval, genre-predict, genre-export and the Predictor take it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+
+from genre_lightning.data.split_choice import ANNOTATIONS_FILE, checkpoint_split
+from genre_lightning.models.ensemble import ENSEMBLE_BACKBONE, MEMBER_KEYS, PIXEL_KEYS
+from genre_lightning.training.checkpoint_io import datamodule_state, load_module, read_checkpoint
+from genre_lightning.training.module import GenreClassifier
+from genre_lightning.utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "ensemble.ckpt"
+
+
+def member_spec(model: GenreClassifier) -> dict[str, Any]:
+    """What an ensemble records of a member: its network's hyper-parameters and resolved data config."""
+    spec = {key: model.hparams.get(key) for key in MEMBER_KEYS}
+    spec["data_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in model.data_config.items()}
+    return spec
+
+
+def build_ensemble(ckpt_paths: Sequence[str], output: Path) -> Path:
+    """Check the members, write the ensemble checkpoint to ``output`` and the members' split
+    beside its run folder; return ``output``."""
+    if isinstance(ckpt_paths, str) or len(ckpt_paths) < 2:
+        raise ConfigError("ckpt_paths", ckpt_paths, "a list of at least two checkpoints, e.g. [a.ckpt,b.ckpt]")
+    checkpoints = [read_checkpoint(path, key="ckpt_paths") for path in ckpt_paths]
+    members = [load_module(GenreClassifier, checkpoint) for checkpoint in checkpoints]
+    first = members[0]
+    for path, member in zip(ckpt_paths, members, strict=True):
+        if member.classes != first.classes:
+            raise ConfigError("ckpt_paths", path, f"a checkpoint for {first.classes} (it has {member.classes})")
+        if member.task.multilabel or member.hparams.get("members"):
+            raise ConfigError("ckpt_paths", path, "a single-label genre-train checkpoint (no multi-label, no ensemble)")
+    digests = {datamodule_state(checkpoint).get("split_digest") for checkpoint in checkpoints}
+    if len(digests) != 1 or None in digests:
+        raise ConfigError(
+            "ckpt_paths", list(ckpt_paths), "checkpoints trained on one split (train them with one data.split_file)"
+        )
+    for path, member in zip(ckpt_paths[1:], members[1:], strict=True):
+        differs = [
+            f"{k} {member.data_config.get(k)} vs {first.data_config.get(k)}"
+            for k in PIXEL_KEYS
+            if member.data_config.get(k) != first.data_config.get(k)
+        ]
+        if differs:  # its images are converted from the first member's, not decoded for it afresh
+            log.warning(
+                "%s resizes posters differently from %s (%s): the ensemble feeds it the first member's "
+                "pixels, converted; train members with the same model.data_config for an exact ensemble",
+                path, ckpt_paths[0], ", ".join(differs),
+            )  # fmt: skip
+    split = checkpoint_split(ckpt_paths[0])
+    if split is None:
+        raise ConfigError("ckpt_paths", ckpt_paths[0], f"a checkpoint with its run's {ANNOTATIONS_FILE} beside it")
+    ensemble = GenreClassifier(
+        backbone=ENSEMBLE_BACKBONE,
+        classes=first.classes,
+        members=[member_spec(m) for m in members],
+        channels_last=bool(first.hparams.channels_last),
+    )
+    for target, member in zip(ensemble.net.members, members, strict=True):
+        target.net.load_state_dict(member.net.state_dict())
+    output.parent.mkdir(parents=True, exist_ok=True)
+    run_folder = output.parent.parent
+    shutil.copyfile(split, run_folder / ANNOTATIONS_FILE)
+    torch.save(
+        {
+            "state_dict": ensemble.state_dict(),
+            "hyper_parameters": dict(ensemble.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+            "PosterDataModule": datamodule_state(checkpoints[0]) or None,
+            "ensemble_members": [str(Path(p).resolve()) for p in ckpt_paths],
+        },
+        output,
+    )
+    log.info("Ensemble of %d checkpoints written to %s", len(members), output)
+    return output

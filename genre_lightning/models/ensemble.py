@@ -1,0 +1,70 @@
+"""An ensemble as one network: several members' genre probabilities averaged.
+
+Members may differ in backbone, input size and normalisation: the ensemble takes images prepared
+for its first member and converts them for each other member (mean/std exactly, and a bilinear
+resize when the input size differs), and each member applies its own flip test-time augmentation.
+``inference/ensemble.py`` builds the checkpoint (``genre-ensemble``); the LightningModule runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from genre_lightning.models.backbone import create_backbone, resolve_data_config
+from genre_lightning.models.flip import flip_average
+
+ENSEMBLE_BACKBONE = "ensemble"
+# What an ensemble keeps of each member's hyper-parameters: enough to rebuild its network.
+MEMBER_KEYS = ("backbone", "drop_rate", "tta_hflip")
+# How a member turns a poster into pixels; mean/std differences are converted exactly, these are not.
+PIXEL_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode")
+
+
+class EnsembleMember(nn.Module):
+    """One member network with its own preprocessing: converts an image normalised for the ensemble
+    (``mean``/``std``, ``size``) to this member's, and averages its logits with the mirror image's
+    when the member was trained with flip test-time augmentation."""
+
+    def __init__(self, net: nn.Module, data_config: Mapping[str, Any], reference: Mapping[str, Any], flip: bool):
+        super().__init__()
+        self.net = net
+        self.flip = flip
+        self.size = tuple(data_config["input_size"][1:])
+        self.resize = self.size != tuple(reference["input_size"][1:])
+        # x_member = (x * std_ref + mean_ref - mean) / std = x * scale + shift, per channel.
+        mean, std = torch.tensor(data_config["mean"]), torch.tensor(data_config["std"])
+        ref_mean, ref_std = torch.tensor(reference["mean"]), torch.tensor(reference["std"])
+        self.register_buffer("scale", (ref_std / std).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("shift", ((ref_mean - mean) / std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.resize:
+            images = nn.functional.interpolate(images, size=self.size, mode="bilinear", align_corners=False)
+        images = images * self.scale + self.shift
+        return flip_average(self.net, images) if self.flip else self.net(images)
+
+
+class EnsembleNet(nn.Module):
+    """The members' averaged probabilities, returned as logits: log of the mean softmax (so softmax
+    gives the mean back exactly)."""
+
+    def __init__(self, members: Sequence[Mapping[str, Any]], num_classes: int) -> None:
+        super().__init__()
+        nets = [create_backbone(m["backbone"], num_classes, drop_rate=m.get("drop_rate", 0.0)) for m in members]
+        configs = [resolve_data_config(net, m.get("data_config")) for net, m in zip(nets, members, strict=True)]
+        self.data_config = configs[0]
+        self.members = nn.ModuleList(
+            EnsembleMember(net, config, configs[0], bool(m.get("tta_hflip")))
+            for net, config, m in zip(nets, configs, members, strict=True)
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.stack([member(images).softmax(dim=-1) for member in self.members]).mean(dim=0)
+        return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()
+
+    def get_classifier(self) -> nn.Module:  # nothing of an ensemble trains: no classifier of its own
+        return nn.Identity()

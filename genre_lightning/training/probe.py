@@ -1,0 +1,180 @@
+"""Linear probe: the classifier fitted in closed form on the frozen backbone's features.
+
+``LinearProbe`` runs once, when training starts (``finetune.head_init=probe``): it computes the pooled features of every
+training and validation image through the evaluation transform (flip-averaged when the model
+uses flip test-time augmentation, so training and evaluation see the same features), fits a
+multinomial logistic regression on the training images for each ``C`` of a grid, keeps the ``C``
+with the lowest validation log-loss, and writes that regression into the model's linear
+classifier (standardisation folded into its weights and bias).
+
+That is the "LP" of LP-FT (Kumar et al., ICLR 2022): fine-tuning then starts from a head that has
+converged, instead of a random head whose large gradients distort the pretrained features.
+``experiment=probe_cpu`` stops there (the backbone never trains); ``experiment=best_cpu``
+fine-tunes everything from it at a small learning rate.
+
+Features go through the ``FrozenFeatureCache`` stores when that callback is present, so the
+validation and test epochs that follow reuse them instead of computing them again. Under DDP
+each rank computes a shard and every rank fits the same regression on the gathered features.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from lightning.pytorch import LightningModule, Trainer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.preprocessing import StandardScaler
+from torch.utils.data import DataLoader, Subset
+
+from genre_lightning.data.dataset import collate_posters
+from genre_lightning.training.feature_cache import FeatureStore, FrozenFeatureCache
+from genre_lightning.utils.distributed import all_gather_objects
+from genre_lightning.utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+PROBE_FILE = "probe.json"
+
+
+def split_features(
+    trainer: Trainer, pl_module: LightningModule, split: str, store: FeatureStore, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(features, targets) of every readable image of ``split``, in dataset order, on every rank."""
+    dataset = trainer.datamodule.evaluation_dataset(split)
+    shard = Subset(dataset, range(trainer.global_rank, len(dataset), trainer.world_size))
+    loader = DataLoader(shard, batch_size=batch_size, collate_fn=collate_posters, num_workers=0)
+    flip = pl_module.flip_averaged("val")
+    rows: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    for batch in loader:
+        if batch["target"].numel() == 0:
+            continue
+        images = batch["image"].to(pl_module.device)
+        features = store.features(batch["key"], images, lambda x: pl_module.backbone_features(x, flip))
+        rows += zip(batch["index"].tolist(), features.cpu(), batch["target"], strict=True)
+    # Gathered in rank order, then put back in dataset order: every rank fits on identical arrays.
+    gathered = sorted((row for part in all_gather_objects(rows) for row in part), key=lambda row: row[0])
+    if not gathered:
+        raise ConfigError("data", split, f"a {split} split with readable images for the linear probe")
+    features = torch.stack([row[1] for row in gathered]).double().numpy()
+    targets = torch.stack([row[2] for row in gathered]).numpy()
+    return features, targets
+
+
+def fit_probe(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    c_grid: Sequence[float],
+    num_classes: int,
+    max_iter: int = 3000,
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, float]], float]:
+    """Logistic regressions on standardised features, one per ``C``; the one with the lowest
+    validation log-loss as ``(weight (classes, dim), bias (classes,))`` of a linear layer on the raw
+    features, with every ``C``'s validation log-loss and accuracy and the chosen ``C``."""
+    scaler = StandardScaler().fit(train[0])
+    train_x, val_x = scaler.transform(train[0]), scaler.transform(val[0])
+    labels = np.arange(num_classes)
+    scores, fits = [], {}
+    for c in c_grid:
+        regression = LogisticRegression(C=c, max_iter=max_iter).fit(train_x, train[1])
+        probabilities = np.zeros((len(val_x), num_classes))
+        probabilities[:, regression.classes_] = regression.predict_proba(val_x)
+        scores.append(
+            {
+                "C": float(c),
+                "val_log_loss": float(log_loss(val[1], probabilities, labels=labels)),
+                "val_acc": float((probabilities.argmax(1) == val[1]).mean()),
+            }
+        )
+        fits[c] = regression
+    best = min(scores, key=lambda s: (s["val_log_loss"], -s["C"]))
+    regression = fits[best["C"]]
+    # A genre absent from the training split keeps a weight of zero and a very low bias.
+    weight = np.zeros((num_classes, train_x.shape[1]))
+    bias = np.full(num_classes, -1e4)
+    weight[regression.classes_], bias[regression.classes_] = regression.coef_, regression.intercept_
+    if len(regression.classes_) == 2:  # sklearn's binary case keeps one row: class 1 against class 0
+        weight[regression.classes_] = np.stack([-regression.coef_[0], regression.coef_[0]]) / 2
+        bias[regression.classes_] = np.array([-regression.intercept_[0], regression.intercept_[0]]) / 2
+    # Standardisation folded in: w.(x - mean)/scale + b = (w/scale).x + (b - w.(mean/scale)).
+    raw_weight = weight / scaler.scale_
+    raw_bias = bias - raw_weight @ scaler.mean_
+    return raw_weight, raw_bias, scores, best["C"]
+
+
+class LinearProbe:
+    """Fit the model's classifier as a logistic regression on its frozen backbone's features.
+
+    Called by ``GradualUnfreeze`` when training starts (``finetune.head_init=probe``), before any
+    layer is unfrozen. Writes ``probe.json`` (every ``C`` with its validation log-loss and accuracy)
+    into the run folder.
+
+    Args:
+        c_grid: inverse regularisation strengths to try; the lowest validation log-loss wins.
+        batch_size: images per forward pass while computing features.
+    """
+
+    def __init__(self, c_grid: Sequence[float] = DEFAULT_C_GRID, batch_size: int = 32) -> None:
+        if isinstance(c_grid, int | float | str) or not c_grid or any(float(c) <= 0 for c in c_grid):
+            raise ConfigError("finetune.probe_c_grid", c_grid, "a non-empty list of positive numbers, e.g. [1e-3,1e-2]")
+        self.c_grid = [float(c) for c in c_grid]
+        self.batch_size = batch_size
+
+    def fit(self, trainer: Trainer, pl_module: LightningModule) -> dict:
+        """Fit, write the head, and return the summary that ``probe.json`` holds."""
+        if pl_module.task.multilabel:
+            raise ConfigError("finetune.head_init", "probe", "random for data.task=multilabel (single-label only)")
+        classifier = pl_module.net.get_classifier()
+        if not isinstance(classifier, nn.Linear):
+            raise ConfigError(
+                "finetune.head_init",
+                "probe",
+                f"random for {pl_module.hparams.backbone} (its head is not one nn.Linear)",
+            )
+        started = time.perf_counter()
+        store = self._store(trainer, pl_module)
+        train = split_features(trainer, pl_module, "train", store, self.batch_size)
+        val = split_features(trainer, pl_module, "val", store, self.batch_size)
+        store.save()
+        weight, bias, scores, chosen = fit_probe(train, val, self.c_grid, len(pl_module.classes))
+        with torch.no_grad():
+            classifier.weight.copy_(torch.as_tensor(weight, dtype=classifier.weight.dtype))
+            classifier.bias.copy_(torch.as_tensor(bias, dtype=classifier.bias.dtype))
+        best = next(s for s in scores if s["C"] == chosen)
+        summary = {
+            "chosen_C": chosen,
+            "val_log_loss": best["val_log_loss"],
+            "val_acc": best["val_acc"],
+            "train_images": len(train[1]),
+            "val_images": len(val[1]),
+            "seconds": round(time.perf_counter() - started, 2),
+            "grid": scores,
+        }
+        if trainer.is_global_zero:
+            log.info(
+                "Linear probe head: C=%g of %s by validation log-loss (%.4f; val acc %.4f), "
+                "%d train / %d val images, %.1f s",
+                chosen, self.c_grid, best["val_log_loss"], best["val_acc"],
+                len(train[1]), len(val[1]), summary["seconds"],
+            )  # fmt: skip
+            folder = Path(trainer.default_root_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / PROBE_FILE).write_text(json.dumps(summary, indent=2))
+        return summary
+
+    @staticmethod
+    def _store(trainer: Trainer, pl_module: LightningModule) -> FeatureStore:
+        """The feature cache's store for evaluation features (validation and test then reuse it), or
+        a store of its own when the run has no feature cache."""
+        cache = next((c for c in trainer.callbacks if isinstance(c, FrozenFeatureCache)), None)
+        if cache is None:
+            return FeatureStore("probe")
+        return cache.store_for(trainer, pl_module, "val")

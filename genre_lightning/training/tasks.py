@@ -1,0 +1,283 @@
+"""What "one genre per poster" and "any number of genres per poster" mean: two task objects.
+
+The LightningModule chooses one of them once (``model.task``: ``single`` or ``multilabel``) and asks
+it for everything that differs between the two: the loss, probabilities and decisions, the metrics
+and how they are updated, Mixup of the targets, the top-1 "any true genre" hits, and the state a
+task keeps in the checkpoint (the multi-label decision thresholds, tuned on the validation split).
+The predictor (``inference/``) uses the same objects for probabilities and decisions, so training,
+evaluation, prediction and export decide alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MultilabelPrecisionRecallCurve
+
+from genre_lightning.training.metrics import classification_metrics, multilabel_metrics, update_multilabel_metrics
+from genre_lightning.utils.distributed import any_rank
+from genre_lightning.utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TASKS = ("single", "multilabel")
+DEFAULT_THRESHOLD = 0.5  # a multi-label genre's threshold before the first validation epoch has tuned it
+
+
+class GenreTask(nn.Module):
+    """The part of the model that depends on the kind of labels. Its buffers are saved in the checkpoint."""
+
+    multilabel = False
+    #: the name of the top-1 "any true genre" accuracy: ``<stage>/<any_true_metric>``
+    any_true_metric = "acc_multi_genre"
+
+    def __init__(self, classes: Sequence[str]) -> None:
+        super().__init__()
+        self.classes = list(classes)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decisions(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """The predicted genres: a boolean (N, C)."""
+        raise NotImplementedError
+
+    def thresholds(self) -> torch.Tensor | None:
+        """Each genre's decision threshold (multi-label), or None (single-label: the top genre)."""
+        return None
+
+    def metrics(self, prefix: str, detailed: bool = False) -> MetricCollection:
+        raise NotImplementedError
+
+    def targets(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return batch["target"]
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mixup(self, options: Mapping[str, Any] | None, label_smoothing: float) -> Mixup | None:
+        """timm's Mixup/CutMix for these targets, or None without options."""
+        return Mixup(**options, label_smoothing=label_smoothing, num_classes=len(self.classes)) if options else None
+
+    def mix(self, mixup: Mixup, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return mixup(images, targets)
+
+    def mixed_loss(self, logits: torch.Tensor, mixed_targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def update_metrics(self, metrics: MetricCollection, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
+        metrics.update(probabilities, targets)
+
+    def any_true_hits(self, logits: torch.Tensor, batch: Mapping[str, Any], stage: str) -> torch.Tensor | None:
+        """Per image, whether the top genre is one of its true genres (None: not measured here)."""
+        return None
+
+    def fit_setup(self, datamodule: Any) -> None:
+        """Before training: anything the task derives from the training split."""
+
+    def observe_validation(self, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
+        """A validation batch, for state tuned on the validation split."""
+
+    def after_validation(self, sanity_checking: bool) -> dict[str, float]:
+        """At the end of a validation epoch, on every rank: tune what is tuned; the values to log."""
+        return {}
+
+
+class SingleLabelTask(GenreTask):
+    """One genre per poster: softmax over the genres, cross-entropy (with label smoothing), top-1 decisions."""
+
+    def __init__(self, classes: Sequence[str], label_smoothing: float = 0.0) -> None:
+        super().__init__(classes)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.soft_target_criterion = SoftTargetCrossEntropy()  # Mixup's mixed targets
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.softmax(dim=-1)
+
+    def decisions(self, probabilities: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(probabilities.argmax(dim=-1), len(self.classes)).bool()
+
+    def metrics(self, prefix: str, detailed: bool = False) -> MetricCollection:
+        return classification_metrics(self.classes, prefix, detailed)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.criterion(logits, targets)
+
+    def mixed_loss(self, logits: torch.Tensor, mixed_targets: torch.Tensor) -> torch.Tensor:
+        return self.soft_target_criterion(logits, mixed_targets)
+
+    def any_true_hits(self, logits: torch.Tensor, batch: Mapping[str, Any], stage: str) -> torch.Tensor | None:
+        # Items that carry several genres (duplicate policy multi_genre): any of them counts.
+        if "label_set" not in batch or stage == "train":
+            return None
+        return batch["label_set"].gather(1, logits.argmax(dim=1, keepdim=True)).float()
+
+
+class MultiLabelTask(GenreTask):
+    """Any number of genres: a sigmoid per genre, ``BCEWithLogitsLoss`` (binary label smoothing, optional
+    positive weights), and per-genre thresholds tuned for F1 on the validation split after every
+    validation epoch. Its top-1 "any true genre" accuracy is the run's ``acc`` (what checkpoints monitor).
+
+    Args:
+        threshold: one decision threshold for every genre instead of the tuned ones.
+        pos_weight: weigh each genre's positives by negatives / positives in the training split.
+    """
+
+    multilabel = True
+    any_true_metric = "acc"
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        label_smoothing: float = 0.0,
+        threshold: float | None = None,
+        pos_weight: bool = False,
+    ) -> None:
+        super().__init__(classes)
+        check_threshold(threshold)
+        self.label_smoothing = label_smoothing
+        self.threshold = threshold
+        self.pos_weight = pos_weight
+        n = len(self.classes)
+        # Buffers, so a checkpoint (and the export sidecar) carries the tuned thresholds.
+        self.register_buffer("tuned_thresholds", torch.full((n,), DEFAULT_THRESHOLD))
+        self.register_buffer("positive_weights", torch.ones(n))
+        self.val_curve = MultilabelPrecisionRecallCurve(n, thresholds=None)  # exact, synced over ranks
+
+    def set_threshold(self, threshold: float | None) -> None:
+        """Decide every genre at ``threshold`` instead of the tuned thresholds (None: the tuned ones)."""
+        check_threshold(threshold, key="threshold")
+        self.threshold = threshold
+
+    def thresholds(self) -> torch.Tensor:
+        if self.threshold is not None:
+            return torch.full_like(self.tuned_thresholds, float(self.threshold))
+        return self.tuned_thresholds
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.sigmoid()
+
+    def decisions(self, probabilities: torch.Tensor) -> torch.Tensor:
+        return probabilities > self.thresholds().to(probabilities)
+
+    def metrics(self, prefix: str, detailed: bool = False) -> MetricCollection:
+        return multilabel_metrics(self.classes, prefix, detailed)
+
+    def targets(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return batch["target"].float()  # (N, C) multi-hot
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = targets * (1 - self.label_smoothing) + self.label_smoothing / 2  # towards 0.5
+        weights = self.positive_weights if self.pos_weight else None
+        return nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights)
+
+    mixed_loss = loss
+
+    def mixup(self, options: Mapping[str, Any] | None, label_smoothing: float) -> Mixup | None:
+        # The multi-hot targets are mixed by mix(), with smoothing applied in the loss.
+        return super().mixup(options, 0.0)
+
+    def mix(self, mixup: Mixup, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return mix_multi_hot(mixup, images, targets)
+
+    def update_metrics(self, metrics: MetricCollection, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
+        update_multilabel_metrics(metrics, probabilities, targets, self.thresholds())
+
+    def any_true_hits(self, logits: torch.Tensor, batch: Mapping[str, Any], stage: str) -> torch.Tensor | None:
+        # Comparable with a single-label run's acc_multi_genre on the same posters.
+        return batch["target"].float().gather(1, logits.argmax(dim=1, keepdim=True))
+
+    def fit_setup(self, datamodule: Any) -> None:
+        if not self.pos_weight:
+            return
+        if datamodule is None or not hasattr(datamodule, "train_label_counts"):
+            raise ConfigError("model.pos_weight", True, "false unless training with the PosterDataModule")
+        counts, total = datamodule.train_label_counts()
+        positives = torch.tensor(counts, dtype=torch.float32).clamp(min=1)
+        self.positive_weights.copy_((total - positives).clamp(min=1) / positives)
+        log.info("pos_weight per genre: %s", dict(zip(self.classes, self.positive_weights.tolist(), strict=True)))
+
+    def observe_validation(self, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
+        self.val_curve.update(probabilities, targets.long())
+
+    def after_validation(self, sanity_checking: bool) -> dict[str, float]:
+        """Per-genre thresholds that maximise F1 on this validation epoch (every rank's images; every rank
+        takes part in the same collectives, whatever its data: see utils/distributed.py). Not on the
+        sanity check's few batches. Used from the next epoch on, and by the test of the checkpoint."""
+        (updated,) = any_rank([self.val_curve.update_called])
+        values: dict[str, float] = {}
+        if updated and not sanity_checking:
+            precision, recall, thresholds = self.val_curve.compute()
+            self.tuned_thresholds.copy_(tune_thresholds(precision, recall, thresholds).to(self.tuned_thresholds))
+            values = {
+                f"val/threshold/{c}": t for c, t in zip(self.classes, self.tuned_thresholds.tolist(), strict=True)
+            }
+        self.val_curve.reset()
+        return values
+
+
+def make_task(
+    task: str,
+    classes: Sequence[str],
+    label_smoothing: float = 0.0,
+    threshold: float | None = None,
+    pos_weight: bool = False,
+) -> GenreTask:
+    """The task object for ``model.task``."""
+    if task == "single":
+        if threshold is not None:
+            raise ConfigError("model.threshold", threshold, "null for a single-label model (it takes the top genre)")
+        return SingleLabelTask(classes, label_smoothing)
+    if task == "multilabel":
+        return MultiLabelTask(classes, label_smoothing, threshold, pos_weight)
+    raise ConfigError("model.task", task, "single or multilabel (it follows data.task)")
+
+
+def check_threshold(threshold: float | None, key: str = "model.threshold") -> None:
+    if threshold is not None and (isinstance(threshold, bool) or not 0 < float(threshold) < 1):
+        raise ConfigError(key, threshold, "null (per-genre thresholds tuned on val) or a probability between 0 and 1")
+
+
+def tune_thresholds(
+    precision: Sequence[torch.Tensor], recall: Sequence[torch.Tensor], thresholds: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Per genre, the threshold that maximises F1 on a precision-recall curve (torchmetrics'
+    ``MultilabelPrecisionRecallCurve`` output, already synced across DDP ranks).
+
+    A genre is predicted for probabilities strictly above its threshold, so the value returned lies
+    halfway between the best curve point's probability and the next lower one. A genre without a
+    positive example keeps ``DEFAULT_THRESHOLD``."""
+    tuned = []
+    for p, r, t in zip(precision, recall, thresholds, strict=True):
+        # curve point k (k < len(t)) predicts probabilities >= t[k]; the last point is (p=1, r=0)
+        p, r, t = p[:-1].double(), r[:-1].double(), t.double()
+        f1 = torch.where(p + r > 0, 2 * p * r / (p + r), torch.zeros_like(p))
+        if t.numel() == 0 or not bool(torch.isfinite(f1).all()) or float(f1.max()) <= 0:
+            tuned.append(DEFAULT_THRESHOLD)
+            continue
+        best = int(torch.argmax(f1))  # the first maximum: the lowest such threshold's index
+        lower = float(t[best - 1]) if best > 0 else 0.0
+        tuned.append((float(t[best]) + lower) / 2)
+    return torch.tensor(tuned, dtype=torch.float32)
+
+
+def mix_multi_hot(mixup: Mixup, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's Mixup/CutMix for multi-hot targets.
+
+    timm mixes one-hot targets of integer labels, pairing image i with image N-1-i. Given the
+    labels 0 for the first half of the batch and 1 for the second, each pair's two labels differ,
+    and the mixed target's entry at an image's own label is exactly its mixing weight lam_i (the
+    Mixup must be built with ``label_smoothing=0``); the multi-hot targets are then mixed with those
+    weights. Needs an even batch, like timm's Mixup itself."""
+    n = targets.shape[0]
+    halves = (torch.arange(n, device=targets.device) >= n // 2).long()
+    mixed_images, mixed_onehot = mixup(images, halves)
+    lam = mixed_onehot.gather(1, halves[:, None])
+    return mixed_images, lam * targets + (1 - lam) * targets.flip(0)

@@ -1,0 +1,31 @@
+"""The performance benchmark keeps working (tiny settings; its figures are not checked here)."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers.paths import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_benchmark_runs_every_section_and_prints_its_table():
+    done = subprocess.run(
+        [sys.executable, "bench/performance.py", "--smoke", "--steps", "3", "--rounds", "1", "--probe-epochs", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "measurement" not in line]
+    sections = {row.split("|")[1].strip().split(":")[0].split(" ")[0] for row in rows}
+    assert {"train", "predict", "rss", "decoded", "feature", "workers"} <= sections
+    ratios = [float(m) for row in rows for m in re.findall(r"\| ([0-9.]+)x", row)]
+    assert len(ratios) >= 15 and all(r > 0 for r in ratios)
+    assert re.search(r"rss: genre-train peak .*\| \d+ / \d+ MiB", done.stdout)
+    assert re.search(r"rss: genre-train, data.num_workers=2 peak .*\| \d+ / \d+ MiB", done.stdout)
+    assert re.search(r"rss: genre-eval peak .*\| \d+ MiB", done.stdout)
+    assert re.search(r"rss: genre-predict peak .*\| \d+ MiB", done.stdout)

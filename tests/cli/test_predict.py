@@ -1,0 +1,104 @@
+"""genre-predict on the tiny run's checkpoint: same probabilities as the test run, errors flagged."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genre_lightning.cli.predict import predict
+from genre_lightning.inference.batch import list_inputs, prefetched
+from tests.helpers.configs import compose_config
+
+CLASSES = ["Action", "Comedy", "Horror", "Romance"]
+
+
+def best_checkpoint(run: Path) -> str:
+    return json.loads((run / "metrics.json").read_text())["best_ckpt_path"]
+
+
+def predict_config(run: Path, input_path: Path, out: Path, *overrides: str):
+    return compose_config(
+        "predict",
+        [f"ckpt_path={best_checkpoint(run)}", f"input={input_path}", "num_workers=0", "batch_size=5", *overrides],
+        out,
+    )
+
+
+def test_prefetched_yields_every_batch_in_order_prepared_by_another_thread():
+    made_in = []
+
+    def batches():
+        for i in range(5):
+            made_in.append(threading.current_thread().name)
+            yield i
+
+    assert list(prefetched(batches())) == [0, 1, 2, 3, 4]
+    assert len(made_in) == 5 and all(name.startswith("decode") for name in made_in)
+
+
+def test_an_unreadable_sub_folder_is_named_in_a_warning(tmp_path: Path, locked_folders, caplog):
+    (tmp_path / "inbox" / "locked").mkdir(parents=True)
+    (tmp_path / "inbox" / "a.jpg").write_bytes(b"")
+    assert list_inputs(tmp_path / "inbox") == [str(tmp_path / "inbox" / "a.jpg")]
+    assert f"Cannot read folder {tmp_path / 'inbox' / 'locked'} (Permission denied)" in caplog.text
+
+
+@pytest.mark.parametrize("prefetch", ["true", "false"])
+def test_folder_gives_one_row_per_image_with_the_test_runs_probabilities(
+    tiny_run: Path, tmp_path: Path, capsys, prefetch: str
+):
+    tested = pd.read_csv(tiny_run / "test_predictions.csv")
+    inbox = tmp_path / "inbox"
+    (inbox / "nested").mkdir(parents=True)
+    copies = {}
+    for i, source in enumerate(tested["file_path"]):
+        target = inbox / ("nested" if i % 2 else "") / f"poster {i}.jpg"
+        shutil.copyfile(source, target)
+        copies[str(target)] = source
+    good = Path(tested["file_path"].iloc[0]).read_bytes()
+    (inbox / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (inbox / "empty.png").write_bytes(b"")
+    (inbox / "notes.txt").write_text("not an image")
+
+    frame = predict(predict_config(tiny_run, inbox, tmp_path / "run", f"prefetch={prefetch}"))
+    out = pd.read_csv(tmp_path / "run" / "predictions.csv", keep_default_na=False)
+    assert list(out.columns) == ["file_path", "top1", "p_top1", *[f"p_{c}" for c in CLASSES], "error"]
+    assert len(out) == len(tested) + 2 == len(frame)  # every image file, readable or not; not the .txt
+    errors = out.set_index(out["file_path"].map(lambda p: Path(p).name))["error"]
+    assert errors["truncated.jpg"].startswith("corrupt image data") and errors["empty.png"] == "empty file: 0 bytes"
+    assert (out.loc[out["error"] == "", "top1"] != "").all() and (out.loc[out["error"] != "", "top1"] == "").all()
+    # Batched prediction with the eval transform reproduces the test run's probabilities exactly.
+    readable = out[out["error"] == ""].assign(source=lambda f: f["file_path"].map(copies)).set_index("source")
+    columns = [f"p_{c}" for c in CLASSES]
+    np.testing.assert_allclose(
+        readable.loc[tested["file_path"], columns].astype(float).to_numpy(), tested[columns].to_numpy(), atol=1e-5
+    )
+    assert list(readable.loc[tested["file_path"], "top1"]) == list(tested["top1"])
+    printed = capsys.readouterr().out
+    assert f"Wrote {len(out)} predictions" in printed and "2 unreadable" in printed and "1 files without" in printed
+
+
+def test_one_file_prints_the_top_k_and_an_unreadable_one_is_a_one_line_error(tiny_run: Path, tmp_path: Path, capsys):
+    tested = pd.read_csv(tiny_run / "test_predictions.csv").iloc[0]
+    predict(predict_config(tiny_run, Path(tested["file_path"]), tmp_path / "a", "top_k=2"))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == tested["file_path"] and len(lines) == 3
+    ranked = sorted(CLASSES, key=lambda c: -tested[f"p_{c}"])
+    assert [line.split()[1] for line in lines[1:]] == ranked[:2]
+    assert [float(line.split()[2]) for line in lines[1:]] == pytest.approx(
+        [tested[f"p_{c}"] for c in ranked[:2]], abs=1e-3
+    )
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(SystemExit) as exit_info:
+        predict(predict_config(tiny_run, broken, tmp_path / "b"))
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: cannot predict {broken}: ")

@@ -1,0 +1,119 @@
+"""Multiruns as a user starts them (`genre-train -m ...`): one shared split, Optuna search.
+
+DDP jobs in a local multirun: tests/test_ddp_matrix.py."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from genre_lightning.launch.sweep import split_settings
+from tests.helpers.cli import run_cli
+from tests.helpers.configs import FAST, compose_config
+from tests.helpers.optional import have_module, require
+
+pytestmark = pytest.mark.slow
+
+TINY_JOB = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "data.batch_size=8",
+    "logger=csv",
+    "finetune=none",
+    "test=false",
+]
+
+
+def multirun(poster_root: Path | str, tmp_path: Path, *overrides: str) -> tuple[Path, list[Path], str]:
+    """Run ``genre-train -m`` with outputs under ``tmp_path/outputs``; the sweep folder and its job folders."""
+    done = run_cli(
+        "genre-train",
+        "-m",
+        *FAST,
+        *TINY_JOB,
+        f"data.root={poster_root}",
+        f"paths.output_root={tmp_path / 'outputs'}",
+        *overrides,
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # One multirun folder under outputs/<task>/multiruns/.
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    jobs = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    return sweep, jobs, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("override", ["data.duplicates.policy=drop", "data.min_image_side=64", "data.split_seed=3"])
+def test_split_settings_include_what_changes_annotations(tmp_path: Path, override: str):
+    """A job whose duplicate policy or size filter differs from the sweep's must not reuse its split."""
+    base = compose_config("train", ["data.root=/posters"], tmp_path)
+    changed = compose_config("train", ["data.root=/posters", override], tmp_path)
+    assert split_settings(base.data) != split_settings(changed.data)
+    assert split_settings(base.data) == split_settings(compose_config("train", ["data.root=/posters"], tmp_path).data)
+
+
+def test_multirun_jobs_share_one_split_made_once(poster_root: Path, tmp_path: Path):
+    sweep, jobs, _ = multirun(poster_root, tmp_path, "seed=1,2", "data.split_seed=0,5")
+    assert len(jobs) == 4
+    shared = (sweep / "annotations.csv").read_text()
+    own_splits = []
+    settings = set()
+    for job in jobs:
+        cfg = OmegaConf.load(job / "config.yaml")
+        settings.add((cfg.seed, cfg.data.split_seed))
+        assert json.loads((job / "metrics.json").read_text())["best_val"]["val/acc"] >= 0
+        split = (job / "annotations.csv").read_text()
+        report = json.loads((job / "data_report.json").read_text())
+        if cfg.data.split_seed == 0:  # the sweep's data settings: the sweep's split, copied, not made again
+            assert cfg.data.split_file == str(sweep / "annotations.csv")
+            assert report["split_file"] == str(sweep / "annotations.csv")
+            assert split == shared
+        else:  # a swept split seed: the job makes its own split
+            assert cfg.data.split_file is None and "split_file" not in report
+            own_splits.append(split)
+    assert settings == {(1, 0), (2, 0), (1, 5), (2, 5)}
+    assert own_splits[0] == own_splits[1] != shared
+
+
+def test_a_sweep_over_data_roots_gives_each_job_its_own_split(poster_root: Path, tmp_path: Path):
+    other_root = shutil.copytree(poster_root, tmp_path / "other_posters")
+    sweep, jobs, output = multirun(f"{poster_root},{other_root}", tmp_path)
+    assert "each job makes its own" in output
+    assert not (sweep / "annotations.csv").exists()
+    for job, root in zip(jobs, (poster_root, other_root), strict=True):
+        assert OmegaConf.load(job / "config.yaml").data.root == str(root)
+        files = pd.read_csv(job / "annotations.csv")["file_path"]
+        assert len(files) == 120 and all(Path(f).is_relative_to(root) for f in files)
+
+
+def test_optuna_search_maximises_the_val_accuracy_the_jobs_return(poster_root: Path, tmp_path: Path):
+    require(
+        have_module("hydra_plugins.hydra_optuna_sweeper"),
+        'hydra-optuna-sweeper is not installed: pip install -e ".[optuna]"',
+    )
+    sweep, jobs, _ = multirun(
+        poster_root,
+        tmp_path,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+    )
+    assert len(jobs) == 3
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    scores = {job.name: json.loads((job / "metrics.json").read_text())["best_val"]["val/acc"] for job in jobs}
+    best_job = max(scores, key=scores.get)
+    assert results["best_value"] == pytest.approx(scores[best_job])
+    # The best parameters are the ones that job ran with, and the trials tried different ones.
+    overrides = {job.name: yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) for job in jobs}
+    for key, value in results["best_params"].items():
+        assert f"{key}={value}" in overrides[best_job]
+    lrs = {next(o for o in overrides[j] if o.startswith("model.optimizer.lr=")) for j in overrides}
+    assert len(lrs) == 3
+    # All trials are compared on the sweep's one split.
+    assert all((job / "annotations.csv").read_text() == (sweep / "annotations.csv").read_text() for job in jobs)

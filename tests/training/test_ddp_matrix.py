@@ -1,0 +1,207 @@
+"""Every training option under real 2-process DDP (gloo on the CPU), run as users run it.
+
+One ``genre-train -m ... trainer=ddp_cpu`` from a folder outside the repository, stdout piped to a
+file: every ``finetune`` option x every callback set that touches training, with Mixup,
+balanced sampling, flip TTA, the frozen-feature cache (no augmentation, so it serves the frozen
+phases), one training image that decodes at the scan but is corrupt by the time the run reads
+it, so one rank's batch is short by an image (and odd: Mixup skips it there, the cache serves
+it), and every validation image of rank 1 corrupt the same way, so rank 1 validates nothing at
+all and must still take part in every collective of the validation metrics. Lightning starts
+rank 1 by re-running the command line (``local_ddp_job``). Each job must finish, test, write
+``metrics.json``, and end with bit-identical weights on both ranks.
+Then ``genre-eval`` under DDP must give the single-process metrics, and a DDP run resumed past a
+milestone must keep its ranks identical.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from genre_lightning.cli.evaluation import evaluate
+from genre_lightning.data.annotations import ANNOTATIONS_FILE, prepare_annotations
+from genre_lightning.data.demo import GENRES, ensure_demo_posters
+from tests.helpers.cli import run_cli
+from tests.helpers.configs import compose_config
+
+pytestmark = pytest.mark.slow
+
+FINETUNE = ["none", "head_then_all", "gradual", "linear_probe"]
+CALLBACKS = ["default", "ema", "early_stopping"]
+# Imbalanced on purpose (balanced sampling has something to balance): 12 / 10 / 8 / 3 posters.
+# Romance keeps 2 training images: the sampler draws the broken one about 3 times an epoch.
+PER_GENRE = dict(zip(GENRES, (12, 10, 8, 3), strict=True))
+TINY = [
+    "model=tiny",
+    "model.data_config.input_size=[3,32,32]",
+    "trainer=ddp_cpu",
+    "trainer.max_epochs=3",
+    "trainer.num_sanity_val_steps=0",
+    "data.batch_size=8",
+    "data.eval_batch_size=4",
+    "data.augment=null",
+    "data.balanced_sampling=true",
+    "model.mixup={mixup_alpha:0.4,prob:1.0}",
+    "model.tta_hflip=true",
+    "artifacts.max_mistakes=2",  # small figures: the gather is what is under test, not the drawing
+    "artifacts.samples_per_class=1",
+    "print_config=false",
+]
+
+
+@pytest.fixture(scope="module")
+def split_with_a_broken_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Path]]:
+    """A split made while every image decoded; afterwards the smallest genre's first training image
+    is truncated (it stays in the split and fails when a rank reads it), and so is every validation
+    image of rank 1 (evaluation shards are strided: rank r reads rows r, r + 2, ...).
+    Returns (split, the training image, rank 1's validation images)."""
+    base = tmp_path_factory.mktemp("ddp_data")
+    generated = ensure_demo_posters(base / "generated", per_class=max(PER_GENRE.values()), size=(40, 60), seed=3)
+    posters = base / "posters"
+    for genre, count in PER_GENRE.items():
+        (posters / genre).mkdir(parents=True)
+        for image in sorted((generated / genre).glob("*.jpg"))[:count]:
+            shutil.copy(image, posters / genre / image.name)
+    split = prepare_annotations(base / "split", list(GENRES), {"train": 0.7, "val": 0.15, "test": 0.15}, 0, posters)
+    rows = [line.split(",") for line in split.read_text().splitlines()[1:]]
+    broken = Path(next(r[0] for r in rows if r[1] == "Romance" and r[2] == "train"))
+    rank1_val = [Path(r[0]) for r in rows if r[2] == "val"][1::2]
+    assert len(rank1_val) >= 2  # rank 0 keeps as many validation images
+    for image in [broken, *rank1_val]:
+        image.write_bytes(image.read_bytes()[:200])  # our own generated copies, never user data
+    return split, broken, rank1_val
+
+
+@pytest.fixture(scope="module")
+def matrix(split_with_a_broken_image, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    split = split_with_a_broken_image[0]
+    cwd = tmp_path_factory.mktemp("ddp_matrix")
+    sweep = cwd / "sweep"
+    log = cwd / "stdout.log"
+    with log.open("w") as stdout:
+        done = run_cli(
+            "genre-train",
+            "-m",
+            *TINY,
+            f"data.split_file={split}",
+            f"finetune={','.join(FINETUNE)}",
+            f"callbacks={','.join(CALLBACKS)}",
+            f"hydra.sweep.dir={sweep}",
+            cwd=cwd,
+            stdout=stdout,
+            timeout=1500,
+        )
+    (cwd / "stderr.log").write_text(done.stderr)
+    assert done.returncode == 0, log.read_text()[-4000:] + done.stderr[-4000:]
+    jobs = {}
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()):
+        overrides = (job / ".hydra" / "overrides.yaml").read_text()
+        finetune = next(f for f in FINETUNE if f"finetune={f}\n" in overrides)
+        callbacks = next(c for c in CALLBACKS if f"callbacks={c}\n" in overrides)
+        jobs[(finetune, callbacks)] = job
+    return jobs
+
+
+def test_the_matrix_covers_every_option_pair_and_each_job_stays_in_its_folder(matrix):
+    """Lightning starts rank 1 by re-running the command line: it must run this job, not the sweep."""
+    assert set(matrix) == {(f, c) for f in FINETUNE for c in CALLBACKS}
+    sweep = next(iter(matrix.values())).parent
+    cwd = sweep.parent
+    output = (cwd / "stdout.log").read_text() + (cwd / "stderr.log").read_text()
+    assert output.count("MEMBER: 2/2") == len(matrix)  # two processes per job
+    # stdout is a file: one progress line per epoch, from rank 0 only.
+    assert len(re.findall(r"\] - epoch [123]/3  train/loss ", output)) == 3 * len(matrix)
+    # Nothing outside the sweep folder: no run folder or second sweep made by a rank-1 process.
+    assert sorted(p.name for p in cwd.iterdir()) == ["stderr.log", "stdout.log", "sweep"]
+    for job in matrix.values():
+        assert {"metrics.json", "config.yaml", "annotations.csv", "checkpoints", "train.log"} <= {
+            p.name for p in job.iterdir()
+        }
+        assert not (job / "outputs").exists() and not (job / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize("finetune", FINETUNE)
+@pytest.mark.parametrize("callbacks", CALLBACKS)
+def test_each_option_pair_finishes_tests_and_keeps_the_ranks_identical(
+    matrix, split_with_a_broken_image, finetune: str, callbacks: str
+):
+    job = matrix[(finetune, callbacks)]
+    _, broken, rank1_val = split_with_a_broken_image
+    metrics = json.loads((job / "metrics.json").read_text())
+    # Both ranks hashed their weights after fitting: bit-identical.
+    assert metrics["ddp"]["world_size"] == 2
+    assert len(set(metrics["ddp"]["weights_sha256"])) == 1, metrics["ddp"]
+    assert metrics["ddp"]["identical"] is True
+    # It tested the best checkpoint, over every test image once (gathered from both ranks).
+    assert metrics["test_ckpt_path"] and Path(metrics["test_ckpt_path"]).is_file()
+    test_rows = (job / "test_predictions.csv").read_text().splitlines()[1:]
+    split_rows = (job / ANNOTATIONS_FILE).read_text().splitlines()[1:]
+    assert len(test_rows) == sum(1 for r in split_rows if r.split(",")[2] == "test")
+    assert 0.0 <= metrics["test"]["test/acc"] <= 1.0 and math.isfinite(metrics["test"]["test/loss"])
+    # The broken image was read (by one rank at a time), skipped, and reported from every epoch.
+    skipped = [s for s in metrics["skipped_during_run"] if s["split"] == "train"]
+    assert [s["path"] for s in skipped] == [str(broken)]
+    assert skipped[0]["reason"].startswith("corrupt image data")
+    assert skipped[0]["times"] >= 1
+    # Rank 1 validated nothing, every epoch (3 validations, no sanity check); the metrics are rank 0's.
+    skipped_val = {s["path"]: s["times"] for s in metrics["skipped_during_run"] if s["split"] == "val"}
+    assert skipped_val == {str(image): 3 for image in rank1_val}
+    # Every epoch ran and validated.
+    assert (job / "checkpoints" / "last.ckpt").is_file()
+    assert set(metrics["final_val"]) >= {"val/acc", "val/loss", "val/f1_macro"}
+
+
+def test_the_frozen_feature_cache_served_the_frozen_runs(matrix):
+    """linear_probe keeps the backbone frozen: its runs log how often the stored features were used."""
+    for callbacks in CALLBACKS:
+        log = (matrix[("linear_probe", callbacks)] / "train.log").read_text()
+        assert "Frozen-feature cache" in log, log[-2000:]
+
+
+def test_eval_under_ddp_gives_the_single_process_results(matrix, tmp_path: Path):
+    """genre-eval on 2 processes: each rank predicts its shard of the test set; the metrics and the
+    tables must equal a single-process evaluation's (no image lost, none counted twice)."""
+    job = matrix[("head_then_all", "default")]
+    ckpt = json.loads((job / "metrics.json").read_text())["test_ckpt_path"]
+    single = tmp_path / "single"
+    evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "print_config=false"], single))
+    ddp = tmp_path / "ddp"
+    done = run_cli(
+        "genre-eval", f"ckpt_path={ckpt}", "trainer=ddp_cpu", "print_config=false", f"hydra.run.dir={ddp}", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MEMBER: 2/2" in done.stdout + done.stderr  # a real second process joined
+    ours, theirs = (json.loads((run / "metrics.json").read_text())["test"] for run in (ddp, single))
+    assert ours.keys() == theirs.keys()
+    for name, value in theirs.items():
+        assert ours[name] == pytest.approx(value, abs=1e-5), name
+    pd.testing.assert_frame_equal(
+        pd.read_csv(ddp / "confusion_matrix.csv"), pd.read_csv(single / "confusion_matrix.csv")
+    )
+    ours, theirs = (pd.read_csv(run / "test_predictions.csv") for run in (ddp, single))
+    assert list(ours["file_path"]) == list(theirs["file_path"])
+    np.testing.assert_allclose(ours.filter(like="p_").to_numpy(), theirs.filter(like="p_").to_numpy(), atol=1e-5)
+
+
+def test_a_ddp_run_resumed_past_a_milestone_keeps_the_ranks_identical(matrix, tmp_path: Path):
+    """A plain (not multirun) DDP genre-train in a copy of the gradual job's folder, with one more
+    epoch: it resumes from last.ckpt, where chunk 1 is unfrozen (milestone 1), and crosses milestone 3."""
+    run = tmp_path / "run"
+    shutil.copytree(matrix[("gradual", "default")], run)
+    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    done = run_cli("genre-train", *overrides, "trainer.max_epochs=4", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert "this run folder's last checkpoint" in output
+    assert "unfroze backbone chunk 2/3" in output and "unfroze backbone chunk 1/3" not in output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["ddp"]["identical"] is True, metrics["ddp"]
+    assert re.search(r"\] - epoch 4/4  train/loss ", output)

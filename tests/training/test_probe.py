@@ -1,0 +1,138 @@
+"""The linear probe head (finetune.head_init=probe): the closed-form fit, experiment=probe_cpu as a
+run through genre-train (single process and DDP), and LP-FT's resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.preprocessing import StandardScaler
+
+from genre_lightning.training.probe import PROBE_FILE, fit_probe
+from tests.helpers.cli import run_cli, run_entry_point
+from tests.helpers.configs import FAST
+
+GRID = [1e-3, 1e-2, 1e-1, 1.0]
+
+
+def clusters(rng: np.random.Generator, count: int, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy points around one centre per class, with a large offset and scale per feature (so the
+    standardisation the probe folds into its weights matters)."""
+    labels = rng.integers(0, len(centres), count)
+    points = centres[labels] + rng.normal(0, 2.0, (count, centres.shape[1]))
+    return points * np.linspace(0.1, 50, centres.shape[1]) + 100, labels
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def test_the_probe_is_sklearns_regression_with_the_C_of_lowest_validation_log_loss():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (4, 12))
+    train, val, new = (clusters(rng, n, centres) for n in (200, 80, 50))
+    weight, bias, scores, chosen = fit_probe(train, val, GRID, num_classes=4)
+
+    losses = {}
+    for c in GRID:  # every C again, independently, as a scikit-learn pipeline
+        scaler = StandardScaler().fit(train[0])
+        regression = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(train[0]), train[1])
+        losses[c] = log_loss(val[1], regression.predict_proba(scaler.transform(val[0])), labels=range(4))
+        if c == chosen:
+            expected = regression.predict_proba(scaler.transform(new[0]))
+    assert chosen == min(losses, key=losses.get)
+    assert [s["val_log_loss"] for s in scores] == pytest.approx([losses[c] for c in GRID], rel=1e-9)
+    # The linear layer on raw features gives the pipeline's probabilities.
+    np.testing.assert_allclose(softmax(new[0] @ weight.T + bias), expected, atol=1e-8)
+
+
+def test_a_genre_missing_from_training_is_never_predicted():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 1, (4, 6))
+    train, val = clusters(rng, 120, centres), clusters(rng, 40, centres)
+    keep = train[1] != 2
+    weight, bias, _, _ = fit_probe((train[0][keep], train[1][keep]), val, GRID, num_classes=4)
+    probabilities = softmax(val[0] @ weight.T + bias)
+    assert probabilities.shape == (40, 4) and probabilities[:, 2].max() < 1e-6
+
+
+def probe_run(poster_root: Path, folder: Path, *overrides: str) -> tuple[dict, dict, str]:
+    """``genre-train experiment=probe_cpu`` through the console script, stdout piped to a file;
+    (metrics.json, probe.json, the piped output)."""
+    run = folder / "run"
+    with open(folder / "stdout.log", "w") as stdout:
+        done = run_cli(
+            "genre-train", "experiment=probe_cpu", *FAST, f"data.root={poster_root}", f"hydra.run.dir={run}",
+            *overrides, cwd=folder, stdout=stdout,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = (folder / "stdout.log").read_text() + done.stderr
+    return json.loads((run / "metrics.json").read_text()), json.loads((run / PROBE_FILE).read_text()), output
+
+
+@pytest.fixture(scope="module")
+def single_probe(poster_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, str]:
+    return probe_run(poster_root, tmp_path_factory.mktemp("probe"))
+
+
+def test_probe_cpu_validates_and_tests_exactly_the_fitted_head(single_probe):
+    metrics, probe, output = single_probe
+    assert probe["chosen_C"] == min(probe["grid"], key=lambda s: s["val_log_loss"])["C"]
+    split = pd.read_csv(Path(metrics["best_ckpt_path"]).parent.parent / "annotations.csv")["split"]
+    assert (probe["train_images"], probe["val_images"]) == ((split == "train").sum(), (split == "val").sum())
+    # The validation epoch after the training step at LR 0 scores what the probe scored itself.
+    assert metrics["final_val"]["val/acc"] == pytest.approx(probe["val_acc"], abs=1e-6)
+    assert metrics["final_val"]["val/loss"] == pytest.approx(probe["val_log_loss"], rel=1e-4)
+    assert "Linear probe head: C=" in output
+    assert 0.0 <= metrics["test"]["test/acc"] <= 1.0 and Path(metrics["best_ckpt_path"]).is_file()
+
+
+def test_probe_cpu_under_ddp_fits_the_same_head_on_every_rank(single_probe, poster_root: Path, tmp_path: Path):
+    metrics, probe, _ = probe_run(poster_root, tmp_path, "trainer=ddp_cpu")
+    assert metrics["ddp"]["world_size"] == 2 and metrics["ddp"]["identical"]
+    # Each rank computed half the features; both fitted on all of them: the single-process probe.
+    single_metrics, single, _ = single_probe
+    assert probe["chosen_C"] == single["chosen_C"] and probe["train_images"] == single["train_images"]
+    assert probe["val_acc"] == pytest.approx(single["val_acc"])
+    assert metrics["test"]["test/acc"] == pytest.approx(single_metrics["test"]["test/acc"])
+
+
+def test_lp_ft_fits_the_probe_once_and_not_again_on_resume(poster_root: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    common = [
+        *FAST, f"data.root={poster_root}", f"hydra.run.dir={run}", "finetune=head_then_all",
+        "finetune.head_init=probe", "finetune.milestones=[0]", "trainer.limit_train_batches=2",
+    ]  # fmt: skip
+    first = run_entry_point("genre-train", *common, "trainer.max_epochs=1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    said = first.stdout + first.stderr
+    written = (run / PROBE_FILE).stat().st_mtime_ns
+    # The probe head first, then the whole backbone trains from epoch 0 (LP-FT).
+    assert said.index("Linear probe head: C=") < said.index("epoch 1: unfroze backbone chunk 1/1")
+
+    resumed = run_entry_point("genre-train", *common, "trainer.max_epochs=2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout + resumed.stderr
+    # The resumed run continues from its checkpoint's head: no second fit.
+    assert "Linear probe head" not in resumed.stdout + resumed.stderr
+    assert (run / PROBE_FILE).stat().st_mtime_ns == written
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["finetune.head_init=closed_form"], "error: finetune.head_init='closed_form' is not valid: expected random"),
+        (["finetune.head_init=probe", "finetune.probe_c_grid=[]"], "error: finetune.probe_c_grid=[] is not valid"),
+    ],
+)
+def test_bad_probe_settings_are_one_line_errors(overrides, expected, poster_root: Path, tmp_path: Path):
+    done = run_entry_point("genre-train", *FAST, f"data.root={poster_root}", "finetune=head_then_all", *overrides,
+                           f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(expected), done.stderr[-2000:]
