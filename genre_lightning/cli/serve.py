@@ -33,7 +33,9 @@ def serve(cfg: DictConfig) -> None:
         )
     options["api_key"] = options.get("api_key") or os.environ.get(API_KEY_ENV) or None
     settings = ServeSettings(**options)
-    show_and_save_config(cfg, cfg.paths.output_dir, show=cfg.get("print_config", False))
+    shown = cfg.copy()  # config.yaml in the run folder, without the key
+    shown.serve.api_key = "<set>" if settings.api_key else None
+    show_and_save_config(shown, cfg.paths.output_dir, show=cfg.get("print_config", False))
     predictor = Predictor.from_checkpoint(cfg.ckpt_path, resolve_device(cfg.device), threshold=cfg.get("threshold"))
     run_server(predictor, settings, announce=lambda line: print(line, flush=True))
 
