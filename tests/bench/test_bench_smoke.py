@@ -29,3 +29,20 @@ def test_benchmark_runs_every_section_and_prints_its_table():
     assert re.search(r"rss: genre-train, data.num_workers=2 peak .*\| \d+ / \d+ MiB", done.stdout)
     assert re.search(r"rss: genre-eval peak .*\| \d+ MiB", done.stdout)
     assert re.search(r"rss: genre-predict peak .*\| \d+ MiB", done.stdout)
+
+
+def test_serve_load_benchmark_prints_its_table():
+    done = subprocess.run(
+        [sys.executable, "bench/serve_load.py", "--smoke", "--requests", "12", "--seconds", "20", "--clients", "1,4"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rate = float(re.search(r"genre-predict .*: ([0-9.]+) images/s", done.stdout).group(1))
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| batching")]
+    assert len(rows) == 4 and rate > 0  # batching on and off, at 1 and 4 clients
+    for row in rows:
+        answers, failures, per_second, ratio = int(row[3]), int(row[4]), float(row[5]), float(row[9].strip()[:-1])
+        assert answers == 12 and failures == 0 and ratio == pytest.approx(per_second / rate, abs=0.01)

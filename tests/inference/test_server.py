@@ -227,3 +227,18 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(tiny_run: Path, pos
 def _rss_mib(server: Server) -> float:
     status = Path(f"/proc/{server.process.pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("serve.max_upload_mb=-1", "error: serve.max_upload_mb=-1 is not valid: expected a positive number"),
+        ("+serve.batch_size=8", "error: serve.batch_size=8 is not valid: expected one of"),
+        ("ckpt_path=/no/such.ckpt", "error: ckpt_path='/no/such.ckpt' is not valid"),
+    ],
+)
+def test_a_bad_setting_is_a_one_line_error_before_anything_is_served(
+    tiny_run: Path, tmp_path: Path, override: str, expected: str
+):
+    done = run_entry_point("genre-serve", f"ckpt_path={best_checkpoint(tiny_run)}", override, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(expected), done.stderr[-2000:]
