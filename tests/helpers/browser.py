@@ -18,7 +18,7 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--no-first-run",
-    "--window-size=900,560",
+    "--window-size=960,600",
 ]
 
 
