@@ -94,16 +94,16 @@ def explain(
     wanted = _genre_choice(genres, predictor.classes)
     results: list[Explanation] = []
     for source, item in _sources(images):
-        try:
-            tensor = predictor.model_input(read_rgb(item) if isinstance(item, str | Path) else item)
-        except UnreadableImage as err:
-            results.append(Explanation(source, None, method=method, error=str(err)))
-            continue
-        except (OSError, ValueError) as err:
-            if isinstance(err, ConfigError):
-                raise
-            results.append(Explanation(source, None, method=method, error=unexpected_error_reason(err)))
-            continue
+        if isinstance(item, str | Path):  # a file that cannot be decoded gets an error, as in predict
+            try:
+                item = read_rgb(item)
+            except UnreadableImage as err:
+                results.append(Explanation(source, None, method=method, error=str(err)))
+                continue
+            except Exception as err:  # a decoder bug: this file fails, the others go on
+                results.append(Explanation(source, None, method=method, error=unexpected_error_reason(err)))
+                continue
+        tensor = predictor.model_input(item)
         (prediction,) = predictor.predict(tensor[None], top_k=top_k)
         names = [prediction.genre] if wanted is None else wanted
         maps = class_maps(predictor, tensor, [predictor.classes.index(n) for n in names], cam_class)

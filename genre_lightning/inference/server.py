@@ -74,18 +74,19 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         checks = {
-            "max_upload_mb": self.max_upload_mb > 0,
-            "max_image_side": self.max_image_side >= 32,
-            "max_batch_size": self.max_batch_size >= 1,
-            "batch_wait_ms": self.batch_wait_ms >= 0,
-            "max_pending": self.max_pending >= 1,
-            "decode_threads": self.decode_threads >= 1,
-            "top_k": self.top_k >= 1,
-            "port": 0 <= self.port <= 65535,
+            "max_upload_mb": (self.max_upload_mb > 0, "a positive number"),
+            "max_image_side": (self.max_image_side >= 32, "an integer >= 32"),
+            "max_batch_size": (self.max_batch_size >= 1, "an integer >= 1"),
+            "batch_wait_ms": (self.batch_wait_ms >= 0, "a number >= 0"),
+            "max_pending": (self.max_pending >= 1, "an integer >= 1"),
+            "decode_threads": (self.decode_threads >= 1, "an integer >= 1"),
+            "top_k": (self.top_k >= 1, "an integer >= 1"),
+            "port": (0 <= self.port <= 65535, "0 (a free port) to 65535"),
+            "drain_timeout_s": (self.drain_timeout_s > 0, "a positive number of seconds"),
         }
-        for key, valid in checks.items():
+        for key, (valid, expected) in checks.items():
             if not valid:
-                raise ConfigError(f"serve.{key}", getattr(self, key), "a positive number (port: 0 to 65535)")
+                raise ConfigError(f"serve.{key}", getattr(self, key), expected)
 
     @property
     def max_upload_bytes(self) -> int:
