@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from genre_lightning.cli.common import CONFIG_PATH
 from genre_lightning.data.scan import IMAGE_EXTENSIONS, walk_files
 from genre_lightning.inference.batch import list_inputs, resolve_device
+from genre_lightning.inference.explain import METHODS
 from genre_lightning.inference.prediction_table import format_top_k
 from genre_lightning.inference.predictor import Predictor
 from genre_lightning.utils.csvio import write_csv
@@ -22,6 +23,11 @@ from genre_lightning.utils.errors import ConfigError, UserFacingError, exit_on_u
 def predict(cfg: DictConfig) -> pd.DataFrame:
     if str(cfg.precision) not in ("32", "bf16"):
         raise ConfigError("precision", cfg.precision, "32 or bf16")
+    if cfg.get("explain"):  # before any work: a bad choice is a one-line error, not a failure at the end
+        if cfg.explain_genres not in ("top", "all"):
+            raise ConfigError("explain_genres", cfg.explain_genres, "top or all")
+        if cfg.explain_method not in METHODS:
+            raise ConfigError("explain_method", cfg.explain_method, f"one of {list(METHODS)}")
     paths = list_inputs(cfg.input)
     if not paths:
         raise ConfigError("input", cfg.input, "a folder that contains image files")
@@ -66,8 +72,6 @@ def write_explanations(
     """An overlay PNG of each readable image's map under ``output/explanations/``, named after the
     image's path below ``input_root`` (the user's folder is only read)."""
     genres = cfg.explain_genres
-    if genres not in ("top", "all"):
-        raise ConfigError("explain_genres", genres, "top or all")
     folder = output / "explanations"
     readable = [str(p) for p, error in zip(frame["file_path"], frame["error"], strict=True) if not error]
     written = 0

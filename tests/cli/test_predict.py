@@ -128,3 +128,17 @@ def test_explain_true_writes_each_images_maps_beside_the_csv_and_leaves_the_fold
     (again,) = Predictor.from_checkpoint(best_checkpoint(tiny_run)).explain(inbox / "poster 0.jpg", genres="all")
     written = Image.open(tmp_path / "run" / "explanations" / "poster 0.jpg.cam.Horror.png")
     assert np.array_equal(np.asarray(written), np.asarray(again.overlay("Horror")))
+
+
+def test_a_bad_explain_choice_is_a_one_line_error_before_any_prediction(tiny_run: Path, tmp_path: Path):
+    from tests.helpers.cli import run_entry_point
+
+    for override, expected in (
+        ("explain_method=lime", "error: explain_method='lime' is not valid: expected one of ['gradcam'"),
+        ("explain_genres=some", "error: explain_genres='some' is not valid: expected top or all"),
+    ):
+        done = run_entry_point(
+            "genre-predict", f"ckpt_path={best_checkpoint(tiny_run)}", f"input={tmp_path}", "explain=true", override,
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(expected), done.stderr
