@@ -102,3 +102,43 @@ def test_one_file_prints_the_top_k_and_an_unreadable_one_is_a_one_line_error(tin
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: cannot predict {broken}: ")
+
+
+def test_explain_true_writes_each_images_maps_beside_the_csv_and_leaves_the_folder_alone(
+    tiny_run: Path, tmp_path: Path, capsys
+):
+    from PIL import Image
+
+    from genre_lightning import Predictor
+
+    tested = pd.read_csv(tiny_run / "test_predictions.csv").head(3)
+    inbox = tmp_path / "inbox"
+    (inbox / "nested").mkdir(parents=True)
+    for i, source in enumerate(tested["file_path"]):
+        shutil.copyfile(source, inbox / ("nested" if i else "") / f"poster {i}.jpg")
+    (inbox / "broken.jpg").write_bytes(b"<html>")
+    before = {p: p.stat().st_mtime_ns for p in inbox.rglob("*")}
+    predict(predict_config(tiny_run, inbox, tmp_path / "run", "explain=true", "explain_genres=all"))
+    maps = sorted(str(p.relative_to(tmp_path / "run" / "explanations")) for p in (tmp_path / "run").rglob("*.png"))
+    expected = [f"{name}.cam.{genre}.png" for name in ("nested/poster 1.jpg", "nested/poster 2.jpg", "poster 0.jpg")
+                for genre in CLASSES]  # fmt: skip
+    assert maps == sorted(expected)  # every genre of every readable image; none for the broken one
+    assert {p: p.stat().st_mtime_ns for p in inbox.rglob("*")} == before  # the user's folder: only read
+    assert "Wrote 12 gradcam maps to" in capsys.readouterr().out
+    (again,) = Predictor.from_checkpoint(best_checkpoint(tiny_run)).explain(inbox / "poster 0.jpg", genres="all")
+    written = Image.open(tmp_path / "run" / "explanations" / "poster 0.jpg.cam.Horror.png")
+    assert np.array_equal(np.asarray(written), np.asarray(again.overlay("Horror")))
+
+
+def test_a_bad_explain_choice_is_a_one_line_error_before_any_prediction(tiny_run: Path, tmp_path: Path):
+    from tests.helpers.cli import run_entry_point
+
+    for override, expected in (
+        ("explain_method=lime", "error: explain_method='lime' is not valid: expected one of ['gradcam'"),
+        ("explain_genres=some", "error: explain_genres='some' is not valid: expected top or all"),
+    ):
+        done = run_entry_point(
+            "genre-predict", f"ckpt_path={best_checkpoint(tiny_run)}", f"input={tmp_path}", "explain=true", override,
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(expected), done.stderr

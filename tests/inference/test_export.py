@@ -119,6 +119,6 @@ def test_an_unknown_format_is_a_one_line_error(tiny_run: Path, tmp_path: Path, c
         export(compose_config("export", [f"ckpt_path={best_checkpoint(tiny_run)}", "format=tflite"], tmp_path))
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "error: format='tflite' is not valid: expected one of ['onnx', 'torchscript']"
+        "error: format='tflite' is not valid: expected one of ['card', 'onnx', 'torchscript']"
     )
     assert not list(tmp_path.glob("model*"))

@@ -407,3 +407,17 @@ def test_the_artifacts_group_turns_the_callback_on_and_off(config_name: str, tmp
     (default,) = artifacts("artifacts.max_mistakes=5")
     assert default.output_dir == tmp_path and default.max_mistakes == 5
     assert artifacts("artifacts=none") == []
+
+
+def test_artifacts_cam_adds_the_mistakes_with_their_maps(tiny_run: Path, tmp_path: Path):
+    """artifacts.cam=true: figures/mistakes_cam.png (the mistakes grid, each poster under its map) and its
+    TensorBoard image; off by default (the training run has none)."""
+    assert not (tiny_run / "figures" / "mistakes_cam.png").exists()
+    evaluate(eval_config(metrics_of(tiny_run)["best_ckpt_path"], tmp_path, "artifacts.cam=true"))
+    figures_dir = tmp_path / "figures"
+    with Image.open(figures_dir / "mistakes_cam.png") as cam, Image.open(figures_dir / "mistakes.png") as plain:
+        assert cam.size == plain.size  # one cell per mistake shown, as in the mistakes grid
+        assert np.abs(np.asarray(cam.convert("RGB"), float) - np.asarray(plain.convert("RGB"), float)).mean() > 5
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert "test/mistakes_cam" in events.Tags()["images"]
