@@ -57,7 +57,9 @@ class PosterDataModule(LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         augment: Mapping[str, Any] | None = None,
-        verify_threads: int = 4,
+        verify_workers: int | None = None,
+        verify_cache: str | None = None,
+        verify_threads: int | None = None,
         min_image_side: int = 1,
         duplicates: Mapping[str, Any] | None = None,
         demo: Mapping[str, Any] | None = None,
@@ -97,7 +99,9 @@ class PosterDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.augment = dict(augment) if augment is not None else None
-        self.verify_threads = verify_threads
+        # Decoding processes (None: every usable CPU). verify_threads is 0.2's name (saved configs).
+        self.verify_workers = verify_workers or verify_threads
+        self.verify_cache = verify_cache
         self.min_image_side = min_image_side
         # here, not after a scan of every file (also for genre-data); checks data.task too
         check_duplicate_options(duplicates, task)
@@ -111,6 +115,7 @@ class PosterDataModule(LightningDataModule):
         self.balanced_sampling = balanced_sampling
         self.data_config: dict[str, Any] | None = None
         self._demo_ready = False
+        self._prepared = False  # prepare_data already ran in this process (genre-train runs it before DDP starts)
         self.frame: pd.DataFrame | None = None
         self.datasets: dict[str, PosterDataset] = {}
         # Only global rank 0 scans and splits; the run folder is shared by all ranks.
@@ -130,6 +135,8 @@ class PosterDataModule(LightningDataModule):
         self.data_config = dict(data_config)
 
     def prepare_data(self) -> None:
+        if self._prepared:
+            return
         if self.demo is not None and not self._demo_ready:
             root = ensure_demo_posters(self.root, **self.demo)
             self._demo_ready = True
@@ -148,11 +155,13 @@ class PosterDataModule(LightningDataModule):
             root=self.root,
             annotations=self.annotations,
             split_file=self.split_file,
-            verify_threads=self.verify_threads,
+            verify_workers=self.verify_workers,
             min_image_side=self.min_image_side,
             duplicates=self.duplicates,
             task=self.task,
+            verify_cache=self.verify_cache,
         )
+        self._prepared = True
 
     def setup(self, stage: str | None = None) -> None:
         if self.data_config is None:
