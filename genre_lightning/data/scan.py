@@ -278,7 +278,8 @@ def verify_all(
     others are decoded in ``workers`` processes (None: every usable CPU; a small batch in this
     process). ``records`` (if given) receives the new outcomes."""
     stamps = [stamp_of(c.path) for c in candidates]
-    known = [records.lookup(c.path, s) if records is not None else None for c, s in zip(candidates, stamps, strict=True)]
+    records_in = records if records is not None else VerificationRecords()
+    known = [records_in.lookup(c.path, s) for c, s in zip(candidates, stamps, strict=True)]
     todo = [i for i, record in enumerate(known) if record is None]
     work = [(candidates[i].path, stamps[i]) for i in todo]
     workers = max(1, workers or usable_cpus())

@@ -181,9 +181,10 @@ def test_a_second_scan_of_the_same_folder_reads_the_cache(poster_root: Path, tmp
     assert decodes == [str(root / "Horror" / "new.jpg")]
     # The records gave the same outcomes as decoding did.
     a, b = read_csv(first), read_csv(second)
-    assert dict(zip(a["file_path"], a["sha256"], strict=True)).items() <= dict(
-        zip(b["file_path"], b["sha256"], strict=True)
-    ).items()
+    assert (
+        dict(zip(a["file_path"], a["sha256"], strict=True)).items()
+        <= dict(zip(b["file_path"], b["sha256"], strict=True)).items()
+    )
 
 
 def test_records_apply_the_minimum_side_of_the_run_that_reads_them(poster_root: Path, tmp_path: Path):
