@@ -41,8 +41,11 @@ REPORT_FILE = "data_report.json"
 COLUMNS = ["file_path", "label", "split", "sha256", "group", "labels"]
 
 
-def read_split_file(path: str | Path, classes: Sequence[str], key: str = "data.split_file") -> pd.DataFrame:
-    """Read an ``annotations.csv`` and check it can be used as-is: columns, labels, splits, files."""
+def read_split_file(
+    path: str | Path, classes: Sequence[str], key: str = "data.split_file", check_files: bool = True
+) -> pd.DataFrame:
+    """Read an ``annotations.csv`` and check it can be used as-is: columns, labels, splits, and (unless
+    ``check_files`` is off: a split read from shards) that its files exist."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(key, str(path), "an existing annotations.csv with file_path,label,split columns")
@@ -62,7 +65,7 @@ def read_split_file(path: str | Path, classes: Sequence[str], key: str = "data.s
     # the working directory, so the same file is found from anywhere; absolute paths stay as they are.
     absolute = [p if os.path.isabs(p) else os.path.abspath(path.parent / p) for p in frame["file_path"]]
     frame["file_path"] = pd.Series(absolute, index=frame.index, dtype=TEXT)
-    gone = [p for p in frame["file_path"] if not Path(p).is_file()]
+    gone = [p for p in frame["file_path"] if not Path(p).is_file()] if check_files else []
     if gone:
         raise ConfigError(key, str(path), f"a split whose files exist ({len(gone)} missing, e.g. {gone[0]!r})")
     # Split files written by other tools may only have the three required columns.
