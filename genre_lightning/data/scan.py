@@ -284,7 +284,7 @@ def verify_all(
     work = [(candidates[i].path, stamps[i]) for i in todo]
     workers = max(1, workers or usable_cpus())
     if workers > 1 and len(work) >= PROCESSES_FROM:
-        fresh = process_map(_decode_stamped, work, workers, preload=[__name__])
+        fresh = process_map(_decode_stamped, work, workers)
     else:
         fresh = map(_decode_stamped, work)
     for i, record in zip(todo, tracked(fresh, len(work), "verify", "files"), strict=True):
