@@ -12,7 +12,8 @@ reused by later runs; the sizes are nested (hard links into one pool), so 50k co
 Each measurement runs in a child process of its own, so its peak RSS is its own (the decoding
 workers' peak is reported apart). The previous code is the package at ``--old`` (default
 6b87ac7, the commit before issue 27), extracted with ``git archive`` and put first on the child's
-``PYTHONPATH``. Per N: scan (decode + hash, and for today's code reading and writing the
+``PYTHONPATH`` (``--new <commit>`` does the same for today's code, so a long run is not changed by
+edits to the working tree). Per N: scan (decode + hash, and for today's code reading and writing the
 verification records), grouping, split, their total and peak RSS, for the previous code (4 verify
 threads, its default) and today's (one process per core), then today's code again over the same
 files (verification records in place). Then grouping alone on ``--hashes`` synthetic hashes
@@ -155,8 +156,10 @@ def measure_intake(code: str, root: str, cache: str) -> dict:
 
         path = cache_file(cache, root)
         records = VerificationRecords.read(path)
+        known = len(records)
         result = scan_module.scan(GENRES, root=root, min_side=32, records=records)
-        records.write(path)
+        if len(records) != known or not path.is_file():  # as prepare_annotations: write what is new
+            records.write(path)
     scanned = time.perf_counter()
     records_sorted = sorted(result.records, key=lambda r: r.path)
     groups = group_duplicates([r.sha256 for r in records_sorted], [r.phash for r in records_sorted], 6)
@@ -239,8 +242,8 @@ def child_main(args: argparse.Namespace) -> None:
 
 
 def old_package(work: Path, commit: str) -> Path:
-    """The package as it was at ``commit``, extracted into ``work/old_<commit>``."""
-    target = work / f"old_{commit}"
+    """The package as it was at ``commit``, extracted into ``work/code_<commit>``."""
+    target = work / f"code_{commit}"
     if not (target / "genre_lightning" / "__init__.py").is_file():
         target.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(
@@ -273,6 +276,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating scan-rate rounds per code")
     parser.add_argument("--work", default=str(REPO / "outputs" / "bench_scale"))
     parser.add_argument("--old", default="6b87ac7", help="the commit whose code is 'before'")
+    parser.add_argument("--new", default=None, help="a commit whose code is 'now' (default: this working tree)")
     parser.add_argument("--child", choices=["intake", "grouping", "scan_rate"])
     parser.add_argument("--code", choices=["old", "new"], default="new")
     parser.add_argument("--root")
@@ -286,15 +290,20 @@ def main() -> None:
 
     work = Path(args.work)
     old = old_package(work, args.old)
-    print(f"# bench/scale.py: {os.cpu_count()} CPUs, previous code = {args.old}; work folder {work}", flush=True)
+    new = old_package(work, args.new) if args.new else None
+    print(
+        f"# bench/scale.py: {os.cpu_count()} CPUs, previous code = {args.old}, today's = {args.new or 'this tree'}; "
+        f"work folder {work}",
+        flush=True,
+    )
     rows, totals = [], {"old": [], "new": [], "second": []}
     for size in args.sizes:
         root = ensure_posters(work, size)
         cache = work / f"cache_{size}"
         shutil.rmtree(cache, ignore_errors=True)
         before = run_child("--child", "intake", "--code", "old", "--root", str(root), "--cache", "-", old=old)
-        first = run_child("--child", "intake", "--code", "new", "--root", str(root), "--cache", str(cache))
-        second = run_child("--child", "intake", "--code", "new", "--root", str(root), "--cache", str(cache))
+        first = run_child("--child", "intake", "--code", "new", "--root", str(root), "--cache", str(cache), old=new)
+        second = run_child("--child", "intake", "--code", "new", "--root", str(root), "--cache", str(cache), old=new)
         assert before["package"] == str(old / "genre_lightning") != first["package"], (before, first)
         same = before["grouping"] == first["grouping"] == second["grouping"] and before["split"] == first["split"]
         for name, result in (("old", before), ("new", first), ("second", second)):
@@ -328,7 +337,9 @@ def main() -> None:
         rates["old"].append(
             run_child("--child", "scan_rate", "--code", "old", "--root", str(middle), old=old)["files_per_s"]
         )
-        rates["new"].append(run_child("--child", "scan_rate", "--code", "new", "--root", str(middle))["files_per_s"])
+        rates["new"].append(
+            run_child("--child", "scan_rate", "--code", "new", "--root", str(middle), old=new)["files_per_s"]
+        )
     old_rate, new_rate = (sum(rates[c]) / len(rates[c]) for c in ("old", "new"))
     print(
         f"scan files/s at N={sizes[len(sizes) // 2]:,} ({args.rounds} alternating rounds): before (4 threads) "
@@ -336,7 +347,9 @@ def main() -> None:
     )
 
     for clustered in (False, True):
-        result = run_child("--child", "grouping", "--count", str(args.hashes), *(["--clustered"] if clustered else []))
+        result = run_child(
+            "--child", "grouping", "--count", str(args.hashes), *(["--clustered"] if clustered else []), old=new
+        )
         kind = "clustered like real layouts" if clustered else "uniform"
         print(
             f"grouping alone, {args.hashes:,} synthetic hashes ({kind}, 2% exact + 2% near copies): "

@@ -249,6 +249,8 @@ def _merge_into_cache(path: Path | None, records: VerificationRecords) -> None:
     if path is None:
         return
     merged = VerificationRecords.read(path)
+    if all(merged.by_path.get(p) == record for p, record in records.by_path.items()):
+        return  # nothing new: a second scan of the same folder does not rewrite the cache
     merged.update(records)
     try:
         merged.write(path)

@@ -94,8 +94,10 @@ def test_probe_cpu_validates_and_tests_exactly_the_fitted_head(single_probe):
 
 
 def test_probe_cpu_under_ddp_fits_the_same_head_on_every_rank(single_probe, poster_root: Path, tmp_path: Path):
-    metrics, probe, _ = probe_run(poster_root, tmp_path, "trainer=ddp_cpu")
+    metrics, probe, output = probe_run(poster_root, tmp_path, "trainer=ddp_cpu")
     assert metrics["ddp"]["world_size"] == 2 and metrics["ddp"]["identical"]
+    # The scan and split finished before the second process started: it never waited on a scan.
+    assert output.index("Split (train/val/test)") < output.index("Initializing distributed: GLOBAL_RANK: 1")
     # Each rank computed half the features; both fitted on all of them: the single-process probe.
     single_metrics, single, _ = single_probe
     assert probe["chosen_C"] == single["chosen_C"] and probe["train_images"] == single["train_images"]
