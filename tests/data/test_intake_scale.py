@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import genre_lightning.data.scan as scan_module
 from genre_lightning.data.annotations import prepare_annotations
@@ -126,9 +127,10 @@ def test_processes_give_the_same_outcomes_as_this_process(poster_root: Path, tmp
 
 @pytest.fixture
 def decodes(monkeypatch) -> list[str]:
-    """The paths the scan decodes, in this process."""
+    """The paths the scan decodes (all in this process, so that they can be counted here)."""
     seen: list[str] = []
     real = scan_module.decode_outcome
+    monkeypatch.setattr(scan_module, "PROCESSES_FROM", 10**9)
 
     def counting(path, stamp):
         seen.append(path)
@@ -187,8 +189,9 @@ def test_a_second_scan_of_the_same_folder_reads_the_cache(poster_root: Path, tmp
     )
 
 
-def test_records_apply_the_minimum_side_of_the_run_that_reads_them(poster_root: Path, tmp_path: Path):
-    path = str(next((poster_root / "Action").glob("*.jpg")))
+def test_records_apply_the_minimum_side_of_the_run_that_reads_them(tmp_path: Path):
+    path = str(tmp_path / "poster.jpg")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (72, 48, 3), dtype=np.uint8)).save(path)
     records = VerificationRecords()
     verify_all([Candidate(path, "Action")], records=records)
     kept, skipped = verify_all([Candidate(path, "Action")], min_side=49, records=records)
