@@ -44,6 +44,7 @@ GENRES = ["Action", "Comedy", "Horror", "Romance"]
 POSTER_SIZE = (380, 562)
 EXACT_EVERY, NEAR_EVERY = 50, 50  # one exact and one near copy in every 50 posters: 2% each
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+REAL_POSTERS = REPO.parent / "shared" / "data" / "four_genre_posters"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +272,8 @@ def growth_exponent(sizes: list[int], seconds: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 50_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 10_000, 50_000])
+    parser.add_argument("--real", default=str(REAL_POSTERS), help="real posters to compare the groups on, if present")
     parser.add_argument("--hashes", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=2, help="alternating scan-rate rounds per code")
     parser.add_argument("--work", default=str(REPO / "outputs" / "bench_scale"))
@@ -296,6 +298,23 @@ def main() -> None:
         f"work folder {work}",
         flush=True,
     )
+    if Path(args.real).is_dir():  # the real posters: both codes must find the same groups and split
+        cache = str(work / "cache_real")
+        real = {
+            code: run_child("--child", "intake", "--code", code, "--root", args.real, "--cache", cache, old=package)
+            for code, package in (("old", old), ("new", new))
+        }
+        shutil.rmtree(work / "cache_real", ignore_errors=True)
+        same = real["old"]["grouping"] == real["new"]["grouping"] and real["old"]["split"] == real["new"]["split"]
+        print(
+            f"# real posters ({real['new']['files']:,} files in {args.real}): {real['new']['groups']:,} groups; "
+            f"same groups and split from both codes: {same}; intake {real['old']['total_s']:.1f} s before, "
+            f"{real['new']['total_s']:.1f} s now (grouping {real['old']['group_s']:.3f} s before, "
+            f"{real['new']['group_s']:.3f} s now)",
+            flush=True,
+        )
+        if not same:
+            raise SystemExit("the real posters' groups or split differ between the previous code and today's")
     rows, totals = [], {"old": [], "new": [], "second": []}
     for size in args.sizes:
         root = ensure_posters(work, size)
@@ -313,6 +332,8 @@ def main() -> None:
         if not same:
             raise SystemExit(f"N={size}: the groups or the split differ between the previous code and today's")
 
+    if not args.sizes:
+        return
     print("\n| N | code | scan s | grouping s | split s | total s | files/s | peak RSS MiB (workers) | groups |")
     print("|---|---|---|---|---|---|---|---|---|")
     labels = {"old": f"before ({args.old})", "new": "now, first run", "second": "now, second run"}
