@@ -26,6 +26,7 @@ from genre_lightning.utils.progress import tracked
 
 log = logging.getLogger(__name__)
 
+READ_ERROR = "cannot read file"  # the skip reason of an OSError while reading (imageio.read_image_bytes)
 # Fewer files than this are decoded in this process: starting worker processes would cost more.
 PROCESSES_FROM = 256
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
@@ -289,7 +290,8 @@ def verify_all(
         fresh = map(_decode_stamped, work)
     for i, record in zip(todo, tracked(fresh, len(work), "verify", "files"), strict=True):
         known[i] = record
-        if records is not None and record.stamp is not None:
+        # A read error may pass (a network file system's hiccup): only decoding outcomes are kept.
+        if records is not None and record.stamp is not None and not record.outcome.startswith(READ_ERROR):
             records.add(candidates[i].path, record)
     if len(candidates) > len(work):
         log.info(
