@@ -196,3 +196,20 @@ def test_records_apply_the_minimum_side_of_the_run_that_reads_them(tmp_path: Pat
     verify_all([Candidate(path, "Action")], records=records)
     kept, skipped = verify_all([Candidate(path, "Action")], min_side=49, records=records)
     assert kept == [] and skipped[0].reason == "too small: 48x72 px (data.min_image_side=49)"
+
+
+def test_a_read_error_is_not_kept_as_the_files_outcome(tmp_path: Path, monkeypatch):
+    """A read error may pass (a network file system's hiccup): the next scan tries the file again."""
+    path = str(tmp_path / "poster.jpg")
+    Image.fromarray(np.zeros((72, 48, 3), dtype=np.uint8) + 90).save(path)
+    records = VerificationRecords()
+
+    def unreadable(_path):
+        raise scan_module.UnreadableImage("cannot read file: Input/output error")
+
+    monkeypatch.setattr(scan_module, "read_image_bytes", unreadable)
+    (skipped,) = verify_all([Candidate(path, "Action")], records=records)[1]
+    assert skipped.reason == "cannot read file: Input/output error" and len(records) == 0
+    monkeypatch.undo()
+    kept, _ = verify_all([Candidate(path, "Action")], records=records)
+    assert len(kept) == 1 and records.by_path[path].outcome == ""
