@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "split_settings.json"
 # The data settings a split depends on (not batch size, workers or augmentation).
-SPLIT_KEYS = ("classes", "root", "annotations", "fractions", "split_seed", "demo", "duplicates", "min_image_side")
+SPLIT_KEYS = (
+    "classes", "root", "annotations", "fractions", "split_seed", "demo", "duplicates", "min_image_side", "shards",
+)  # fmt: skip
 
 
 def split_settings(data: DictConfig) -> dict[str, Any]:

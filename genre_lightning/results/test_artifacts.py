@@ -56,6 +56,8 @@ PREDICTIONS_FILE = "test_predictions.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
 COOCCURRENCE_FILE = "cooccurrence.csv"
 FIGURES_DIR = "figures"
+MAX_SAMPLES = 32  # training samples shown in all, with more than figures.FEW_GENRES genres
+SAMPLE_COLUMNS = 8
 THUMBNAIL = 256  # longest side, in pixels, of a poster shown in the mistakes grid
 
 
@@ -268,25 +270,30 @@ class TestArtifacts(Callback):
         return figures.image_grid(images, captions, title, columns=self.columns, caption_color="#b00020")
 
     def _train_samples_figure(self, trainer: Trainer, pl_module: LightningModule) -> Figure | None:
-        """``samples_per_class`` training images per genre, through the training transform, one row per genre."""
+        """``samples_per_class`` training images per genre, through the training transform, one row per genre
+        (with dozens of genres: ``MAX_SAMPLES`` images in all, ``SAMPLE_COLUMNS`` a row)."""
         datasets = getattr(trainer.datamodule, "datasets", {}) or {}
         dataset = datasets.get("train")
         if dataset is None or len(dataset) == 0 or self.samples_per_class < 1:
             return None
         classes = list(pl_module.classes)
+        # One row per genre for a few genres; with dozens, fewer per genre in a wrapped grid (28 rows
+        # of posters would be a figure 8,000 px tall).
+        many = len(classes) > figures.FEW_GENRES
+        per_genre = max(1, min(self.samples_per_class, MAX_SAMPLES // len(classes))) if many else self.samples_per_class
         mean, std = pl_module.data_config["mean"], pl_module.data_config["std"]
         targets = np.asarray(dataset.targets)
         rng = np.random.default_rng(0)
         images, captions = [], []
         for label, name in enumerate(classes):
             members = np.flatnonzero(targets == label)
-            for index in rng.permutation(members)[: self.samples_per_class].tolist():
+            for index in rng.permutation(members)[:per_genre].tolist():
                 item = dataset[index]
                 if not isinstance(item, dict):
                     continue  # unreadable file: the data report lists it
                 images.append(figures.to_display(item["image"], mean, std))
                 captions.append(f"{name}\n{_short(dataset.paths[index])}")
-        columns = self.samples_per_class
+        columns = SAMPLE_COLUMNS if many else self.samples_per_class
         title = "Training samples after the training transform (de-normalised)"
         return figures.image_grid(images, captions, title, columns=columns)
 

@@ -56,6 +56,7 @@ def test_data_report_lists_each_corrupt_file_with_its_reason(messy_root: Path, t
         "skipped_by_reason": {"corrupt image data": 1},
         "merged": 0,
         "ignored": 0,
+        "with_genre": 30,
     }
     assert report["per_class"]["Romance"]["ignored"] == 1
     frame = pd.read_csv(out / "annotations.csv")

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.preprocessing import StandardScaler
 
-from genre_lightning.training.probe import PROBE_FILE, fit_probe
+from genre_lightning.training.probe import PROBE_FILE, fit_one_vs_rest, fit_probe
 from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST
 
@@ -94,8 +94,10 @@ def test_probe_cpu_validates_and_tests_exactly_the_fitted_head(single_probe):
 
 
 def test_probe_cpu_under_ddp_fits_the_same_head_on_every_rank(single_probe, poster_root: Path, tmp_path: Path):
-    metrics, probe, _ = probe_run(poster_root, tmp_path, "trainer=ddp_cpu")
+    metrics, probe, output = probe_run(poster_root, tmp_path, "trainer=ddp_cpu")
     assert metrics["ddp"]["world_size"] == 2 and metrics["ddp"]["identical"]
+    # The scan and split finished before the second process started: it never waited on a scan.
+    assert output.index("Split (train/val/test)") < output.index("Initializing distributed: GLOBAL_RANK: 1")
     # Each rank computed half the features; both fitted on all of them: the single-process probe.
     single_metrics, single, _ = single_probe
     assert probe["chosen_C"] == single["chosen_C"] and probe["train_images"] == single["train_images"]
@@ -136,3 +138,35 @@ def test_bad_probe_settings_are_one_line_errors(overrides, expected, poster_root
                            f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith(expected), done.stderr[-2000:]
+
+
+def test_the_multilabel_probe_is_one_binary_regression_per_genre_with_the_C_of_lowest_mean_log_loss():
+    rng = np.random.default_rng(2)
+    centres = rng.normal(0, 1, (5, 10))
+
+    def multilabel(count: int) -> tuple[np.ndarray, np.ndarray]:
+        points, first = clusters(rng, count, centres)
+        targets = np.zeros((count, 6), dtype=np.int64)  # genre 5: every image (a constant)
+        targets[np.arange(count), first] = 1
+        targets[:, 4] |= first == 0  # genre 4 only ever beside genre 0
+        targets[:, 5] = 1
+        return points, targets
+
+    train, val, new = multilabel(240), multilabel(80), multilabel(40)
+    weight, bias, scores, chosen = fit_one_vs_rest(train, val, GRID)
+    losses, expected = {}, {}
+    for c in GRID:  # every genre's regression again, independently, on scikit-learn's standardisation
+        scaler = StandardScaler().fit(train[0])
+        per_genre, probabilities = [], []
+        for genre in range(5):
+            regression = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(train[0]), train[1][:, genre])
+            p = regression.predict_proba(scaler.transform(val[0]))[:, 1]
+            per_genre.append(log_loss(val[1][:, genre], p, labels=[0, 1]))
+            probabilities.append(regression.predict_proba(scaler.transform(new[0]))[:, 1])
+        per_genre.append(log_loss(val[1][:, 5], np.full(len(val[1]), 1 - 1e-15), labels=[0, 1]))
+        losses[c], expected[c] = np.mean(per_genre), np.stack(probabilities, axis=1)
+    assert chosen == min(losses, key=losses.get)
+    assert [s["val_log_loss"] for s in scores] == pytest.approx([losses[c] for c in GRID], rel=1e-6, abs=1e-9)
+    sigmoid = 1 / (1 + np.exp(-(new[0] @ weight.T + bias)))
+    np.testing.assert_allclose(sigmoid[:, :5], expected[chosen], atol=1e-8)
+    assert (sigmoid[:, 5] > 0.999).all()  # the genre every training image has
