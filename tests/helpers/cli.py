@@ -34,7 +34,9 @@ def run_cli(
 def run_entry_point(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run a console script's function (the one ``genre-train`` etc. call) in this process, with
     ``sys.argv`` as the script would have it: the same code path without a new interpreter's
-    ~10 s of imports. For the tests of what happens before any training (config errors)."""
+    ~10 s of imports. For every test but the one per command that runs the console script as a
+    user does (``run_cli``), and those that need a process of their own (DDP, an environment
+    read at import)."""
     (entry,) = [e for e in entry_points(group="console_scripts") if e.name == args[0]]
     out, err, code = io.StringIO(), io.StringIO(), 0
     saved_argv, saved_cwd = sys.argv, os.getcwd()

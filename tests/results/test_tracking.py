@@ -28,8 +28,6 @@ from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST
 from tests.helpers.optional import have_module, require
 
-pytestmark = pytest.mark.slow
-
 HAVE_MLFLOW = have_module("mlflow")
 HAVE_WANDB = have_module("wandb")
 SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=2", "finetune=none"]
@@ -108,6 +106,7 @@ def tracked_sweep(mlflow_server: str, poster_root: Path, tmp_path_factory: pytes
     return cwd / "sweep"
 
 
+@pytest.mark.slow
 def test_every_job_of_the_sweep_is_a_run_of_one_experiment_with_its_config_metrics_and_files(
     mlflow_server: str, tracked_sweep: Path
 ):
@@ -150,6 +149,7 @@ def test_every_job_of_the_sweep_is_a_run_of_one_experiment_with_its_config_metri
         )
 
 
+@pytest.mark.slow
 def test_genre_report_reads_the_sweep_back_from_the_server_as_from_its_folder(
     mlflow_server: str, tracked_sweep: Path, tmp_path: Path
 ):
@@ -169,6 +169,7 @@ def test_genre_report_reads_the_sweep_back_from_the_server_as_from_its_folder(
     pd.testing.assert_frame_equal(ours, theirs)
 
 
+@pytest.mark.slow
 def test_a_run_started_again_in_its_folder_continues_its_mlflow_run(
     mlflow_server: str, poster_root: Path, tmp_path: Path
 ):
@@ -262,6 +263,7 @@ def wandb_config_and_summary(offline_run: Path) -> tuple[str, dict, dict]:
     return file.stem.removeprefix("run-"), config, summary
 
 
+@pytest.mark.slow
 def test_wandb_offline_writes_the_config_metrics_and_files_and_a_rerun_keeps_its_id(
     poster_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
