@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from genre_lightning.data.demo import ensure_demo_posters
 from tests.helpers.configs import train_config
-from tests.helpers.shared import shared_folder
+from tests.helpers.shared import assert_unchanged, shared_folder
 
 # Tests that train or start a console script must be marked slow (tests/helpers/slow_marker.py).
 pytest_plugins = ["tests.helpers.slow_marker"]
@@ -55,6 +56,18 @@ LONGEST_FIRST = [
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
+
+
+SHARED_FOLDERS = ("poster_root", "big_posters", "tiny_run")
+
+
+@pytest.fixture(autouse=True)
+def _shared_folders_stay_as_made(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used a session folder every worker shares: the folder is as it was made."""
+    yield
+    for name in SHARED_FOLDERS:
+        if name in request.fixturenames:
+            assert_unchanged(request.getfixturevalue(name))
 
 
 @pytest.fixture(scope="session")
