@@ -13,8 +13,8 @@ Two of the jobs run as users run them: one ``genre-train -m ... trainer=ddp_cpu`
 outside the repository, stdout piped to a file; Lightning starts each job's rank 1 by re-running
 the command line (``local_ddp_job``). The other ten run ``train()`` one after another in one pair
 of processes (tests/helpers/ddp_jobs.py) instead of starting two new processes per job.
-Then ``genre-eval`` under DDP must give the single-process metrics, and a DDP run resumed past a
-milestone must keep its ranks identical.
+The launch's last job resumes the console's gradual job one epoch further, past a milestone: its
+ranks must stay identical. Then ``genre-eval`` under DDP must give the single-process metrics.
 """
 
 from __future__ import annotations
@@ -126,13 +126,20 @@ def matrix(split_with_a_broken_image, tmp_path_factory: pytest.TempPathFactory) 
         jobs[(finetune, callbacks)] = job
     assert sorted(jobs) == sorted(CONSOLE)
 
-    # The other pairs: one launch of two processes that run them one after another.
+    # The other pairs: one launch of two processes that run them one after another. Its last job
+    # is a plain (not multirun) genre-train in a copy of the console's gradual job, one epoch longer:
+    # it resumes from last.ckpt, where chunk 1 is unfrozen (milestone 1), and crosses milestone 3.
     launch = tmp_path_factory.mktemp("ddp_jobs")
     others = [(f, c) for f in FINETUNE for c in CALLBACKS if (f, c) not in jobs]
     spec = [
         {"run_dir": str(launch / f"{f}-{c}"), "overrides": [*common, f"finetune={f}", f"callbacks={c}"]}
         for f, c in others
     ]
+    resumed = shutil.copytree(jobs[("gradual", "default")], launch / "resumed")
+    shutil.rmtree(resumed / FOLDER)  # the first fit's digests: this run must write its own
+    overrides = yaml.safe_load((resumed / ".hydra" / "overrides.yaml").read_text())
+    assert OVERRIDE in overrides
+    spec.append({"run_dir": str(resumed), "overrides": [*overrides, "trainer.max_epochs=4"]})
     (launch / "jobs.json").write_text(json.dumps(spec))
     done = subprocess.run(
         [sys.executable, "-m", "tests.helpers.ddp_jobs", str(launch / "jobs.json")],
@@ -145,6 +152,12 @@ def matrix(split_with_a_broken_image, tmp_path_factory: pytest.TempPathFactory) 
     (launch / "output.log").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, done.stderr[-4000:]
     return jobs | {(f, c): launch / f"{f}-{c}" for f, c in others}
+
+
+@pytest.fixture(scope="module")
+def resumed(matrix) -> Path:
+    """The run the launch resumed (see ``matrix``)."""
+    return matrix[("none", "ema")].parent / "resumed"
 
 
 def job_log(job: Path) -> str:
@@ -172,7 +185,7 @@ def test_the_matrix_covers_every_option_pair_and_each_job_stays_in_its_folder(ma
     # The launch of the other jobs: its two processes ran every job, each in its own folder.
     launch = matrix[("none", "ema")].parent
     others = {job.name for pair, job in matrix.items() if pair not in CONSOLE}
-    assert {p.name for p in launch.iterdir()} == {"jobs.json", "output.log", *others}
+    assert {p.name for p in launch.iterdir()} == {"jobs.json", "output.log", "resumed", *others}
     assert (launch / "output.log").read_text().count("MEMBER: 2/2") == 1  # one launch for them all
 
 
@@ -251,22 +264,11 @@ def test_eval_under_ddp_gives_the_single_process_results(matrix, tmp_path: Path)
     np.testing.assert_allclose(ours.filter(like="p_").to_numpy(), theirs.filter(like="p_").to_numpy(), atol=1e-5)
 
 
-def test_a_ddp_run_resumed_past_a_milestone_keeps_the_ranks_identical(matrix, tmp_path: Path):
-    """A plain (not multirun) DDP genre-train in a copy of the gradual job's folder, with one more
-    epoch: it resumes from last.ckpt, where chunk 1 is unfrozen (milestone 1), and crosses milestone 3."""
-    run = tmp_path / "run"
-    shutil.copytree(matrix[("gradual", "default")], run)
-    shutil.rmtree(run / FOLDER)  # the first fit's digests: this run must write its own
-    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
-    assert OVERRIDE in overrides
-    done = run_cli(
-        "genre-train", *overrides, "trainer.max_epochs=4", f"hydra.run.dir={run}", cwd=tmp_path, env=RANK_ENV
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    output = done.stdout + done.stderr
+def test_a_ddp_run_resumed_past_a_milestone_keeps_the_ranks_identical(resumed: Path):
+    output = (resumed / JOB_LOG).read_text()  # this run's records (train.log is the first run's)
     assert "this run folder's last checkpoint" in output
     assert "unfroze backbone chunk 2/3" in output and "unfroze backbone chunk 1/3" not in output
-    assert_ranks_identical(run)
-    metrics = json.loads((run / "metrics.json").read_text())
+    assert_ranks_identical(resumed)
+    metrics = json.loads((resumed / "metrics.json").read_text())
     assert metrics["ddp"]["identical"] is True, metrics["ddp"]
     assert re.search(r"\] - epoch 4/4  train/loss ", output)
