@@ -35,21 +35,23 @@ def pytest_configure(config: pytest.Config) -> None:
 # finish together. Other files follow in their usual order.
 LONGEST_FIRST = [
     "tests/training/test_ddp_matrix.py",
+    "tests/launch/test_slurm.py",  # mostly waiting for the Slurm jobs
+    "tests/bench/test_bench_smoke.py",
     "tests/cli/test_end_to_end.py",
-    "tests/launch/test_slurm.py",
     "tests/results/test_tracking.py",
     "tests/training/test_multilabel.py",
-    "tests/bench/test_bench_smoke.py",
     "tests/training/test_probe.py",
-    "tests/launch/test_sweep.py",
-    "tests/data/test_intake_pipeline.py",
-    "tests/training/test_ddp.py",
     "tests/cli/test_train.py",
-    "tests/results/test_sweep_report.py",
+    "tests/launch/test_sweep.py",
     "tests/inference/test_ensemble.py",
+    "tests/training/test_feature_cache.py",
+    "tests/training/test_ddp.py",
+    "tests/results/test_test_artifacts.py",
+    "tests/results/test_sweep_report.py",
+    "tests/training/test_training_options.py",
+    "tests/data/test_intake_pipeline.py",
     "tests/training/test_finetune.py",
     "tests/training/test_epoch_progress.py",
-    "tests/training/test_feature_cache.py",
 ]
 
 

@@ -21,7 +21,7 @@ LRS = ("0.001", "0.003")
 @pytest.fixture(scope="module")
 def sweep(poster_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("sweep")
-    done = run_cli(
+    done = run_entry_point(  # in this process: tests/launch/test_sweep.py runs a multirun through the console script
         "genre-train",
         "-m",
         "seed=1,2",

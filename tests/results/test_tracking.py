@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.helpers.cli import run_cli, run_entry_point
+from tests.helpers.cli import run_entry_point
 from tests.helpers.configs import FAST
 from tests.helpers.optional import have_module, require
 
@@ -87,9 +87,10 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def tracked_sweep(mlflow_server: str, poster_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``genre-train -m seed=1,2 logger=many`` against the server; returns the multirun folder."""
+    """``genre-train -m seed=1,2 logger=many`` against the server (in this process: other tests run
+    the console script); returns the multirun folder."""
     cwd = tmp_path_factory.mktemp("tracked_sweep")
-    done = run_cli(
+    done = run_entry_point(
         "genre-train",
         "-m",
         "seed=1,2",
