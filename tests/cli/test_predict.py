@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from genre_lightning.cli.predict import predict
-from genre_lightning.inference.batch import list_inputs, prefetched
+from genre_lightning.inference.batch import prefetched
 from tests.helpers.configs import compose_config
+from tests.helpers.unprivileged import locked, run_python
 
 CLASSES = ["Action", "Comedy", "Horror", "Romance"]
 
@@ -42,13 +43,25 @@ def test_prefetched_yields_every_batch_in_order_prepared_by_another_thread():
     assert len(made_in) == 5 and all(name.startswith("decode") for name in made_in)
 
 
-def test_an_unreadable_sub_folder_is_named_in_a_warning(tmp_path: Path, locked_folders, caplog):
-    (tmp_path / "inbox" / "locked").mkdir(parents=True)
-    (tmp_path / "inbox" / "a.jpg").write_bytes(b"")
-    assert list_inputs(tmp_path / "inbox") == [str(tmp_path / "inbox" / "a.jpg")]
-    assert f"Cannot read folder {tmp_path / 'inbox' / 'locked'} (Permission denied)" in caplog.text
+def test_an_unreadable_sub_folder_is_named_in_a_warning(tmp_path: Path):
+    inbox = tmp_path / "inbox"
+    (inbox / "locked").mkdir(parents=True)
+    (inbox / "locked" / "inside.jpg").write_bytes(b"")
+    (inbox / "a.jpg").write_bytes(b"")
+    code = (
+        "import json, logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(message)s')\n"
+        "from genre_lightning.inference.batch import list_inputs\n"
+        "print(json.dumps(list_inputs(sys.argv[1])))\n"
+    )
+    with locked(inbox / "locked"):
+        done = run_python(code, str(inbox), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == [str(inbox / "a.jpg")]
+    assert f"Cannot read folder {inbox / 'locked'} (Permission denied)" in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prefetch", ["true", "false"])
 def test_folder_gives_one_row_per_image_with_the_test_runs_probabilities(
     tiny_run: Path, tmp_path: Path, capsys, prefetch: str
@@ -84,6 +97,7 @@ def test_folder_gives_one_row_per_image_with_the_test_runs_probabilities(
     assert f"Wrote {len(out)} predictions" in printed and "2 unreadable" in printed and "1 files without" in printed
 
 
+@pytest.mark.slow
 def test_one_file_prints_the_top_k_and_an_unreadable_one_is_a_one_line_error(tiny_run: Path, tmp_path: Path, capsys):
     tested = pd.read_csv(tiny_run / "test_predictions.csv").iloc[0]
     predict(predict_config(tiny_run, Path(tested["file_path"]), tmp_path / "a", "top_k=2"))

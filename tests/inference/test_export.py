@@ -17,6 +17,7 @@ from genre_lightning.training.module import GenreClassifier
 from tests.helpers.configs import compose_config
 from tests.helpers.optional import have_module, require
 
+pytestmark = pytest.mark.slow  # every test uses the tiny_run fixture (a training run)
 HAVE_ONNX = have_module("onnxruntime") and have_module("onnxscript")
 
 

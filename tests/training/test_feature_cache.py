@@ -65,6 +65,7 @@ def test_cached_features_then_classifier_equal_the_full_network(backbone):
         assert torch.allclose(model.classify_features(model.backbone_features(images)), model(images), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_linear_probe_with_the_cache_learns_the_same_head(poster_root: Path, tmp_path: Path):
     common = ["finetune=linear_probe", "trainer.max_epochs=3"]
     cached, spy = fit(poster_root, tmp_path / "a", *common)
@@ -80,6 +81,7 @@ def test_linear_probe_with_the_cache_learns_the_same_head(poster_root: Path, tmp
     assert misses2 == misses0 and hits2 - hits0 >= 2 * train_size
 
 
+@pytest.mark.slow
 def test_stochastic_depth_keeps_training_off_the_cache_and_the_head_unchanged(
     poster_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
@@ -97,6 +99,7 @@ def test_stochastic_depth_keeps_training_off_the_cache_and_the_head_unchanged(
     assert sum("stochastic depth" in r.getMessage() for r in caplog.records) == 1  # said once, not per epoch
 
 
+@pytest.mark.slow
 def test_cache_is_not_used_once_the_backbone_trains(poster_root: Path, tmp_path: Path):
     # Unfrozen at epoch 1: epoch 1 must run the real backbone (no store lookups for training).
     _, spy = fit(
@@ -107,6 +110,7 @@ def test_cache_is_not_used_once_the_backbone_trains(poster_root: Path, tmp_path:
     assert train_store_hits[1] - train_store_hits[0] < 84
 
 
+@pytest.mark.slow
 def test_augmented_training_does_not_use_cached_features(poster_root: Path, tmp_path: Path):
     _, spy = fit(
         poster_root, tmp_path / "a", "finetune=linear_probe", "trainer.max_epochs=2", "data.augment={hflip: 0.5}"
@@ -116,6 +120,7 @@ def test_augmented_training_does_not_use_cached_features(poster_root: Path, tmp_
     assert total_lookups <= val_lookups + 18
 
 
+@pytest.mark.slow
 def test_feature_store_on_disk_serves_a_later_run(poster_root: Path, tmp_path: Path):
     common = ["finetune=linear_probe", "trainer.max_epochs=1", f"data.cache_dir={tmp_path / 'cache'}"]
     fit(poster_root, tmp_path / "a", *common)

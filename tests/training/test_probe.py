@@ -16,6 +16,8 @@ from sklearn.preprocessing import StandardScaler
 from genre_lightning.training.probe import PROBE_FILE, fit_one_vs_rest, fit_probe
 from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST
+from tests.helpers.rank_weights import OVERRIDE, RANK_ENV, assert_ranks_identical
+from tests.helpers.recompute import single_label_metrics
 
 GRID = [1e-3, 1e-2, 1e-1, 1.0]
 
@@ -62,17 +64,20 @@ def test_a_genre_missing_from_training_is_never_predicted():
     assert probabilities.shape == (40, 4) and probabilities[:, 2].max() < 1e-6
 
 
-def probe_run(poster_root: Path, folder: Path, *overrides: str) -> tuple[dict, dict, str]:
-    """``genre-train experiment=probe_cpu`` through the console script, stdout piped to a file;
-    (metrics.json, probe.json, the piped output)."""
+def probe_run(poster_root: Path, folder: Path, ddp: bool = False) -> tuple[dict, dict, str]:
+    """``genre-train experiment=probe_cpu``: in this process, or (``ddp``) with trainer=ddp_cpu through
+    the console script, stdout piped to a file, each rank writing its weights digest (rank 1 re-runs
+    the command line); (metrics.json, probe.json, the output)."""
     run = folder / "run"
-    with open(folder / "stdout.log", "w") as stdout:
-        done = run_cli(
-            "genre-train", "experiment=probe_cpu", *FAST, f"data.root={poster_root}", f"hydra.run.dir={run}",
-            *overrides, cwd=folder, stdout=stdout,
-        )  # fmt: skip
+    args = ["genre-train", "experiment=probe_cpu", *FAST, f"data.root={poster_root}", f"hydra.run.dir={run}"]
+    if ddp:
+        with open(folder / "stdout.log", "w") as stdout:
+            done = run_cli(*args, "trainer=ddp_cpu", OVERRIDE, cwd=folder, stdout=stdout, env=RANK_ENV)
+        output = (folder / "stdout.log").read_text() + done.stderr
+    else:
+        done = run_entry_point(*args, cwd=folder)
+        output = done.stdout + done.stderr
     assert done.returncode == 0, done.stderr[-3000:]
-    output = (folder / "stdout.log").read_text() + done.stderr
     return json.loads((run / "metrics.json").read_text()), json.loads((run / PROBE_FILE).read_text()), output
 
 
@@ -81,6 +86,7 @@ def single_probe(poster_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return probe_run(poster_root, tmp_path_factory.mktemp("probe"))
 
 
+@pytest.mark.slow
 def test_probe_cpu_validates_and_tests_exactly_the_fitted_head(single_probe):
     metrics, probe, output = single_probe
     assert probe["chosen_C"] == min(probe["grid"], key=lambda s: s["val_log_loss"])["C"]
@@ -90,11 +96,16 @@ def test_probe_cpu_validates_and_tests_exactly_the_fitted_head(single_probe):
     assert metrics["final_val"]["val/acc"] == pytest.approx(probe["val_acc"], abs=1e-6)
     assert metrics["final_val"]["val/loss"] == pytest.approx(probe["val_log_loss"], rel=1e-4)
     assert "Linear probe head: C=" in output
-    assert 0.0 <= metrics["test"]["test/acc"] <= 1.0 and Path(metrics["best_ckpt_path"]).is_file()
+    assert Path(metrics["best_ckpt_path"]).is_file()
+    expected = single_label_metrics(Path(metrics["best_ckpt_path"]).parent.parent)
+    assert metrics["test"]["test/acc"] == pytest.approx(expected["test/acc"], abs=1e-6)
+    assert metrics["test"]["test/loss"] == pytest.approx(expected["test/loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_probe_cpu_under_ddp_fits_the_same_head_on_every_rank(single_probe, poster_root: Path, tmp_path: Path):
-    metrics, probe, output = probe_run(poster_root, tmp_path, "trainer=ddp_cpu")
+    metrics, probe, output = probe_run(poster_root, tmp_path, ddp=True)
+    assert_ranks_identical(tmp_path / "run")
     assert metrics["ddp"]["world_size"] == 2 and metrics["ddp"]["identical"]
     # The scan and split finished before the second process started: it never waited on a scan.
     assert output.index("Split (train/val/test)") < output.index("Initializing distributed: GLOBAL_RANK: 1")
@@ -105,6 +116,7 @@ def test_probe_cpu_under_ddp_fits_the_same_head_on_every_rank(single_probe, post
     assert metrics["test"]["test/acc"] == pytest.approx(single_metrics["test"]["test/acc"])
 
 
+@pytest.mark.slow
 def test_lp_ft_fits_the_probe_once_and_not_again_on_resume(poster_root: Path, tmp_path: Path):
     run = tmp_path / "run"
     common = [
