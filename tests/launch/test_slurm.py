@@ -256,7 +256,12 @@ def test_preempted_ddp_job_checkpoints_requeues_and_resumes_in_its_run_folder(
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in (sweep / ".submitit" / job_id / f"{job_id}_1_log.err").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
     outside = [p for p in (tmp_path / "outputs").rglob("*") if sweep not in (p, *p.parents)]
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in outside) == ["outputs/train", "outputs/train/multiruns"]
+    # Beside the sweep: only the verification records that later runs on these posters reuse (data.verify_cache).
+    records = [p.relative_to(tmp_path).as_posix() for p in (tmp_path / "outputs" / "cache" / "verified").glob("*.csv")]
+    assert len(records) == 1
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in outside) == sorted(
+        ["outputs/cache", "outputs/cache/verified", *records, "outputs/train", "outputs/train/multiruns"]
+    )
     assert sorted(p.name for p in sweep.iterdir()) == [
         ".submitit",
         "0",
@@ -264,6 +269,7 @@ def test_preempted_ddp_job_checkpoints_requeues_and_resumes_in_its_run_folder(
         "data_report.json",
         "multirun.yaml",
         "split_settings.json",
+        "verified.csv",
     ]
     assert sorted(p.name for p in run.iterdir()) == [
         ".hydra",
@@ -278,6 +284,7 @@ def test_preempted_ddp_job_checkpoints_requeues_and_resumes_in_its_run_folder(
         "tensorboard",
         "test_predictions.csv",
         "train.log",
+        "verified.csv",
     ]
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert len(checkpoints) == 2 and "last.ckpt" in checkpoints
