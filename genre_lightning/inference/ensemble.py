@@ -29,9 +29,11 @@ CHECKPOINT_NAME = "ensemble.ckpt"
 
 
 def member_spec(model: GenreClassifier) -> dict[str, Any]:
-    """What an ensemble records of a member: its network's hyper-parameters and resolved data config."""
+    """What an ensemble records of a member: its network's hyper-parameters, resolved data config and
+    temperature (so the ensemble averages the members' calibrated probabilities)."""
     spec = {key: model.hparams.get(key) for key in MEMBER_KEYS}
     spec["data_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in model.data_config.items()}
+    spec["temperature"] = float(model.task.temperature)
     return spec
 
 

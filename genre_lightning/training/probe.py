@@ -71,20 +71,26 @@ def split_features(
 
 def fit_probe(
     train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None,
     c_grid: Sequence[float],
     num_classes: int,
     max_iter: int = 3000,
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, float]], float]:
     """Logistic regressions on standardised features, one per ``C``; the one with the lowest
     validation log-loss as ``(weight (classes, dim), bias (classes,))`` of a linear layer on the raw
-    features, with every ``C``'s validation log-loss and accuracy and the chosen ``C``."""
+    features, with every ``C``'s validation log-loss and accuracy and the chosen ``C``. Without a
+    validation split (``val=None``, the refit) the grid holds the one ``C`` to use."""
     scaler = StandardScaler().fit(train[0])
-    train_x, val_x = scaler.transform(train[0]), scaler.transform(val[0])
+    train_x = scaler.transform(train[0])
     labels = np.arange(num_classes)
     scores, fits = [], {}
     for c in c_grid:
         regression = LogisticRegression(C=c, max_iter=max_iter).fit(train_x, train[1])
+        fits[c] = regression
+        if val is None:
+            scores.append({"C": float(c), "val_log_loss": None, "val_acc": None})
+            continue
+        val_x = scaler.transform(val[0])
         probabilities = np.zeros((len(val_x), num_classes))
         probabilities[:, regression.classes_] = regression.predict_proba(val_x)
         scores.append(
@@ -94,8 +100,7 @@ def fit_probe(
                 "val_acc": float((probabilities.argmax(1) == val[1]).mean()),
             }
         )
-        fits[c] = regression
-    best = min(scores, key=lambda s: (s["val_log_loss"], -s["C"]))
+    best = min(scores, key=lambda s: (s["val_log_loss"] or 0.0, -s["C"]))
     regression = fits[best["C"]]
     # A genre absent from the training split keeps a weight of zero and a very low bias.
     weight = np.zeros((num_classes, train_x.shape[1]))
@@ -139,10 +144,18 @@ class LinearProbe:
                 "probe",
                 f"random for {pl_module.hparams.backbone} (its head is not one nn.Linear)",
             )
+        has_val = trainer.datamodule.has_posters("val")
+        if not has_val and len(self.c_grid) > 1:
+            raise ConfigError(
+                "finetune.probe_c_grid",
+                self.c_grid,
+                "one C for a run without a validation split (data.fold=all): the C that genre-report "
+                "printed for the cross-validation, e.g. finetune.probe_c_grid=[0.01]",
+            )
         started = time.perf_counter()
         store = self._store(trainer, pl_module)
         train = split_features(trainer, pl_module, "train", store, self.batch_size)
-        val = split_features(trainer, pl_module, "val", store, self.batch_size)
+        val = split_features(trainer, pl_module, "val", store, self.batch_size) if has_val else None
         store.save()
         weight, bias, scores, chosen = fit_probe(train, val, self.c_grid, len(pl_module.classes))
         with torch.no_grad():
@@ -154,16 +167,16 @@ class LinearProbe:
             "val_log_loss": best["val_log_loss"],
             "val_acc": best["val_acc"],
             "train_images": len(train[1]),
-            "val_images": len(val[1]),
+            "val_images": len(val[1]) if val is not None else 0,
             "seconds": round(time.perf_counter() - started, 2),
             "grid": scores,
         }
         if trainer.is_global_zero:
             log.info(
-                "Linear probe head: C=%g of %s by validation log-loss (%.4f; val acc %.4f), "
+                "Linear probe head: C=%g of %s by validation log-loss (%s; val acc %s), "
                 "%d train / %d val images, %.1f s",
                 chosen, self.c_grid, best["val_log_loss"], best["val_acc"],
-                len(train[1]), len(val[1]), summary["seconds"],
+                len(train[1]), summary["val_images"], summary["seconds"],
             )  # fmt: skip
             folder = Path(trainer.default_root_dir)
             folder.mkdir(parents=True, exist_ok=True)
