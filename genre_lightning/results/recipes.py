@@ -14,6 +14,7 @@ A recipe's predictions of one set of posters become :class:`~genre_lightning.res
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,9 @@ def name_recipes(jobs: Sequence[Job], keys: RecipeKeys) -> dict[str, str]:
     for job in jobs:
         job.seed = override(job.overrides, SEED_KEY) or "(default)"
         if ENSEMBLE_KEY in job.overrides:
-            job.recipe = "ensemble(" + " + ".join(_member_recipe(p, keys, shared) for p in _members(job)) + ")"
+            counts = Counter(_member_recipe(p, keys, shared) for p in _members(job))
+            parts = [f"{n} x {recipe}" if n > 1 else recipe for recipe, n in counts.items()]
+            job.recipe = "ensemble(" + " + ".join(parts) + ")"
         else:
             job.recipe = _label(own[id(job)], shared)
     return shared
