@@ -4,7 +4,7 @@
 # the chosen recipe and the study's recipe then run with three seeds each, tested once.
 # Round 5 (cv_*): 5-fold cross-validation of every poster, one multirun per recipe (docs/RESULTS.md).
 #   scripts/accuracy_runs.sh variants | lpft | final | study | probe | timing | ensembles
-#   scripts/accuracy_runs.sh cv_probes | cv_lpft | cv_best_cpu | cv_study | cv_ensembles | cv_final
+#   scripts/accuracy_runs.sh cv_probes | cv_ensembles | cv_best_cpu | cv_lpft | cv_study | cv_final
 set -euo pipefail
 cd "$(dirname "$0")/.."
 POSTERS=${POSTERS:-../shared/data/four_genre_posters}
@@ -157,6 +157,20 @@ cv_ensembles)
         done
     done
     ;;
+cv_final)
+    # The model that ships, in both forms, tested on a fixed test part: 20% of the posters kept out of
+    # every fold, 5-fold CV of the chosen recipe on the rest, then its refit and its fold ensemble made
+    # with the commands genre-report prints (median best epoch, temperature and probe C of the folds).
+    FINAL=(experiment=probe_cpu "$LITE0" model.tta_hflip=true)
+    mkdir -p "$OUT/cv_final"
+    sweep cv_final/folds "${FINAL[@]}" data.cv_test_fraction=0.2
+    genre-report sweep_dir="$OUT/cv_final/folds" > "$OUT/cv_final/folds_report.log" 2>&1
+    for form in fold_ensemble:genre-ensemble refit:genre-train; do
+        command=$(grep -m1 "^    ${form#*:} " "$OUT/cv_final/folds/report.md")
+        timed "cv_final/${form%%:*}" eval "$command"
+    done
+    genre-report sweep_dir="$OUT/cv_final" > "$OUT/cv_final/report.log" 2>&1
+    ;;
 *)
-    echo "usage: $0 variants|lpft|final|study|probe|timing|ensembles|cv_probes|cv_best_cpu|cv_lpft|cv_study|cv_ensembles" >&2; exit 2 ;;
+    echo "usage: $0 variants|lpft|final|study|probe|timing|ensembles|cv_probes|cv_best_cpu|cv_lpft|cv_study|cv_ensembles|cv_final" >&2; exit 2 ;;
 esac

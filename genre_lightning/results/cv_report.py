@@ -84,7 +84,12 @@ def cv_sections(jobs: Sequence[Job], folder: Path, samples: int, seed: int) -> t
         pd.concat([f.assign(recipe=r, seed=s) for (r, s), f in oof.items()], ignore_index=True).pipe(_front),
         folder / OOF_FILE,
     )
-    classes = classes_of(next(iter(oof.values())))
+    first = next(iter(oof.values()))
+    if "label" not in first.columns:  # multi-label runs: their metrics are not top-1 of one genre
+        note = f"Out-of-fold predictions of {len(oof)} multi-label run(s) written to {OOF_FILE}; the interval "
+        note += "table and the paired comparisons are for single-label runs."
+        return note + "\n", pd.DataFrame({"recipe": sorted({r for r, _ in oof})})
+    classes = classes_of(first)
     groups = duplicate_groups(fold_jobs)
     table, notes = _scored_table(oof, classes, groups, samples, seed)
     wall = {recipe: _wall(members) for (recipe, _), members in runs.items()}

@@ -14,6 +14,7 @@ A recipe's predictions of one set of posters become :class:`~genre_lightning.res
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ PREDICTIONS_FILE = "test_predictions.csv"
 SEED_KEY = "seed"
 FOLD_KEY = "data.fold"
 ENSEMBLE_KEY = "ckpt_paths"
+# Settings that change how a run goes, not what it learns: never part of a recipe's name (a stored
+# feature is the feature it would compute; workers load the same images).
+NOT_RECIPE = ("print_config", "callbacks.feature_cache.cache_dir", "data.num_workers", "data.persistent_workers")
 
 
 @dataclass
@@ -80,20 +84,32 @@ def read_overrides(folder: Path) -> dict[str, str] | None:
 
 
 def iter_jobs(folder: Path) -> Iterator[Job]:
-    """Every run folder under ``folder``, in name order."""
-    for overrides_file in sorted(folder.rglob(".hydra/overrides.yaml")):
-        job = overrides_file.parent.parent
+    """Every run folder under ``folder``, in name order. Links to folders are followed, so a folder of
+    links to sweeps reports them together."""
+    for job in sorted(_run_folders(folder)):
         metrics_file = job / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
         yield Job(str(job.relative_to(folder)), job, read_overrides(job) or {}, metrics)
 
 
+def _run_folders(folder: Path) -> Iterator[Path]:
+    seen: set[str] = set()
+    for path, names, _ in os.walk(folder, followlinks=True):
+        real = os.path.realpath(path)
+        if real in seen:  # a link back up the tree
+            names.clear()
+            continue
+        seen.add(real)
+        if (Path(path) / ".hydra" / "overrides.yaml").is_file():
+            yield Path(path)
+
+
 @dataclass
 class RecipeKeys:
     """Which override keys name a recipe: all but ``ignored`` (the seed, unless seeds are compared,
-    and the fold)."""
+    the fold, and ``NOT_RECIPE``)."""
 
-    ignored: frozenset[str] = field(default_factory=lambda: frozenset({SEED_KEY, FOLD_KEY}))
+    ignored: frozenset[str] = field(default_factory=lambda: frozenset({SEED_KEY, FOLD_KEY, *NOT_RECIPE}))
 
     def defining(self, overrides: dict[str, str]) -> dict[str, str]:
         return {k: v for k, v in sorted(overrides.items()) if k.lstrip("+~") not in self.ignored}

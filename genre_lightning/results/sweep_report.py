@@ -22,6 +22,7 @@ from genre_lightning.results.cv_report import cv_sections
 from genre_lightning.results.recipe_tables import recipe_markdown, recipe_table
 from genre_lightning.results.recipes import (
     FOLD_KEY,
+    NOT_RECIPE,
     SEED_KEY,
     Job,
     RecipeKeys,
@@ -151,7 +152,7 @@ def report(
         raise ConfigError(
             "sweep_dir", str(folder), "a multirun folder whose jobs hold .hydra/overrides.yaml and metrics.json"
         )
-    ignored = {FOLD_KEY, *(SEED_KEYS if group_seeds else ())}
+    ignored = {FOLD_KEY, *NOT_RECIPE, *(SEED_KEYS if group_seeds else ())}
     shared = name_recipes(jobs, RecipeKeys(frozenset(ignored)))
     if any(job.fold is not None for job in jobs):
         return _cross_validation_report(jobs, folder, shared, samples, seed)

@@ -27,7 +27,7 @@ from tests.helpers.posters import copy_posters
 pytestmark = pytest.mark.slow
 
 CLASSES = ["Action", "Comedy", "Horror", "Romance"]
-GOOD = "model.optimizer.lr=3e-3 trainer.max_epochs=3"
+GOOD = "model.optimizer.lr=0.003 trainer.max_epochs=3"  # as Hydra writes a swept value
 BROKEN = "model.optimizer.lr=0 trainer.max_epochs=1"
 
 
@@ -58,7 +58,14 @@ def cv(poster_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, recipe in (("good", [*GOOD.split(), "seed=1,2"]), ("broken", BROKEN.split())):
         with open(base / f"{name}.log", "w") as log:  # stdout to a file, as in `genre-train -m ... > log`
             done = run_cli(
-                "genre-train", "-m", *common, *recipe, f"hydra.sweep.dir={base}/sweeps/{name}", cwd=base, stdout=log
+                "genre-train",
+                "-m",
+                *common,
+                *recipe,
+                f"hydra.sweep.dir={base}/sweeps/{name}",
+                cwd=base,
+                stdout=log,
+                timeout=1800,
             )
         assert done.returncode == 0, done.stderr[-3000:]
     return base
@@ -131,7 +138,7 @@ def test_two_seeds_of_one_recipe_are_not_distinguishable(cv: Path):
     report(cv, "group_seeds=false")
     table = pd.read_csv(cv / "sweeps" / "report.csv")
     verdicts = dict(zip(table["recipe"], table["verdict"].fillna("best"), strict=True))
-    per_seed = [f"model.optimizer.lr=3e-3 seed={s} trainer.max_epochs=3" for s in (1, 2)]  # keys in name order
+    per_seed = [f"model.optimizer.lr=0.003 seed={s} trainer.max_epochs=3" for s in (1, 2)]  # keys in name order
     assert sorted(verdicts) == sorted([BROKEN, *per_seed])
     assert verdicts[BROKEN] == "worse"
     seeds = sorted(verdicts[name] for name in per_seed)
@@ -212,6 +219,14 @@ def test_the_fold_ensemble_and_the_refit_predict_through_genre_predict_and_pytho
         via_python = probabilities(Predictor.from_checkpoint(checkpoint), [str(folder / Path(p).name) for p in files])
         got = predicted.loc[[str(folder / Path(p).name) for p in files], [f"p_{c}" for c in CLASSES]].to_numpy(float)
         np.testing.assert_allclose(got, via_python, atol=1e-5)
+
+    # A fold run's checkpoint on the fixed test part, which it never saw either.
+    member = Path(members[0])
+    done = run_entry_point(
+        "genre-eval", *FAST, f"ckpt_path={member}", "split=holdout", f"hydra.run.dir={tmp_path}/eval", cwd=cv
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert set(read(tmp_path / "eval" / "test_predictions.csv")["file_path"]) == set(files)
 
     # genre-report now also compares the two final models on the fixed test part.
     markdown = report(cv)
