@@ -18,6 +18,7 @@ from genre_lightning.results.sweep_report import report, write_report
 from genre_lightning.utils.errors import ConfigError, exit_on_user_error
 
 ORDERS = {"ascending": True, "descending": False, None: None}
+INCOMPLETE = ("fail", "skip")
 
 
 @exit_on_user_error
@@ -32,8 +33,18 @@ def report_sweep(cfg: DictConfig) -> None:
         )
     if isinstance(cfg.samples, bool) or not isinstance(cfg.samples, int) or cfg.samples < 100:
         raise ConfigError("samples", cfg.samples, "an integer of at least 100 (bootstrap samples)")
+    if cfg.incomplete not in INCOMPLETE:
+        raise ConfigError("incomplete", cfg.incomplete, f"one of {list(INCOMPLETE)}")
     if cfg.sweep_dir:
-        report(cfg.sweep_dir, cfg.metric, ORDERS[cfg.order], cfg.group_seeds, cfg.samples, cfg.bootstrap_seed)
+        report(
+            cfg.sweep_dir,
+            cfg.metric,
+            ORDERS[cfg.order],
+            cfg.group_seeds,
+            cfg.samples,
+            cfg.bootstrap_seed,
+            skip_incomplete=cfg.incomplete == "skip",
+        )
         return
     from genre_lightning.results.mlflow_sweep import collect_mlflow_jobs
 

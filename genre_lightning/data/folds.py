@@ -108,12 +108,8 @@ def assign_folds(
     inside = list(range(len(labels)))
     if cv.test_fraction > 0:
         fractions = {"train": 1 - cv.test_fraction, "val": 0.0, "test": cv.test_fraction}
-        parts = (
-            iterative_stratified_split(label_sets, groups, fractions, seed)
-            if multilabel
-            else stratified_group_split(labels, groups, fractions, seed)
-        )
-        inside = [i for i, part in enumerate(parts) if part != "test"]
+        parts = _stratified(inside, labels, label_sets, groups, fractions, seed, multilabel)
+        inside = [i for i, part in zip(inside, parts, strict=True) if part != "test"]
     sets = [label_sets[i] if multilabel else [labels[i]] for i in inside]
     check_fold_count(cv, sets, [groups[i] for i in inside])
     if multilabel:
@@ -164,15 +160,26 @@ def fold_splits(
     splits = [HOLDOUT if f == HOLDOUT else "test" if f == held else "train" for f in folds]
     rest = [i for i, split in enumerate(splits) if split == "train"]
     fractions = {"train": 1 - cv.val_fraction, "val": cv.val_fraction, "test": 0.0}
-    carve_seed = fold_seed(seed, int(cv.fold))
-    carved = (
-        iterative_stratified_split([label_sets[i] for i in rest], [groups[i] for i in rest], fractions, carve_seed)
-        if multilabel
-        else stratified_group_split([labels[i] for i in rest], [groups[i] for i in rest], fractions, carve_seed)
-    )
+    carved = _stratified(rest, labels, label_sets, groups, fractions, fold_seed(seed, int(cv.fold)), multilabel)
     for i, split in zip(rest, carved, strict=True):
         splits[i] = split
     return splits
+
+
+def _stratified(
+    items: Sequence[int],
+    labels: Sequence[str],
+    label_sets: Sequence[Sequence[str]],
+    groups: Sequence[str],
+    fractions: dict[str, float],
+    seed: int,
+    multilabel: bool,
+) -> list[str]:
+    """The train/val/test split of ``items`` (indices), stratified and grouped as the task needs."""
+    chosen_groups = [groups[i] for i in items]
+    if multilabel:
+        return iterative_stratified_split([label_sets[i] for i in items], chosen_groups, fractions, seed)
+    return stratified_group_split([labels[i] for i in items], chosen_groups, fractions, seed)
 
 
 def fold_seed(seed: int, fold: int) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from genre_lightning.data.folds import ALL_FOLDS
 from genre_lightning.results.recipe_tables import genre_f1_markdown, median, recipe_markdown, recipe_table
 from genre_lightning.results.recipes import Job, classes_of, duplicate_groups, read_predictions, scores
 from genre_lightning.utils.csvio import write_csv
@@ -30,28 +31,38 @@ from genre_lightning.utils.errors import ConfigError
 
 OOF_FILE = "oof_predictions.csv"
 FINAL_FILE = "final_models.csv"
-ALL_FOLDS = "all"
 
 
-def fold_runs(jobs: Sequence[Job], folder: Path) -> dict[tuple[str, str], list[Job]]:
-    """(recipe, seed) -> its fold jobs in fold order; a missing or repeated fold is a one-line error."""
+def fold_runs(
+    jobs: Sequence[Job], folder: Path, skip_incomplete: bool = False
+) -> tuple[dict[tuple[str, str], list[Job]], list[str]]:
+    """(recipe, seed) -> its fold jobs in fold order. A missing or repeated fold is a one-line error, or
+    with ``skip_incomplete`` (a cross-validation still running) that run is left out and named in the
+    returned notes."""
     runs: dict[tuple[str, str], list[Job]] = defaultdict(list)
     for job in jobs:
         runs[(job.recipe, job.seed)].append(job)
-    for (recipe, seed), members in runs.items():
+    notes = []
+    for (recipe, seed), members in list(runs.items()):
         count = int(members[0].cross_validation["folds"])
         found = Counter(job.fold for job in members)
         missing = [str(k) for k in range(count) if str(k) not in found]
         twice = sorted(f for f, n in found.items() if n > 1)
         if missing or twice:
             problem = f"fold(s) {', '.join(missing)} missing" if missing else f"fold(s) {', '.join(twice)} run twice"
-            raise ConfigError(
-                "sweep_dir",
-                str(folder),
-                f"every fold of each recipe exactly once: `{recipe}` (seed {seed}) has {problem} of {count}",
-            )
+            which = f"`{recipe}`" + (f" (seed {seed})" if seed != "(default)" else "")
+            if not skip_incomplete:
+                raise ConfigError(
+                    "sweep_dir",
+                    str(folder),
+                    f"every fold of each recipe exactly once: {which} has {problem} of {count} "
+                    "(incomplete=skip leaves such runs out)",
+                )
+            notes.append(f"Left out (incomplete=skip): {which} has {problem} of {count}.")
+            del runs[(recipe, seed)]
+            continue
         members.sort(key=lambda job: int(job.fold))
-    return dict(runs)
+    return dict(runs), notes
 
 
 def out_of_fold(runs: dict[tuple[str, str], list[Job]]) -> dict[tuple[str, str], pd.DataFrame]:
@@ -74,11 +85,17 @@ def out_of_fold(runs: dict[tuple[str, str], list[Job]]) -> dict[tuple[str, str],
     return result
 
 
-def cv_sections(jobs: Sequence[Job], folder: Path, samples: int, seed: int) -> tuple[str, pd.DataFrame]:
+def cv_sections(
+    jobs: Sequence[Job], folder: Path, samples: int, seed: int, skip_incomplete: bool = False
+) -> tuple[str, pd.DataFrame]:
     """The Markdown of the cross-validation sections, and the out-of-fold table (written as report.csv)."""
     fold_jobs = [j for j in jobs if j.metrics and j.fold not in (None, ALL_FOLDS)]
     final_jobs = [j for j in jobs if j.metrics and j.fold == ALL_FOLDS]
-    runs = fold_runs(fold_jobs, folder)
+    if not fold_jobs:  # refits and fold ensembles only
+        return _final_models(final_jobs, folder, duplicate_groups(final_jobs), samples, seed), pd.DataFrame()
+    runs, incomplete = fold_runs(fold_jobs, folder, skip_incomplete)
+    if not runs:
+        raise ConfigError("sweep_dir", str(folder), "at least one recipe with every fold finished")
     oof = out_of_fold(runs)
     write_csv(
         pd.concat([f.assign(recipe=r, seed=s) for (r, s), f in oof.items()], ignore_index=True).pipe(_front),
@@ -104,6 +121,7 @@ def cv_sections(jobs: Sequence[Job], folder: Path, samples: int, seed: int) -> t
         f"group ({samples} samples); Δ: paired difference to the best recipe on the same posters, with McNemar's "
         "exact p; an interval that contains 0 is not distinguishable. Runs: seeds, whose metrics are averaged.",
         *notes,
+        *incomplete,
         _final_model_commands(runs, table.loc[0, "recipe"]),
     ]
     if final_jobs:

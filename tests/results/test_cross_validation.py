@@ -3,8 +3,9 @@ by genre-report (out-of-fold metrics with intervals, paired comparisons), then t
 prints the commands for (the fold ensemble and the refit), predicting through genre-predict and Python.
 
 One folder holds two sweeps that share the fold assignment (the same data settings): the recipe with
-two seeds, and a deliberately broken recipe (learning rate 0). Every number is recomputed here from the
-files the runs wrote."""
+two seeds, and a deliberately broken recipe (learning rate 0). Both start from one weights file, as a
+pretrained backbone would (the seeds then differ in the order and augmentation of the batches, not in
+the starting point). Every number is recomputed here from the files the runs wrote."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import timm
+import torch
+from safetensors.torch import save_file
 from scipy.stats import binomtest
 from sklearn.metrics import f1_score
 
@@ -43,8 +47,12 @@ def cv(poster_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(2):  # copies, one pair filed under two genres: each pair must stay in one fold
         shutil.copy(root / "Action" / f"action_{i:04d}.jpg", root / "Comedy" / f"copy_of_action_{i}.jpg")
         shutil.copy(root / "Horror" / f"horror_{i:04d}.jpg", root / "Horror" / f"again_{i}.jpg")
+    torch.manual_seed(0)
+    start = base / "start.safetensors"  # the tests' model, randomly initialised once, as a timm weights file
+    save_file({k: v.contiguous() for k, v in timm.create_model("resnet10t", num_classes=4).state_dict().items()}, start)
     common = [
         *FAST,
+        f"model.weights={start}",
         f"data.root={root}",
         "data.folds=3",
         "data.fold=0,1,2",
@@ -153,7 +161,7 @@ def test_a_missing_fold_or_a_poster_in_two_folds_stops_in_one_line(cv: Path, tmp
     assert done.returncode == 2
     assert done.stderr.strip() == (
         f"error: sweep_dir='{copy}' is not valid: expected every fold of each recipe exactly once: "
-        f"`{BROKEN}` (seed (default)) has fold(s) 1 missing of 3"
+        f"`{BROKEN}` has fold(s) 1 missing of 3"
     )
 
     shutil.copy(cv / "sweeps" / "broken" / "1" / "metrics.json", copy / "broken" / "1" / "metrics.json")
