@@ -11,15 +11,20 @@ from omegaconf import DictConfig
 
 from genre_lightning.cli.common import CONFIG_PATH, show_and_save_config
 from genre_lightning.inference.export import EXPORTERS, SUFFIXES, export_checkpoint
+from genre_lightning.inference.model_card import write_model_card
 from genre_lightning.utils.errors import ConfigError, UserFacingError, exit_on_user_error
 
 
 @exit_on_user_error
 def export(cfg: DictConfig) -> dict:
-    """Write the artifact and its sidecar, check parity; return the sidecar."""
-    if cfg.format not in EXPORTERS:
-        raise ConfigError("format", cfg.format, f"one of {sorted(EXPORTERS)}")
+    """Write the artifact and its sidecar, check parity; return the sidecar (format=card: the model card)."""
+    if cfg.format not in [*EXPORTERS, "card"]:
+        raise ConfigError("format", cfg.format, f"one of {sorted([*EXPORTERS, 'card'])}")
     show_and_save_config(cfg, cfg.paths.output_dir, show=cfg.get("print_config", False))
+    if cfg.format == "card":
+        card = write_model_card(cfg.ckpt_path, cfg.output or Path(cfg.paths.output_dir) / "README.md")
+        print(f"Wrote the model card {card}")
+        return {"format": "card", "artifact": str(card)}
     output = Path(cfg.output or Path(cfg.paths.output_dir) / f"model{SUFFIXES[cfg.format]}")
     done = export_checkpoint(
         cfg.ckpt_path, cfg.format, output, cfg.get("parity_input"), cfg.parity_images, cfg.tolerance

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import hydra
@@ -12,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from genre_lightning.cli.common import CONFIG_PATH, show_and_save_config
-from genre_lightning.data.annotations import ANNOTATIONS_FILE, REPORT_FILE
+from genre_lightning.data.annotations import ANNOTATIONS_FILE, REPORT_FILE, read_split_file
+from genre_lightning.data.shards import write_shards
 from genre_lightning.utils.errors import exit_on_user_error
 
 
@@ -87,6 +89,18 @@ def prepare(cfg: DictConfig) -> dict:
     for line in summary_lines(report):
         console.print(line)
     console.print(f"Wrote {output_dir / ANNOTATIONS_FILE} and {output_dir / REPORT_FILE}")
+    if cfg.get("shards"):
+        frame = read_split_file(output_dir / ANNOTATIONS_FILE, datamodule.classes, check_files=False)
+        started = time.perf_counter()
+        summary = write_shards(frame, cfg.shards, report)
+        items = sum(s["items"] for s in summary["splits"].values())
+        size = sum(s["bytes"] for s in summary["splits"].values())
+        console.print(
+            f"Wrote {items} images as LitData shards ({size / 2**20:.1f} MiB) to {cfg.shards} "
+            f"in {time.perf_counter() - started:.1f} s",
+            soft_wrap=True,
+        )
+        console.print(f"Train from them with data.shards={cfg.shards}", soft_wrap=True)
     return report
 
 

@@ -160,6 +160,10 @@ def train(cfg: DictConfig) -> float | None:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
     log_config(trainer.loggers, cfg)
+    if trainer.is_global_zero:
+        # Scan and split now, before Lightning starts the other DDP processes: they then find the
+        # split ready instead of waiting at a barrier (with a timeout) while rank 0 scans.
+        datamodule.prepare_data()
 
     started = time.perf_counter()
     with local_ddp_job(cfg, output_dir, trainer.world_size):

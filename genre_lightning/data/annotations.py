@@ -39,6 +39,7 @@ from genre_lightning.data.stratify import (
     iterative_stratified_split,
     stratified_group_split,
 )
+from genre_lightning.data.verified import RECORDS_FILE, VerificationRecords, cache_file
 from genre_lightning.utils.csvio import TEXT, read_csv, write_csv
 from genre_lightning.utils.errors import ConfigError
 
@@ -48,8 +49,11 @@ REPORT_FILE = "data_report.json"
 COLUMNS = ["file_path", "label", "split", "sha256", "group", "labels", "fold"]
 
 
-def read_split_file(path: str | Path, classes: Sequence[str], key: str = "data.split_file") -> pd.DataFrame:
-    """Read an ``annotations.csv`` and check it can be used as-is: columns, labels, splits, files."""
+def read_split_file(
+    path: str | Path, classes: Sequence[str], key: str = "data.split_file", check_files: bool = True
+) -> pd.DataFrame:
+    """Read an ``annotations.csv`` and check it can be used as-is: columns, labels, splits, and (unless
+    ``check_files`` is off: a split read from shards) that its files exist."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(key, str(path), "an existing annotations.csv with file_path,label,split columns")
@@ -69,7 +73,7 @@ def read_split_file(path: str | Path, classes: Sequence[str], key: str = "data.s
     # the working directory, so the same file is found from anywhere; absolute paths stay as they are.
     absolute = [p if os.path.isabs(p) else os.path.abspath(path.parent / p) for p in frame["file_path"]]
     frame["file_path"] = pd.Series(absolute, index=frame.index, dtype=TEXT)
-    gone = [p for p in frame["file_path"] if not Path(p).is_file()]
+    gone = [p for p in frame["file_path"] if not Path(p).is_file()] if check_files else []
     if gone:
         raise ConfigError(key, str(path), f"a split whose files exist ({len(gone)} missing, e.g. {gone[0]!r})")
     # Split files written by other tools may only have the three required columns.
@@ -130,21 +134,23 @@ def make_annotations(
     seed: int,
     root: str | Path | None = None,
     annotations: str | Path | None = None,
-    verify_threads: int = 4,
+    verify_workers: int | None = None,
     min_image_side: int = 1,
     duplicates: Mapping[str, Any] | None = None,
     task: str = "single",
     cv: CrossValidation | None = None,
+    records: VerificationRecords | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Scan, verify, group duplicates, apply the duplicate policy and split.
 
     ``task=multilabel`` merges each duplicate group into one item with all its genres and splits
     by iterative stratification over the genre sets; ``single`` stratifies by the one label.
     With ``cv`` the items are assigned to folds first and the split is that of ``cv.fold``.
-    Returns the annotations table and the data report.
+    Files unchanged since their record in ``records`` are not decoded again; ``records`` receives
+    the outcome of every file decoded now. Returns the annotations table and the data report.
     """
     options = check_duplicate_options(duplicates, task)  # before the scan: a typo must not cost a full scan
-    result = scan(classes, root=root, annotations=annotations, num_threads=verify_threads, min_side=min_image_side)
+    result = scan(classes, root, annotations, verify_workers, min_image_side, records)
     records = sorted(result.records, key=lambda r: r.path)
     paths, labels = [r.path for r in records], [r.label for r in records]
     sha256 = [r.sha256 for r in records]
@@ -160,10 +166,6 @@ def make_annotations(
         if annotations:
             raise ConfigError("data.annotations", str(annotations), "a CSV that lists at least one readable image")
         raise ConfigError("data.root", str(root), "a folder with readable images in its genre folders")
-    empty = [c for c in classes if report["per_class"][c]["kept"] == 0]
-    if empty:
-        raise ConfigError("data.classes", list(classes), f"genres with at least one usable image (none for {empty})")
-
     frame = pd.DataFrame(
         {
             "file_path": pd.Series([paths[i] for i in outcome.keep], dtype=TEXT),
@@ -173,6 +175,14 @@ def make_annotations(
             "labels": [outcome.labels.get(i, own_label_sets[i]) for i in outcome.keep],
         }
     )
+    # Every genre needs an image: under multilabel any genre of a poster counts (a genre that only
+    # appears beside another one is still learnt), otherwise its one label.
+    covered = genre_rows(frame, task)["label"].value_counts()
+    for genre in classes:
+        report["per_class"][genre]["with_genre"] = int(covered.get(genre, 0))
+    empty = [c for c in classes if covered.get(c, 0) == 0]
+    if empty:
+        raise ConfigError("data.classes", list(classes), f"genres with at least one usable image (none for {empty})")
     multilabel = task == "multilabel"
     labels, label_sets, groups = list(frame["label"]), _label_sets(frame), list(frame["group"])
     frame["fold"] = assign_folds(labels, label_sets, groups, cv, seed, multilabel) if cv else ""
@@ -246,17 +256,21 @@ def prepare_annotations(
     root: str | Path | None = None,
     annotations: str | Path | None = None,
     split_file: str | Path | None = None,
-    verify_threads: int = 4,
+    verify_workers: int | None = None,
     min_image_side: int = 1,
     duplicates: Mapping[str, Any] | None = None,
     task: str = "single",
     cv: CrossValidation | None = None,
+    verify_cache: str | Path | None = None,
 ) -> Path:
-    """Write ``annotations.csv`` and ``data_report.json`` into ``output_dir`` and return the CSV path.
+    """Write ``annotations.csv``, ``data_report.json`` and ``verified.csv`` into ``output_dir`` and
+    return the CSV path.
 
     An existing ``annotations.csv`` in ``output_dir`` is kept (a resumed or requeued run
     must see the split it started with). ``split_file`` reuses another run's split exactly; with
-    ``cv``, its fold assignment, and the run's splits are those of ``cv.fold`` (``data/folds.py``).
+    ``cv``, its fold assignment, and the run's splits are those of ``cv.fold`` (``data/folds.py``). Its
+    files are checked against the ``verified.csv`` beside it and decoded only where they changed.
+    ``verify_cache`` (a folder) keeps the records of every file of a data source for later new splits.
     """
     output_dir = Path(output_dir)
     target = output_dir / ANNOTATIONS_FILE
@@ -265,17 +279,25 @@ def prepare_annotations(
         log.info("Reusing the split already in this run folder: %s", target)
         return target
     output_dir.mkdir(parents=True, exist_ok=True)
+    records = VerificationRecords.read(output_dir / RECORDS_FILE)  # this folder's own, if any
     if choice.source == "split_file":
         frame = read_split_file(split_file, classes)
         if cv is not None:
             frame = with_fold_splits(frame, cv, seed, task, str(split_file))
-        report = split_file_report(frame, classes, split_file, verify_threads, min_image_side, task, cv)
+        records.update(VerificationRecords.read(Path(split_file).parent / RECORDS_FILE))
+        report = split_file_report(frame, classes, split_file, verify_workers, min_image_side, task, cv, records)
+        listed = list(frame["file_path"])
     else:
+        cached = cache_file(verify_cache, annotations or root)
+        records.update(VerificationRecords.read(cached))
         frame, report = make_annotations(
-            classes, fractions, seed, root, annotations, verify_threads, min_image_side, duplicates, task, cv
+            classes, fractions, seed, root, annotations, verify_workers, min_image_side, duplicates, task, cv, records
         )
+        listed = _scanned_paths(report, frame, records)
+        _merge_into_cache(cached, records.subset(listed))
     if target.is_file() and split_digest(read_split_file(target, classes)) != split_digest(frame):
         raise ConfigError("data.split_file", str(split_file), f"the same split as the one already in {target}")
+    records.subset(listed).write(output_dir / RECORDS_FILE)
     write_csv(frame, target)
     report_path = output_dir / REPORT_FILE
     report_path.with_name(REPORT_FILE + ".tmp").write_text(json.dumps(report, indent=2))
@@ -284,22 +306,45 @@ def prepare_annotations(
     return target
 
 
+def _scanned_paths(report: dict, frame: pd.DataFrame, records: VerificationRecords) -> list[str]:
+    """Every file the scan verified: kept, skipped (with a record) and merged or dropped copies."""
+    paths = set(frame["file_path"]) | {s["path"] for s in report["skipped"]}
+    paths |= {p for g in report.get("duplicates", {}).get("groups", []) for p in g["paths"]}
+    return [p for p in paths if p in records.by_path]
+
+
+def _merge_into_cache(path: Path | None, records: VerificationRecords) -> None:
+    """Add ``records`` to the cache file ``path`` (re-read first: another run may have added to it)."""
+    if path is None:
+        return
+    merged = VerificationRecords.read(path)
+    if all(merged.by_path.get(p) == record for p, record in records.by_path.items()):
+        return  # nothing new: a second scan of the same folder does not rewrite the cache
+    merged.update(records)
+    try:
+        merged.write(path)
+    except OSError as err:  # a full or read-only cache folder costs a later decode, never the run
+        log.warning("Could not write verification records to %s (%s)", path, err)
+
+
 def split_file_report(
     frame: pd.DataFrame,
     classes: Sequence[str],
     split_file: str | Path,
-    verify_threads: int = 4,
+    verify_workers: int | None = None,
     min_side: int = 1,
     task: str = "single",
     cv: CrossValidation | None = None,
+    records: VerificationRecords | None = None,
 ) -> dict:
-    """The data report of a reused split: every listed file verified again, counted per genre.
+    """The data report of a reused split: every listed file checked again, counted per genre.
 
+    A file unchanged since its record in ``records`` keeps its outcome; any other is decoded again.
     The split itself is reused exactly (its rows are not changed); a file that no longer
     verifies is reported here and skipped, with its reason, when training reads it."""
     candidates = [Candidate(p, label) for p, label in zip(frame["file_path"], frame["label"], strict=True)]
-    records, skipped = verify_all(candidates, verify_threads, min_side)
-    report = ScanResult(records=records, skipped=skipped).report(classes)
+    kept, skipped = verify_all(candidates, verify_workers, min_side, records)
+    report = ScanResult(records=kept, skipped=skipped).report(classes)
     report["split_file"] = str(Path(split_file).resolve())
     report["split"] = {"task": task, **_split_summary(frame, classes, task, cv)}
     if skipped:

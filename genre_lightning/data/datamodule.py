@@ -27,6 +27,7 @@ from genre_lightning.data.demo import ensure_demo_posters
 from genre_lightning.data.duplicates import check_duplicate_options
 from genre_lightning.data.folds import CrossValidation
 from genre_lightning.data.image_cache import DecodedImageCache, cover_side
+from genre_lightning.data.shards import ShardDataset, copy_shards_split, shards_split
 from genre_lightning.data.stratify import HOLDOUT, SPLIT_NAMES, check_fractions
 from genre_lightning.utils.errors import ConfigError
 from genre_lightning.utils.plain_values import to_plain
@@ -35,6 +36,23 @@ log = logging.getLogger(__name__)
 
 # The training images with the eval transform, for genre-eval split=train.
 EVAL_TRAIN = "train_eval"
+
+
+def balanced_weights(dataset: PosterDataset, num_classes: int) -> torch.Tensor:
+    """Sampling weights that draw every genre about equally often.
+
+    Single-label: 1 / the count of the image's genre. Multi-label (``multi_hot``): the mean, over the
+    image's genres, of 1 / that genre's count. (Weighing by the count of the whole label set would
+    do little with dozens of genres, where most combinations occur once or twice: rare genres would
+    stay rare.)"""
+    if not dataset.multi_hot:
+        targets = torch.tensor(dataset.targets)
+        return 1.0 / torch.bincount(targets, minlength=num_classes).clamp(min=1)[targets]
+    counts = torch.zeros(num_classes)
+    for genres in dataset.label_sets:
+        counts[list(genres)] += 1
+    inverse = 1.0 / counts.clamp(min=1)
+    return torch.tensor([float(inverse[list(genres)].mean()) for genres in dataset.label_sets])
 
 
 class PosterDataModule(LightningDataModule):
@@ -61,7 +79,9 @@ class PosterDataModule(LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         augment: Mapping[str, Any] | None = None,
-        verify_threads: int = 4,
+        verify_workers: int | None = None,
+        verify_cache: str | None = None,
+        verify_threads: int | None = None,
         min_image_side: int = 1,
         duplicates: Mapping[str, Any] | None = None,
         demo: Mapping[str, Any] | None = None,
@@ -74,6 +94,7 @@ class PosterDataModule(LightningDataModule):
         fold: int | str | None = None,
         cv_test_fraction: float = 0.0,
         cv_val_fraction: float = 0.15,
+        shards: str | None = None,
         required_splits: Sequence[str] = (),
     ) -> None:
         super().__init__()
@@ -81,12 +102,12 @@ class PosterDataModule(LightningDataModule):
             raise ConfigError("data.classes", classes, "a non-empty list of genre names")
         if batch_size < 1:
             raise ConfigError("data.batch_size", batch_size, "a positive integer")
-        if not (demo or split_file or annotations) and not (root and Path(root).is_dir()):
+        if not (demo or split_file or annotations or shards) and not (root and Path(root).is_dir()):
             raise ConfigError(
                 "data.root",
                 root,
                 "an existing folder with one sub-folder per genre "
-                "(or data.annotations=<csv>, data.split_file=<annotations.csv>, or data=demo)",
+                "(or data.annotations=<csv>, data.split_file=<annotations.csv>, data.shards=<dir>, or data=demo)",
             )
         self.classes = list(classes)
         self.output_dir = Path(output_dir)
@@ -108,7 +129,9 @@ class PosterDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.augment = dict(augment) if augment is not None else None
-        self.verify_threads = verify_threads
+        # Decoding processes (None: every usable CPU). verify_threads is 0.2's name (saved configs).
+        self.verify_workers = verify_workers or verify_threads
+        self.verify_cache = verify_cache
         self.min_image_side = min_image_side
         # here, not after a scan of every file (also for genre-data); checks data.task too
         check_duplicate_options(duplicates, task)
@@ -120,8 +143,12 @@ class PosterDataModule(LightningDataModule):
         self.test_split = test_split  # genre-eval can evaluate the val (or train) split instead
         self.cache_dir = cache_dir  # decoded-image cache (opt-in)
         self.balanced_sampling = balanced_sampling
+        self.shards = shards  # LitData shards written by genre-data shards=<dir>: read instead of the files
+        if shards and self.cv is not None:  # the shards hold the one split they were written with
+            raise ConfigError("data.folds", folds, "null with data.shards (shards carry one fixed split)")
         self.data_config: dict[str, Any] | None = None
         self._demo_ready = False
+        self._prepared = False  # prepare_data already ran in this process (genre-train runs it before DDP starts)
         self.frame: pd.DataFrame | None = None
         self.datasets: dict[str, PosterDataset] = {}
         # Only global rank 0 scans and splits; the run folder is shared by all ranks.
@@ -141,6 +168,12 @@ class PosterDataModule(LightningDataModule):
         self.data_config = dict(data_config)
 
     def prepare_data(self) -> None:
+        if self._prepared:
+            return
+        if self.shards:
+            self._prepare_from_shards()
+            self._prepared = True
+            return
         if self.demo is not None and not self._demo_ready:
             root = ensure_demo_posters(self.root, **self.demo)
             self._demo_ready = True
@@ -159,18 +192,32 @@ class PosterDataModule(LightningDataModule):
             root=self.root,
             annotations=self.annotations,
             split_file=self.split_file,
-            verify_threads=self.verify_threads,
+            verify_workers=self.verify_workers,
             min_image_side=self.min_image_side,
             duplicates=self.duplicates,
             task=self.task,
             cv=self.cv,
+            verify_cache=self.verify_cache,
         )
+        self._prepared = True
+
+    def _prepare_from_shards(self) -> None:
+        """The shards' own split becomes the run's (a given split file or an existing one must be it)."""
+        theirs = split_digest(read_split_file(shards_split(self.shards), self.classes, "data.shards", False))
+        for key, other in (("data.split_file", self.split_file), ("annotations", self.annotations_path)):
+            if other and Path(other).is_file() and split_digest(self._read_split(other)) != theirs:
+                raise ConfigError(key, str(other), f"the split of the shards in {self.shards}")
+        if not self.annotations_path.is_file():
+            copy_shards_split(self.shards, self.annotations_path)
+
+    def _read_split(self, path: str | Path) -> pd.DataFrame:
+        return read_split_file(path, self.classes, key="annotations", check_files=not self.shards)
 
     def setup(self, stage: str | None = None) -> None:
         if self.data_config is None:
             raise RuntimeError("PosterDataModule.set_data_config() must be called with the model's data config")
         if self.frame is None:
-            self.frame = read_split_file(self.annotations_path, self.classes, key="annotations")
+            self.frame = self._read_split(self.annotations_path)
         self._check_required_splits()
         train_tf, eval_tf = build_transforms(self.data_config, self.augment)
         self.eval_transform = eval_tf
@@ -190,14 +237,16 @@ class PosterDataModule(LightningDataModule):
         for name, (split, transform) in datasets.items():
             rows = self.frame[self.frame["split"] == split]
             label_sets = [[label_index[x] for x in s.split("|")] for s in rows["labels"]] if multi_genre else None
-            self.datasets[name] = PosterDataset(
+            source = (ShardDataset, shards_split(self.shards).parent / split) if self.shards else (PosterDataset,)
+            self.datasets[name] = source[0](
+                *source[1:],
                 list(rows["file_path"]),
                 [label_index[x] for x in rows["label"]],
                 transform,
                 label_sets,
                 num_classes=len(self.classes),
                 keys=[sha or path for sha, path in zip(rows["sha256"], rows["file_path"], strict=True)],
-                image_cache=image_cache,
+                image_cache=None if self.shards else image_cache,
                 multi_hot=multilabel,
             )
 
@@ -250,7 +299,7 @@ class PosterDataModule(LightningDataModule):
         """Training images per genre (an image counts for each of its genres under ``task=multilabel``),
         and training images in all: what ``model.pos_weight`` is computed from."""
         if self.frame is None:
-            self.frame = read_split_file(self.annotations_path, self.classes, key="annotations")
+            self.frame = self._read_split(self.annotations_path)
         train = self.frame[self.frame["split"] == "train"]
         counts = genre_rows(train, self.task)["label"].value_counts()
         return [int(counts.get(c, 0)) for c in self.classes], len(train)
@@ -278,13 +327,11 @@ class PosterDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if not self.balanced_sampling:
             return self._loader("train", shuffle=True)
-        # Every genre drawn equally often: each image weighted by 1 / its genre's count.
-        targets = torch.tensor(self.datasets["train"].targets)
-        weights = 1.0 / torch.bincount(targets, minlength=len(self.classes)).clamp(min=1)[targets]
+        weights = balanced_weights(self.datasets["train"], len(self.classes))
         # Its own generator, seeded alike on every rank: under DDP each rank takes its shard of one
         # draw, which the global RNG (advanced differently by each rank's augmentation) would not give.
         generator = torch.Generator().manual_seed(torch.initial_seed())
-        sampler = WeightedRandomSampler(weights, len(targets), generator=generator)
+        sampler = WeightedRandomSampler(weights, len(weights), generator=generator)
         return self._loader("train", shuffle=False, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
@@ -309,7 +356,7 @@ class PosterDataModule(LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         expected = state_dict.get("split_digest")
         if self.frame is None:
-            self.frame = read_split_file(self.annotations_path, self.classes, key="annotations")
+            self.frame = self._read_split(self.annotations_path)
         if expected and expected != split_digest(self.frame):
             raise ConfigError(
                 "data.split_file",

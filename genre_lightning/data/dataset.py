@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from PIL import Image
 from timm.data import create_transform
 from torch.utils.data import Dataset, default_collate
 
@@ -68,12 +69,15 @@ class PosterDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def read_image(self, index: int) -> Image.Image:
+        """The decoded picture of item ``index`` (``ShardDataset`` reads it from a shard instead)."""
+        if self.image_cache is not None:
+            return self.image_cache.load(self.paths[index], self.keys[index])
+        return read_rgb(self.paths[index])
+
     def __getitem__(self, index: int) -> dict[str, Any] | tuple[int, str]:
         try:
-            if self.image_cache is not None:
-                image = self.image_cache.load(self.paths[index], self.keys[index])
-            else:
-                image = read_rgb(self.paths[index])
+            image = self.read_image(index)
         except UnreadableImage as err:
             return index, str(err)
         except Exception as err:  # last resort: one file a decoder chokes on must not stop an epoch

@@ -70,42 +70,104 @@ def perceptual_hash(image: Image.Image) -> str:
     return np.packbits(bits).tobytes().hex()
 
 
-def _bits(hashes: Sequence[str]) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(bytes.fromhex("".join(hashes)), dtype=np.uint8).reshape(len(hashes), -1), axis=1)
+def hash_words(hashes: Sequence[str]) -> np.ndarray:
+    """128-bit hex hashes as an ``(n, 2)`` array of unsigned 64-bit words (big-endian halves)."""
+    raw = np.frombuffer(bytes.fromhex("".join(hashes)), dtype=">u8").reshape(len(hashes), HASH_BITS // 64)
+    return raw.astype(np.uint64)
+
+
+def band_keys(words: np.ndarray, bands: int) -> list[np.ndarray]:
+    """Split the 128 bits (bit 0 = the first hex digit's highest bit) into ``bands`` contiguous bands,
+    as ``np.array_split`` of the bit positions does, and return one integer key per hash and band."""
+    keys = []
+    for positions in np.array_split(np.arange(HASH_BITS), bands):
+        key = np.zeros(len(words), dtype=np.uint64)
+        if len(positions):
+            for word in range(positions[0] // 64, positions[-1] // 64 + 1):
+                lo, hi = max(positions[0], word * 64), min(positions[-1] + 1, (word + 1) * 64)
+                width = hi - lo  # bits of this band in this word, taken from its top (MSB first)
+                part = (words[:, word] >> np.uint64((word + 1) * 64 - hi)) & np.uint64((1 << width) - 1)
+                key = (key << np.uint64(width)) | part
+        keys.append(key)
+    return keys
+
+
+def near_pairs(words: np.ndarray, near_threshold: int) -> np.ndarray:
+    """Every pair ``(a, b)``, ``a < b``, of distinct hashes within ``near_threshold`` bits: an ``(m, 2)`` array.
+
+    Multi-index hashing: two hashes within t bits agree exactly on at least one of t+1 bands
+    (pigeonhole), so only hashes that share a band value are compared: exact, no n^2 scan. Within
+    a band the hashes are sorted by key; the members of each bucket are compared with XOR +
+    popcount, vectorised over all buckets at once, one offset at a time (offset d pairs each member
+    with the one d places later in its bucket, so the work is the number of candidate pairs)."""
+    n = len(words)
+    if n < 2 or near_threshold <= 0:
+        return np.empty((0, 2), dtype=np.int64)
+    found = []
+    for key in band_keys(words, near_threshold + 1):
+        order = np.argsort(key)
+        sorted_key = key[order]
+        # Each word of the hashes in bucket order: comparisons then read neighbouring memory.
+        sorted_words = [np.ascontiguousarray(words[order, column]) for column in range(words.shape[1])]
+        starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+        sizes = np.diff(np.r_[starts, n])
+        end = np.repeat(starts + sizes, sizes)  # one past the last member of each position's bucket
+        active = np.flatnonzero(np.repeat(sizes, sizes) > 1)
+        offset = 1
+        while active.size:
+            active = active[active + offset < end[active]]
+            if not active.size:
+                break
+            distance = sum(np.bitwise_count(w[active] ^ w[active + offset]).astype(np.int64) for w in sorted_words)
+            close = active[distance <= near_threshold]
+            a, b = order[close], order[close + offset]
+            found.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
+            offset += 1
+    if not found:
+        return np.empty((0, 2), dtype=np.int64)
+    return np.unique(np.concatenate(found), axis=0)
+
+
+def _ids(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """A dense id per value and the distinct values, in order of first appearance (a dict: faster
+    than sorting strings)."""
+    seen: dict[str, int] = {}
+    ids = np.fromiter((seen.setdefault(v, len(seen)) for v in values), dtype=np.int64, count=len(values))
+    return ids, list(seen)
 
 
 def group_duplicates(sha256: Sequence[str], phash: Sequence[str], near_threshold: int) -> list[int]:
     """A group id per item: items with the same bytes, or perceptual hashes within
     ``near_threshold`` bits, share a group (transitively: the connected components of the
-    "duplicate of" graph). Group ids are the smallest member index."""
+    "duplicate of" graph). Group ids are the smallest member index.
+
+    Grows linearly with the data: byte-identical files are collapsed first (one node per SHA-256),
+    then identical perceptual hashes (one comparison per distinct hash value), and only the distinct
+    hashes go into the near-duplicate search (``near_pairs``)."""
     n = len(sha256)
-    edges: list[tuple[int, int]] = []
-    first_with: dict[str, int] = {}
-    for i, digest in enumerate(sha256):
-        edges.append((i, first_with.setdefault(digest, i)))
-    hashed = [i for i, h in enumerate(phash) if h]
-    if near_threshold > 0 and len(hashed) > 1:
-        bits = np.zeros((n, HASH_BITS), dtype=np.uint8)
-        bits[hashed] = _bits([phash[i] for i in hashed])
-        # Pigeonhole: two hashes within t bits agree exactly on at least one of t+1 bands,
-        # so only items sharing a band value need comparing (no n^2 scan).
-        for band in np.array_split(np.arange(HASH_BITS), near_threshold + 1):
-            buckets: dict[bytes, list[int]] = defaultdict(list)
-            for i in hashed:
-                buckets[np.packbits(bits[i, band]).tobytes()].append(i)
-            for members in buckets.values():
-                for a_pos, a in enumerate(members):
-                    for b in members[a_pos + 1 :]:
-                        if int((bits[a] != bits[b]).sum()) <= near_threshold:
-                            edges.append((a, b))
     if n == 0:
         return []
-    rows, cols = np.array(edges, dtype=np.int64).T
-    graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (rows, cols)), shape=(n, n))
+    node, contents = _ids(sha256)  # one node per distinct content
+    nodes = len(contents)
+    hashed = np.flatnonzero(np.fromiter((bool(h) for h in phash), dtype=bool, count=n))
+    rows, cols = [node], [node]  # every node is its own component at least
+    if hashed.size and near_threshold > 0:  # 0: byte-identical copies only
+        value_of, values = _ids([phash[i] for i in hashed])
+        # Items with the same hash value are one near-duplicate group already (distance 0).
+        first_node = np.empty(len(values), dtype=np.int64)
+        first_node[value_of] = node[hashed]  # any member stands for its hash value
+        rows.append(node[hashed])
+        cols.append(first_node[value_of])
+        pairs = near_pairs(hash_words(values), near_threshold)
+        rows.append(first_node[pairs[:, 0]])
+        cols.append(first_node[pairs[:, 1]])
+    edges_from, edges_to = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(edges_from), dtype=np.int8), (edges_from, edges_to)), shape=(nodes, nodes))
     _, component = connected_components(graph, directed=False)
-    smallest = np.full(component.max() + 1, n, dtype=np.int64)
-    np.minimum.at(smallest, component, np.arange(n))
-    return smallest[component].tolist()
+    item_component = component[node]
+    smallest = np.full(item_component.max() + 1, n, dtype=np.int64)
+    np.minimum.at(smallest, item_component, np.arange(n))
+    return smallest[item_component].tolist()
 
 
 @dataclass

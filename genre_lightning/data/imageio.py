@@ -24,6 +24,7 @@ MAX_PIXELS = 64_000_000
 # Files larger than this are refused before they are read: a scraped "poster" of gigabytes is
 # not a poster, and reading it whole into memory (in several threads at once) could exhaust RAM.
 MAX_FILE_BYTES = 256 * 1024 * 1024
+EMPTY = "empty file: 0 bytes"
 _WHITE = (255, 255, 255)
 # EXIF orientation -> the transpose that shows the image upright (as PIL's ImageOps.exif_transpose).
 _ORIENTATION = {
@@ -46,10 +47,13 @@ def unexpected_error_reason(err: Exception) -> str:
     return f"unexpected decode error: {type(err).__name__}: {err}"
 
 
-def decode_rgb(data: bytes, name: str = "image") -> Image.Image:
+def decode_rgb(data: bytes, name: str = "image", max_side: int | None = None) -> Image.Image:
     """Decode image bytes to an RGB image, with EXIF orientation applied and alpha flattened on white.
 
-    ``name`` (the file's path) only labels the log line of an unreadable EXIF orientation."""
+    ``name`` (the file's path) only labels the log line of an unreadable EXIF orientation;
+    ``max_side`` (genre-serve) refuses an image whose longer side is larger, before it is decoded."""
+    if not data:
+        raise UnreadableImage(EMPTY)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -57,6 +61,10 @@ def decode_rgb(data: bytes, name: str = "image") -> Image.Image:
             if image.width * image.height > MAX_PIXELS:
                 raise UnreadableImage(
                     f"decompression bomb: declares {image.width}x{image.height} pixels (limit {MAX_PIXELS:,})"
+                )
+            if max_side is not None and max(image.size) > max_side:
+                raise UnreadableImage(
+                    f"image too large: {image.width}x{image.height} pixels (the longer side may be {max_side:,})"
                 )
             image.load()
         except UnreadableImage:
@@ -115,7 +123,7 @@ def read_image_bytes(path: str | Path) -> bytes:
     except OSError as err:
         raise UnreadableImage(f"cannot read file: {err.strerror or err}") from err
     if not data:
-        raise UnreadableImage("empty file: 0 bytes")
+        raise UnreadableImage(EMPTY)
     return data
 
 

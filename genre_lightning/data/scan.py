@@ -9,19 +9,26 @@ Nothing here writes to the data folder.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from genre_lightning.data.duplicates import perceptual_hash
 from genre_lightning.data.imageio import UnreadableImage, decode_rgb, read_image_bytes, unexpected_error_reason
+from genre_lightning.data.process_map import process_map, usable_cpus
+from genre_lightning.data.verified import OK, FileStamp, VerificationRecords, Verified, stamp_of
 from genre_lightning.utils.csvio import read_csv
 from genre_lightning.utils.errors import ConfigError
 from genre_lightning.utils.progress import tracked
 
+log = logging.getLogger(__name__)
+
+READ_ERROR = "cannot read file"  # the skip reason of an OSError while reading (imageio.read_image_bytes)
+# Fewer files than this are decoded in this process: starting worker processes would cost more.
+PROCESSES_FROM = 256
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 
 
@@ -225,61 +232,93 @@ def verify(candidate: Candidate, min_side: int = 1) -> ImageRecord | Skipped:
     """Decode the file fully (the only reliable test of a JPEG) and hash its bytes and its looks.
 
     Never raises for a bad file: one file a decoder chokes on in an unforeseen way must not
-    stop the scan (it runs in a thread pool, where an exception would end the whole run)."""
+    stop the scan."""
+    return as_outcome(candidate, decode_outcome(candidate.path, None), min_side)
+
+
+def decode_outcome(path: str, stamp: FileStamp | None) -> Verified:
+    """What a full decode of ``path`` finds, as a verification record (``stamp`` taken before the
+    read, so a file that changes while it is read is decoded again next time)."""
     try:
-        return _verify(candidate, min_side)
+        data = read_image_bytes(path)
+        image = decode_rgb(data, path)
+        return Verified(stamp, hashlib.sha256(data).hexdigest(), perceptual_hash(image), image.width, image.height)
     except UnreadableImage as err:
-        return Skipped(candidate.path, candidate.label, str(err))
+        return Verified(stamp, outcome=str(err))
     except Exception as err:  # last resort: skip the file with the error's type and message
-        return Skipped(candidate.path, candidate.label, unexpected_error_reason(err))
+        return Verified(stamp, outcome=unexpected_error_reason(err))
 
 
-def _verify(candidate: Candidate, min_side: int) -> ImageRecord | Skipped:
-    data = read_image_bytes(candidate.path)
-    image = decode_rgb(data, candidate.path)
-    if min(image.size) < min_side:
+def _decode_stamped(item: tuple[str, FileStamp | None]) -> Verified:
+    return decode_outcome(*item)
+
+
+def as_outcome(candidate: Candidate, record: Verified, min_side: int) -> ImageRecord | Skipped:
+    """The scan's verdict on ``candidate`` from its verification record (``min_side`` applied here, so a
+    record serves any ``data.min_image_side``)."""
+    if record.outcome != OK:
+        return Skipped(candidate.path, candidate.label, record.outcome)
+    if min(record.width, record.height) < min_side:
         return Skipped(
             candidate.path,
             candidate.label,
-            f"too small: {image.width}x{image.height} px (data.min_image_side={min_side})",
+            f"too small: {record.width}x{record.height} px (data.min_image_side={min_side})",
         )
     return ImageRecord(
-        candidate.path,
-        candidate.label,
-        hashlib.sha256(data).hexdigest(),
-        perceptual_hash(image),
-        image.width,
-        image.height,
-        candidate.labels,
+        candidate.path, candidate.label, record.sha256, record.phash, record.width, record.height, candidate.labels
     )
 
 
 def verify_all(
-    candidates: Sequence[Candidate], num_threads: int = 4, min_side: int = 1
+    candidates: Sequence[Candidate],
+    workers: int | None = None,
+    min_side: int = 1,
+    records: VerificationRecords | None = None,
 ) -> tuple[list[ImageRecord], list[Skipped]]:
-    """Verify candidates in parallel threads (PIL releases the GIL while decoding)."""
-    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
-        verified = pool.map(lambda candidate: verify(candidate, min_side), candidates)
-        outcomes = list(tracked(verified, len(candidates), "verify", "files"))
-    records = [o for o in outcomes if isinstance(o, ImageRecord)]
+    """Verify candidates: files unchanged since a record in ``records`` are not decoded again; the
+    others are decoded in ``workers`` processes (None: every usable CPU; a small batch in this
+    process). ``records`` (if given) receives the new outcomes."""
+    stamps = [stamp_of(c.path) for c in candidates]
+    records_in = records if records is not None else VerificationRecords()
+    known = [records_in.lookup(c.path, s) for c, s in zip(candidates, stamps, strict=True)]
+    todo = [i for i, record in enumerate(known) if record is None]
+    work = [(candidates[i].path, stamps[i]) for i in todo]
+    workers = max(1, workers or usable_cpus())
+    if workers > 1 and len(work) >= PROCESSES_FROM:
+        fresh = process_map(_decode_stamped, work, workers)
+    else:
+        fresh = map(_decode_stamped, work)
+    for i, record in zip(todo, tracked(fresh, len(work), "verify", "files"), strict=True):
+        known[i] = record
+        # A read error may pass (a network file system's hiccup): only decoding outcomes are kept.
+        if records is not None and record.stamp is not None and not record.outcome.startswith(READ_ERROR):
+            records.add(candidates[i].path, record)
+    if len(candidates) > len(work):
+        log.info(
+            "Verified %d files: %d unchanged since their verification record, %d decoded",
+            len(candidates), len(candidates) - len(work), len(work),
+        )  # fmt: skip
+    outcomes = [as_outcome(c, r, min_side) for c, r in zip(candidates, known, strict=True)]
+    records_out = [o for o in outcomes if isinstance(o, ImageRecord)]
     skipped = [o for o in outcomes if isinstance(o, Skipped)]
-    return records, skipped
+    return records_out, skipped
 
 
 def scan(
     classes: Sequence[str],
     root: str | Path | None = None,
     annotations: str | Path | None = None,
-    num_threads: int = 4,
+    workers: int | None = None,
     min_side: int = 1,
+    records: VerificationRecords | None = None,
 ) -> ScanResult:
-    """Scan genre folders (``root``) or an annotation CSV, and verify every image."""
+    """Scan genre folders (``root``) or an annotation CSV, and verify every image (see ``verify_all``)."""
     if annotations:
         candidates, result = read_candidates_csv(annotations, classes), ScanResult(records=[])
     elif root:
         candidates, result = find_candidates(root, classes)
     else:
         raise ConfigError("data.root", None, "a folder of genre sub-folders (or set data.annotations=<csv>)")
-    result.records, skipped = verify_all(candidates, num_threads, min_side)
+    result.records, skipped = verify_all(candidates, workers, min_side, records)
     result.skipped.extend(skipped)  # after the folders the walk could not read
     return result

@@ -213,6 +213,24 @@ class Predictor:
                 results[i] = self._prediction(f"<{type(item).__name__} {i}>", row, top_k)
         return [r for r in results if r is not None]
 
+    def model_input(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """One PIL image or ``(3, H, W)`` tensor as the network takes it (pixels through ``eval_transform``)."""
+        return self._model_input(image)
+
+    def explain(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        genres: str | Sequence[str] = "top",
+        method: str = "gradcam",
+        top_k: int = 3,
+    ) -> list[Any]:
+        """Class-activation maps (``inference/explain.py``): for each image, an ``(H, W)`` array in [0, 1]
+        per genre (``"top"``, ``"all"`` or names), with the prediction and the picture the network saw:
+        a list of ``explain.Explanation``."""
+        from genre_lightning.inference.explain import explain
+
+        return explain(self, images, genres=genres, method=method, top_k=top_k)
+
     def predict_files(self, paths: Sequence[str], **options: Any) -> pd.DataFrame:
         """Probabilities for each file as the table genre-predict writes (``inference/batch.py``)."""
         return predict_files(self, list(paths), **options)

@@ -54,6 +54,7 @@ SPLIT_KEYS = (
     "min_image_side",
     "folds",
     "cv_test_fraction",
+    "shards",
 )
 
 

@@ -51,10 +51,14 @@ class EnsembleMember(nn.Module):
         self.register_buffer("scale", (ref_std / std).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("shift", ((ref_mean - mean) / std).view(1, -1, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Images prepared for the ensemble's first member, converted to this member's input."""
         if self.resize:
             images = nn.functional.interpolate(images, size=self.size, mode="bilinear", align_corners=False)
-        images = images * self.scale + self.shift
+        return images * self.scale + self.shift
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = self.prepare(images)
         logits = flip_average(self.net, images) if self.flip else self.net(images)
         return logits / self.temperature if self.temperature != 1.0 else logits
 

@@ -1,7 +1,10 @@
-"""Plotting only: each function turns numbers or images into a matplotlib ``Figure`` of a fixed size.
+"""Plotting only: each function turns numbers or images into a matplotlib ``Figure``.
 
 Figures are built with the object-oriented API (no pyplot state, no display needed) and
-saved at ``DPI``, so a figure of ``figsize`` (w, h) inches is a ``w*DPI x h*DPI`` PNG.
+saved at ``DPI``, so a figure of ``figsize`` (w, h) inches is a ``w*DPI x h*DPI`` PNG. Up to
+``FEW_GENRES`` genres the sizes are fixed; with more, figures grow with the number of genres G
+(``per_genre_size``), so that at G=28 every cell, tick label and legend entry is still drawn at a
+readable size without overlapping its neighbours (``tests/results/test_figures.py`` checks it).
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ DISTRIBUTION_SIZE = (7.0, 4.5)
 RELIABILITY_SIZE = (6.0, 7.0)
 GRID_CELL = (2.2, 3.0)  # inches per image, caption included
 GRID_TITLE = 0.5  # inches above the grid for its title
+FEW_GENRES = 8  # up to this many genres: the fixed sizes above, horizontal tick labels
+MATRIX_CELL = 0.42  # inches per row/column of a matrix panel beyond FEW_GENRES (0.42 in = 42 px)
+BAR_GROUP = 0.45  # inches per genre of the distribution bars beyond FEW_GENRES
+SMALL_FONT = 7  # points: cell values and tick labels of large matrices
+
+
+def per_genre_size(genres: int, base: float, per_genre: float, extra: float = 0.0) -> float:
+    """``base`` inches, or ``per_genre`` inches per genre (plus ``extra``) when that is larger."""
+    return max(base, per_genre * genres + extra)
 
 
 def save_png(figure: Figure, path: str | Path) -> Path:
@@ -38,7 +50,9 @@ def confusion_matrix_figure(
 
     ``row_totals`` (multi-label co-occurrence): the images that carry each row's genre, which the
     rows are divided by; by default each row's own sum (single-label: recall on the diagonal)."""
-    figure = Figure(figsize=CONFUSION_SIZE, layout="constrained")
+    many = len(classes) > FEW_GENRES
+    side = per_genre_size(len(classes), CONFUSION_SIZE[1], MATRIX_CELL, 1.6)  # one square panel, labels included
+    figure = Figure(figsize=(max(CONFUSION_SIZE[0], 2 * side + 1), side), layout="constrained")
     counts_ax, normalised_ax = figure.subplots(1, 2)
     totals = matrix.sum(axis=1, keepdims=True) if row_totals is None else np.asarray(row_totals).reshape(-1, 1)
     normalised = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
@@ -47,7 +61,16 @@ def confusion_matrix_figure(
         (normalised_ax, normalised, ".2f", "row-normalised (recall on the diagonal)"),
     ):
         display = ConfusionMatrixDisplay(values, display_labels=list(classes))
-        display.plot(ax=ax, values_format=fmt, cmap="Blues", colorbar=False)
+        display.plot(
+            ax=ax,
+            values_format=fmt,
+            cmap="Blues",
+            colorbar=False,
+            xticks_rotation="vertical" if many else "horizontal",
+            text_kw={"fontsize": SMALL_FONT} if many else None,
+        )
+        if many:
+            ax.tick_params(labelsize=SMALL_FONT + 1)
         ax.set_title(name)
         ax.set_xlabel("predicted genre")
         ax.set_ylabel("true genre")
@@ -65,7 +88,10 @@ def precision_recall_figure(
 ) -> Figure:
     """One precision-recall curve per genre, with its AP and the point its decision threshold picks
     (``operating_points``: recall, precision, threshold)."""
-    figure = Figure(figsize=DISTRIBUTION_SIZE, layout="constrained")
+    columns = max(1, math.ceil(len(classes) / 16))  # legend columns beside the plot with many genres
+    many = len(classes) > FEW_GENRES
+    width = DISTRIBUTION_SIZE[0] + (2.8 * columns if many else 0)
+    figure = Figure(figsize=(width, DISTRIBUTION_SIZE[1] + (1.5 if many else 0)), layout="constrained")
     ax = figure.subplots()
     for (precision, recall), ap, (r, p, t), name in zip(
         curves, average_precision, operating_points, classes, strict=True
@@ -77,13 +103,18 @@ def precision_recall_figure(
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_title(title or "Precision-recall per genre (dots: the decision thresholds)")
-    ax.legend(loc="lower left", fontsize=8)
+    if many:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=SMALL_FONT, ncols=columns)
+    else:
+        ax.legend(loc="lower left", fontsize=8)
     return figure
 
 
 def distribution_figure(true_counts: Sequence[int], predicted_counts: Sequence[int], classes: Sequence[str]) -> Figure:
     """How often each genre is true and how often it is predicted, side by side."""
-    figure = Figure(figsize=DISTRIBUTION_SIZE, layout="constrained")
+    many = len(classes) > FEW_GENRES
+    width = per_genre_size(len(classes), DISTRIBUTION_SIZE[0], BAR_GROUP, 1.5)
+    figure = Figure(figsize=(width, DISTRIBUTION_SIZE[1] + (1.2 if many else 0)), layout="constrained")
     ax = figure.subplots()
     x = np.arange(len(classes))
     width = 0.4
@@ -92,8 +123,8 @@ def distribution_figure(true_counts: Sequence[int], predicted_counts: Sequence[i
         (width / 2, predicted_counts, "predicted", "#dd8452"),
     ):
         bars = ax.bar(x + offset, counts, width, label=label, color=color)
-        ax.bar_label(bars, fontsize=8)
-    ax.set_xticks(x, list(classes))
+        ax.bar_label(bars, fontsize=SMALL_FONT if many else 8, rotation=90 if many else 0)
+    ax.set_xticks(x, list(classes), rotation=90 if many else 0)
     ax.set_ylabel("images")
     ax.set_title(f"Predicted vs true genre ({int(sum(true_counts))} images)")
     ax.legend()

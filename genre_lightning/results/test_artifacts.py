@@ -8,6 +8,8 @@ without repeats), and writes into the run folder:
 * ``confusion_matrix.csv``: counts, rows = true genre, columns = predicted genre;
 * ``figures/``: confusion matrix, most confident mistakes, training samples after the
   transforms, predicted-vs-true distribution, reliability diagram (also TensorBoard images);
+  with ``cam=True`` also ``mistakes_cam.png``: the mistakes with the class-activation map of the
+  genre the model predicted (``inference/explain.py``; a backward pass per poster shown);
 * a per-class table on the console.
 
 A multi-label model (``data.task=multilabel``) gets its own tables and figures instead of the
@@ -39,6 +41,8 @@ from PIL import Image
 from sklearn.metrics import precision_recall_curve
 
 from genre_lightning.data.imageio import UnreadableImage, read_rgb
+from genre_lightning.inference.explain import explain
+from genre_lightning.inference.predictor import Predictor
 from genre_lightning.results import figures
 from genre_lightning.results.tables import Predictions, calibration_bins, multilabel_table, per_class_table
 from genre_lightning.training.calibration import uncalibrated
@@ -53,6 +57,8 @@ PREDICTIONS_FILE = "test_predictions.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
 COOCCURRENCE_FILE = "cooccurrence.csv"
 FIGURES_DIR = "figures"
+MAX_SAMPLES = 32  # training samples shown in all, with more than figures.FEW_GENRES genres
+SAMPLE_COLUMNS = 8
 THUMBNAIL = 256  # longest side, in pixels, of a poster shown in the mistakes grid
 
 
@@ -65,6 +71,8 @@ class TestArtifacts(Callback):
         samples_per_class: training samples per genre in the training-samples grid.
         columns: images per row in the mistakes grid.
         print_table: print the per-class table on the console.
+        cam: also draw the mistakes with their class-activation maps (``figures/mistakes_cam.png``).
+        cam_method: ``gradcam``, ``gradcam++`` or ``scorecam``.
     """
 
     def __init__(
@@ -74,8 +82,11 @@ class TestArtifacts(Callback):
         samples_per_class: int = 4,
         columns: int = 6,
         print_table: bool = True,
+        cam: bool = False,
+        cam_method: str = "gradcam",
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.cam, self.cam_method = cam, cam_method
         self.max_mistakes = max_mistakes
         self.samples_per_class = samples_per_class
         self.columns = columns
@@ -153,6 +164,8 @@ class TestArtifacts(Callback):
             temperature = getattr(pl_module.task, "temperature", None)
             figures_to_write = self._single_label_outputs(predictions, metrics, split, written, temperature)
         figures_to_write["mistakes"] = ("test/mistakes", self._mistakes_figure(predictions, split))
+        if self.cam:
+            figures_to_write["mistakes_cam"] = ("test/mistakes_cam", self._mistakes_cam_figure(pl_module, split))
         samples = self._train_samples_figure(trainer, pl_module)
         if samples is not None:
             figures_to_write["train_samples"] = ("train/samples", samples)
@@ -260,26 +273,43 @@ class TestArtifacts(Callback):
         figure, self.mistakes_shown = mistakes_figure(predictions, split, self.max_mistakes, self.columns)
         return figure
 
+    def _mistakes_cam_figure(self, pl_module: LightningModule, split: str) -> Figure:
+        """The mistakes grid again, each poster as the network saw it under the map of the genre it predicted."""
+        predictor = Predictor.from_module(pl_module)
+        explained = explain(predictor, [m.file_path for m in self.mistakes_shown], method=self.cam_method)
+        images = [
+            np.asarray(e.overlay(side=THUMBNAIL)) if e.error is None else np.ones((THUMBNAIL, THUMBNAIL, 3))
+            for e in explained
+        ]
+        title = f"Most confident mistakes, {split} split: {self.cam_method} map of the predicted genre"
+        captions = [_caption(m) for m in self.mistakes_shown]
+        return figures.image_grid(images, captions, title, columns=self.columns, caption_color="#b00020")
+
     def _train_samples_figure(self, trainer: Trainer, pl_module: LightningModule) -> Figure | None:
-        """``samples_per_class`` training images per genre, through the training transform, one row per genre."""
+        """``samples_per_class`` training images per genre, through the training transform, one row per genre
+        (with dozens of genres: ``MAX_SAMPLES`` images in all, ``SAMPLE_COLUMNS`` a row)."""
         datasets = getattr(trainer.datamodule, "datasets", {}) or {}
         dataset = datasets.get("train")
         if dataset is None or len(dataset) == 0 or self.samples_per_class < 1:
             return None
         classes = list(pl_module.classes)
+        # One row per genre for a few genres; with dozens, fewer per genre in a wrapped grid (28 rows
+        # of posters would be a figure 8,000 px tall).
+        many = len(classes) > figures.FEW_GENRES
+        per_genre = max(1, min(self.samples_per_class, MAX_SAMPLES // len(classes))) if many else self.samples_per_class
         mean, std = pl_module.data_config["mean"], pl_module.data_config["std"]
         targets = np.asarray(dataset.targets)
         rng = np.random.default_rng(0)
         images, captions = [], []
         for label, name in enumerate(classes):
             members = np.flatnonzero(targets == label)
-            for index in rng.permutation(members)[: self.samples_per_class].tolist():
+            for index in rng.permutation(members)[:per_genre].tolist():
                 item = dataset[index]
                 if not isinstance(item, dict):
                     continue  # unreadable file: the data report lists it
                 images.append(figures.to_display(item["image"], mean, std))
                 captions.append(f"{name}\n{_short(dataset.paths[index])}")
-        columns = self.samples_per_class
+        columns = SAMPLE_COLUMNS if many else self.samples_per_class
         title = "Training samples after the training transform (de-normalised)"
         return figures.image_grid(images, captions, title, columns=columns)
 
@@ -302,10 +332,14 @@ def mistakes_figure(
     truth = "labels" if predictions.multilabel else "label"  # multi-label: a mistake's top genre is not a true one
     shown = [ShownMistake(r.file_path, getattr(r, truth), r.top1, float(r.p_top1)) for r in mistakes.itertuples()]
     images = [_thumbnail(m.file_path) for m in shown]
-    captions = [f"True: {m.true} /\nPred: {m.predicted} ({m.p_top1:.3f})\n{_short(m.file_path)}" for m in shown]
+    captions = [_caption(m) for m in shown]
     title = f"Most confident mistakes, {split} split: {len(images)} of {total_wrong} shown"
     figure = figures.image_grid(images, captions, title, columns=columns, caption_color="#b00020")
     return figure, shown
+
+
+def _caption(mistake: ShownMistake) -> str:
+    return f"True: {mistake.true} /\nPred: {mistake.predicted} ({mistake.p_top1:.3f})\n{_short(mistake.file_path)}"
 
 
 def _test_dataset(trainer: Trainer) -> Any:

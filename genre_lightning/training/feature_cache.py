@@ -11,9 +11,15 @@ test use it whenever the backbone is frozen.
 
 The store is named by a fingerprint of the frozen weights, the data config and the backbone,
 and items by ``cache_key`` (the content hash, or path + size + mtime when the split file has
-no hash), so changed weights, transforms or images never hit stale entries. With ``cache_dir``
-set, stores are saved as ``<cache_dir>/features/<name>.pt``
-(tensors only, loaded with ``weights_only=True``) and reused by later runs.
+no hash), so changed weights, transforms or images never hit stale entries.
+
+A store on disk is a folder of parts: ``part-<rank>-<n>.npy`` (rows of features, float32 or
+float16, read memory-mapped) and ``part-<rank>-<n>.keys`` (their keys, one a line, written last so a
+reader never sees half a part). Rows are written a chunk at a time, by whichever rank computed
+them, and every rank reads every rank's parts: one store shared by the ranks, never loaded whole
+into memory. With ``cache_dir`` set the stores live in ``<cache_dir>/features/<name>/`` and
+serve later runs; without it they stay in memory, except under DDP, where the ranks share one in
+the run folder (``<run>/features/<name>/``, which can be deleted after the run).
 """
 
 from __future__ import annotations
@@ -21,55 +27,138 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from timm.layers import DropBlock2d, DropPath
 
 from genre_lightning.data.image_cache import cache_key
+from genre_lightning.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+FEATURE_DTYPES = ("float32", "float16")
+
+
+def store_folder(trainer: Trainer, cache_dir: Path | None, name: str) -> Path | None:
+    """Where store ``name`` lives: the cache folder if any; else, under DDP, the run folder (the
+    ranks share it); else memory (None)."""
+    if cache_dir is not None:
+        return cache_dir / "features" / name
+    if trainer.world_size > 1:
+        return Path(trainer.default_root_dir) / "features" / name
+    return None
+
 
 class FeatureStore:
-    """Pooled backbone features by image key, for one frozen backbone and one transform."""
+    """Pooled backbone features by image key, for one frozen backbone and one transform.
 
-    def __init__(self, name: str, path: Path | None = None) -> None:
-        self.name = name
-        self.path = path
-        self.table: dict[str, torch.Tensor] = {}
+    ``folder`` None keeps every row in memory; otherwise rows go to memory-mapped parts in
+    ``folder`` (see the module docstring), ``chunk_rows`` at a time, and ``refresh`` reads the
+    parts other ranks (or earlier runs) wrote."""
+
+    def __init__(
+        self,
+        name: str,
+        folder: Path | None = None,
+        dtype: str = "float32",
+        rank: int = 0,
+        chunk_rows: int = 4096,
+    ) -> None:
+        if dtype not in FEATURE_DTYPES:
+            raise ConfigError("callbacks.feature_cache.dtype", dtype, f"one of {list(FEATURE_DTYPES)}")
+        self.name, self.folder, self.dtype, self.rank, self.chunk_rows = name, folder, dtype, rank, chunk_rows
         self.stages: set[str] = set()
         self.hits = self.misses = 0
-        self._saved_size = 0
-        if path is not None and path.is_file():
-            self.table = torch.load(path, map_location="cpu", weights_only=True)
-            self._saved_size = len(self.table)
+        self._where: dict[str, tuple[int, int]] = {}  # key -> (part, row)
+        self._parts: list[np.ndarray] = []
+        self._read_parts: set[str] = set()
+        self._pending: dict[str, np.ndarray] = {}
+        self.refresh()
+
+    def __len__(self) -> int:
+        return len(self._where) + len(self._pending)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where or key in self._pending
+
+    def refresh(self) -> None:
+        """Read the parts written since the last look (by other ranks, or earlier runs)."""
+        if self.folder is None or not self.folder.is_dir():
+            return
+        for keys_file in sorted(self.folder.glob("part-*.keys")):
+            if keys_file.name in self._read_parts:
+                continue
+            try:
+                rows = np.load(keys_file.with_suffix(".npy"), mmap_mode="r")
+                keys = keys_file.read_text().split()
+            except (OSError, ValueError):  # a torn part from a crash: its rows are computed again
+                continue
+            self._read_parts.add(keys_file.name)
+            if len(keys) != len(rows):
+                continue
+            self._add_part(keys, rows)
+
+    def _add_part(self, keys: Sequence[str], rows: np.ndarray) -> None:
+        part = len(self._parts)
+        self._parts.append(rows)
+        for row, key in enumerate(keys):
+            self._where.setdefault(key, (part, row))
+
+    def rows(self, keys: Sequence[str]) -> np.ndarray:
+        """The stored features of ``keys`` (stored keys: see ``features``) as a float32 array."""
+        return np.stack(
+            [
+                self._pending[k] if k in self._pending else self._parts[self._where[k][0]][self._where[k][1]]
+                for k in keys
+            ]
+        ).astype(np.float32)
 
     def features(self, keys: Sequence[str], images: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]):
         """Features for a batch: stored ones looked up, the rest computed (and stored).
 
         ``keys`` are the dataset's: content hashes, or file paths when the split file has none."""
-        # A path key names the file, not its content: stamp it with size and mtime (see cache_key).
-        keys = [cache_key(key, key) for key in keys]
-        missing = [i for i, key in enumerate(keys) if key not in self.table]
+        keys = store_keys(keys)
+        missing = [i for i, key in enumerate(keys) if key not in self]
         if missing:
-            computed = compute(images[missing]).detach().float().cpu()
+            computed = compute(images[missing]).detach().float().cpu().numpy()
             for i, row in zip(missing, computed, strict=True):
-                self.table[keys[i]] = row.clone()
+                self._pending[keys[i]] = row.astype(self.dtype)
+            if len(self._pending) >= self.chunk_rows:
+                self.flush()
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
-        return torch.stack([self.table[key] for key in keys]).to(images.device)
+        return torch.from_numpy(self.rows(keys)).to(images.device)
 
-    def save(self) -> None:
-        if self.path is None or len(self.table) == self._saved_size:
+    def flush(self) -> None:
+        """Write the rows computed since the last flush as one part (on disk: atomically)."""
+        if not self._pending:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(self.table, tmp)
-        tmp.replace(self.path)
-        self._saved_size = len(self.table)
+        keys, rows = list(self._pending), np.stack(list(self._pending.values()))
+        self._pending = {}
+        if self.folder is None:
+            self._add_part(keys, rows)
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stem = f"part-{self.rank}-{uuid.uuid4().hex[:12]}"
+        with open(self.folder / f"{stem}.npy.tmp", "wb") as file:
+            np.save(file, rows)
+        (self.folder / f"{stem}.npy.tmp").replace(self.folder / f"{stem}.npy")
+        (self.folder / f"{stem}.keys.tmp").write_text("\n".join(keys) + "\n")
+        (self.folder / f"{stem}.keys.tmp").replace(self.folder / f"{stem}.keys")
+        self._read_parts.add(f"{stem}.keys")
+        self._add_part(keys, np.load(self.folder / f"{stem}.npy", mmap_mode="r"))
+
+    save = flush  # the callback's name for it at epoch ends
+
+
+def store_keys(keys: Sequence[str]) -> list[str]:
+    """The names a store files images under: a path key is stamped with its size and mtime (see cache_key)."""
+    return [cache_key(key, key) for key in keys]
 
 
 def backbone_is_frozen(pl_module: LightningModule) -> bool:
@@ -98,8 +187,11 @@ def backbone_fingerprint(pl_module: LightningModule) -> str:
 class FrozenFeatureCache(Callback):
     """Switches the model to stored features whenever its backbone is frozen (see module doc)."""
 
-    def __init__(self, cache_dir: str | None = None) -> None:
+    def __init__(self, cache_dir: str | None = None, dtype: str = "float32") -> None:
+        if dtype not in FEATURE_DTYPES:
+            raise ConfigError("callbacks.feature_cache.dtype", dtype, f"one of {list(FEATURE_DTYPES)}")
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.dtype = dtype
         self._stores: dict[str, FeatureStore] = {}
         self._said_why_not = False
 
@@ -112,11 +204,12 @@ class FrozenFeatureCache(Callback):
         }
         name = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
         if name not in self._stores:
-            # Per-rank files under DDP: each rank sees its own shard of the images.
-            suffix = f"-rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-            path = self.cache_dir / "features" / f"{name}{suffix}.pt" if self.cache_dir else None
-            self._stores[name] = FeatureStore(name, path)
-        return self._stores[name]
+            self._stores[name] = FeatureStore(
+                name, store_folder(trainer, self.cache_dir, name), self.dtype, trainer.global_rank
+            )
+        store = self._stores[name]
+        store.refresh()  # what the other ranks have written since
+        return store
 
     def _attach(self, trainer: Trainer, pl_module: LightningModule, stage: str, usable: bool) -> None:
         if not usable:

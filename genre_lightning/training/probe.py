@@ -3,7 +3,8 @@
 ``LinearProbe`` runs once, when training starts (``finetune.head_init=probe``): it computes the pooled features of every
 training and validation image through the evaluation transform (flip-averaged when the model
 uses flip test-time augmentation, so training and evaluation see the same features), fits a
-multinomial logistic regression on the training images for each ``C`` of a grid, keeps the ``C``
+logistic regression on the training images for each ``C`` of a grid (multinomial for single-label
+data; one-vs-rest, one binary regression per genre, for ``data.task=multilabel``), keeps the ``C``
 with the lowest validation log-loss, and writes that regression into the model's linear
 classifier (standardisation folded into its weights and bias).
 
@@ -14,7 +15,8 @@ fine-tunes everything from it at a small learning rate.
 
 Features go through the ``FrozenFeatureCache`` stores when that callback is present, so the
 validation and test epochs that follow reuse them instead of computing them again. Under DDP
-each rank computes a shard and every rank fits the same regression on the gathered features.
+each rank computes a shard of the features into the store the ranks share (written in chunks,
+read memory-mapped), rank 0 alone fits the regression once, and every rank receives its result.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,41 +35,57 @@ import torch.nn as nn
 from lightning.pytorch import LightningModule, Trainer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader, Subset
 
-from genre_lightning.data.dataset import collate_posters
-from genre_lightning.training.feature_cache import FeatureStore, FrozenFeatureCache
-from genre_lightning.utils.distributed import all_gather_objects
+from genre_lightning.data.dataset import PosterDataset, collate_posters
+from genre_lightning.training.feature_cache import (
+    FeatureStore,
+    FrozenFeatureCache,
+    backbone_fingerprint,
+    store_folder,
+    store_keys,
+)
+from genre_lightning.utils.distributed import barrier, broadcast_from_zero
 from genre_lightning.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 PROBE_FILE = "probe.json"
+CONSTANT_LOGIT = 1e4  # the logit of a genre every (or no) training image has
 
 
-def split_features(
-    trainer: Trainer, pl_module: LightningModule, split: str, store: FeatureStore, batch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(features, targets) of every readable image of ``split``, in dataset order, on every rank."""
+def compute_features(trainer: Trainer, pl_module: LightningModule, split: str, store: FeatureStore, batch_size: int):
+    """This rank's shard of ``split``'s features, into ``store`` (written out for the other ranks)."""
     dataset = trainer.datamodule.evaluation_dataset(split)
     shard = Subset(dataset, range(trainer.global_rank, len(dataset), trainer.world_size))
-    loader = DataLoader(shard, batch_size=batch_size, collate_fn=collate_posters, num_workers=0)
+    workers = getattr(trainer.datamodule, "num_workers", 0)
+    loader = DataLoader(shard, batch_size=batch_size, collate_fn=collate_posters, num_workers=workers)
     flip = pl_module.flip_averaged("val")
-    rows: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     for batch in loader:
         if batch["target"].numel() == 0:
             continue
         images = batch["image"].to(pl_module.device)
-        features = store.features(batch["key"], images, lambda x: pl_module.backbone_features(x, flip))
-        rows += zip(batch["index"].tolist(), features.cpu(), batch["target"], strict=True)
-    # Gathered in rank order, then put back in dataset order: every rank fits on identical arrays.
-    gathered = sorted((row for part in all_gather_objects(rows) for row in part), key=lambda row: row[0])
-    if not gathered:
+        store.features(batch["key"], images, lambda x: pl_module.backbone_features(x, flip))
+    store.flush()
+
+
+def stored_features(dataset: PosterDataset, store: FeatureStore, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features, targets) of every image of ``dataset`` that has stored features (an image no rank
+    could read has none), in dataset order. Targets: class indices, or multi-hot rows (multilabel)."""
+    keys = store_keys(dataset.keys)
+    present = [i for i, key in enumerate(keys) if key in store]
+    if not present:
         raise ConfigError("data", split, f"a {split} split with readable images for the linear probe")
-    features = torch.stack([row[1] for row in gathered]).double().numpy()
-    targets = torch.stack([row[2] for row in gathered]).numpy()
+    features = store.rows([keys[i] for i in present]).astype(np.float64)
+    if dataset.multi_hot:
+        targets = np.zeros((len(present), dataset.num_classes), dtype=np.int64)
+        for row, i in enumerate(present):
+            targets[row, list(dataset.label_sets[i])] = 1
+    else:
+        targets = np.asarray(dataset.targets)[present]
     return features, targets
 
 
@@ -115,6 +135,53 @@ def fit_probe(
     return raw_weight, raw_bias, scores, best["C"]
 
 
+def fit_one_vs_rest(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None,
+    c_grid: Sequence[float],
+    max_iter: int = 3000,
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, float]], float]:
+    """Multi-label: one binary logistic regression per genre (scikit-learn's ``OneVsRestClassifier``)
+    on standardised features, for each ``C``; the ``C`` with the lowest validation log-loss (the
+    mean over genres of each genre's binary log-loss) as ``(weight, bias)`` of a linear layer on the
+    raw features whose sigmoid is each genre's probability. ``val_acc`` is the top-1 "any true
+    genre" accuracy. A genre without positives (or negatives) in training gets a constant logit.
+    Without a validation split (``val=None``, the refit) the grid holds the one ``C`` to use."""
+    scaler = StandardScaler().fit(train[0])
+    train_x = scaler.transform(train[0])
+    genres = train[1].shape[1]
+    scores, fits = [], {}
+    for c in c_grid:
+        with warnings.catch_warnings():  # "Label k is present in all training examples": handled below
+            warnings.simplefilter("ignore", UserWarning)
+            model = OneVsRestClassifier(LogisticRegression(C=c, max_iter=max_iter)).fit(train_x, train[1])
+        weight, bias = np.zeros((genres, train_x.shape[1])), np.zeros(genres)
+        for genre, estimator in enumerate(model.estimators_):
+            if isinstance(estimator, LogisticRegression):
+                weight[genre], bias[genre] = estimator.coef_[0], estimator.intercept_[0]
+            else:  # a constant predictor: every training image had (or lacked) this genre
+                bias[genre] = CONSTANT_LOGIT if train[1][:, genre].all() else -CONSTANT_LOGIT
+        fits[c] = (weight, bias)
+        if val is None:
+            scores.append({"C": float(c), "val_log_loss": None, "val_acc": None})
+            continue
+        val_x = scaler.transform(val[0])
+        probabilities = 1 / (1 + np.exp(-np.clip(val_x @ weight.T + bias, -50, 50)))
+        losses = [log_loss(val[1][:, g], probabilities[:, g], labels=[0, 1]) for g in range(genres)]
+        top = probabilities.argmax(1)
+        scores.append(
+            {
+                "C": float(c),
+                "val_log_loss": float(np.mean(losses)),
+                "val_acc": float(val[1][np.arange(len(top)), top].mean()),
+            }
+        )
+    best = min(scores, key=lambda s: (s["val_log_loss"] or 0.0, -s["C"]))
+    weight, bias = fits[best["C"]]
+    raw_weight = weight / scaler.scale_
+    return raw_weight, bias - raw_weight @ scaler.mean_, scores, best["C"]
+
+
 class LinearProbe:
     """Fit the model's classifier as a logistic regression on its frozen backbone's features.
 
@@ -135,8 +202,6 @@ class LinearProbe:
 
     def fit(self, trainer: Trainer, pl_module: LightningModule) -> dict:
         """Fit, write the head, and return the summary that ``probe.json`` holds."""
-        if pl_module.task.multilabel:
-            raise ConfigError("finetune.head_init", "probe", "random for data.task=multilabel (single-label only)")
         classifier = pl_module.net.get_classifier()
         if not isinstance(classifier, nn.Linear):
             raise ConfigError(
@@ -154,10 +219,20 @@ class LinearProbe:
             )
         started = time.perf_counter()
         store = self._store(trainer, pl_module)
-        train = split_features(trainer, pl_module, "train", store, self.batch_size)
-        val = split_features(trainer, pl_module, "val", store, self.batch_size) if has_val else None
-        store.save()
-        weight, bias, scores, chosen = fit_probe(train, val, self.c_grid, len(pl_module.classes))
+        for split in ("train", "val") if has_val else ("train",):
+            compute_features(trainer, pl_module, split, store, self.batch_size)
+        barrier()  # every rank's features are in the store
+        fitted = None
+        if trainer.is_global_zero:  # fitted once, on every rank's features, then sent to every rank
+            store.refresh()
+            datamodule = trainer.datamodule
+            train = stored_features(datamodule.evaluation_dataset("train"), store, "train")
+            val = stored_features(datamodule.evaluation_dataset("val"), store, "val") if has_val else None
+            fit = (
+                fit_one_vs_rest if pl_module.task.multilabel else partial(fit_probe, num_classes=len(pl_module.classes))
+            )
+            fitted = (*fit(train, val, self.c_grid), len(train[1]), len(val[1]) if val is not None else 0)
+        weight, bias, scores, chosen, train_images, val_images = broadcast_from_zero(fitted)
         with torch.no_grad():
             classifier.weight.copy_(torch.as_tensor(weight, dtype=classifier.weight.dtype))
             classifier.bias.copy_(torch.as_tensor(bias, dtype=classifier.bias.dtype))
@@ -166,8 +241,8 @@ class LinearProbe:
             "chosen_C": chosen,
             "val_log_loss": best["val_log_loss"],
             "val_acc": best["val_acc"],
-            "train_images": len(train[1]),
-            "val_images": len(val[1]) if val is not None else 0,
+            "train_images": train_images,
+            "val_images": val_images,
             "seconds": round(time.perf_counter() - started, 2),
             "grid": scores,
         }
@@ -176,7 +251,7 @@ class LinearProbe:
                 "Linear probe head: C=%g of %s by validation log-loss (%s; val acc %s), "
                 "%d train / %d val images, %.1f s",
                 chosen, self.c_grid, best["val_log_loss"], best["val_acc"],
-                len(train[1]), summary["val_images"], summary["seconds"],
+                train_images, val_images, summary["seconds"],
             )  # fmt: skip
             folder = Path(trainer.default_root_dir)
             folder.mkdir(parents=True, exist_ok=True)
@@ -189,5 +264,6 @@ class LinearProbe:
         a store of its own when the run has no feature cache."""
         cache = next((c for c in trainer.callbacks if isinstance(c, FrozenFeatureCache)), None)
         if cache is None:
-            return FeatureStore("probe")
+            name = f"probe-{backbone_fingerprint(pl_module)}"
+            return FeatureStore(name, store_folder(trainer, None, name), rank=trainer.global_rank)
         return cache.store_for(trainer, pl_module, "val")

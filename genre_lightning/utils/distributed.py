@@ -17,7 +17,9 @@ hands ``self.log`` values that are already global, with ``sync_dist=False``.
 The other collectives of a run: DDP's gradient all-reduce, :func:`average_gradients` for
 parameters unfrozen after DDP wrapped the model, the requeue decision in ``launch/slurm.py`` (Lightning's
 ``reduce_boolean_decision``), :func:`all_gather_objects` for failed images and test predictions,
-and :func:`weights_agree` at the end of fitting.
+:func:`barrier` and :func:`broadcast_from_zero` for the linear probe (every rank writes its
+features to the shared store, rank 0 fits, every rank receives the head), and :func:`weights_agree`
+at the end of fitting.
 """
 
 from __future__ import annotations
@@ -61,6 +63,21 @@ def all_gather_objects(payload: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, payload)
     return gathered
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (e.g. until every rank has written its share of a file)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_from_zero(payload: Any) -> Any:
+    """Rank 0's ``payload`` (picklable) on every rank; the other ranks pass anything (e.g. None)."""
+    if not is_distributed():
+        return payload
+    box = [payload]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def average_gradients(params: Sequence[nn.Parameter]) -> None:

@@ -11,7 +11,11 @@ from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST
 
 CASES = [
-    (["data.root=/no/such/folder"], "error: data.root='/no/such/folder' is not valid: expected an existing folder"),
+    pytest.param(  # through the console script: slow (a new interpreter)
+        ["data.root=/no/such/folder"],
+        "error: data.root='/no/such/folder' is not valid: expected an existing folder",
+        marks=pytest.mark.slow,
+    ),
     (["model.backbone=resnet_18"], "error: model.backbone='resnet_18' is not valid: expected a timm model name; did"),
     (["data.fractions.train=0.8"], "error: data.fractions="),
     (["data.classes=[Action,Comedy,Horror,Western]"], "error: data.classes=['Action', 'Comedy', 'Horror', 'Western']"),
@@ -45,7 +49,7 @@ def test_cli_reports_config_mistakes_in_one_line(overrides, expected, poster_roo
     stale = tmp_path / "old_annotations.csv"  # a split whose images were moved away since
     stale.write_text(f"file_path,label,split\n{tmp_path}/moved/a.jpg,Action,train\n")
     overrides = [o.replace("STALE", str(stale)) for o in overrides]
-    run = run_cli if overrides == CASES[0][0] else run_entry_point
+    run = run_cli if overrides == CASES[0].values[0] else run_entry_point
     done = run(
         "genre-train", *FAST, f"data.root={poster_root}", *overrides, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path
     )

@@ -16,6 +16,7 @@ from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.training.finetune import GradualUnfreeze
 from genre_lightning.utils.errors import ConfigError, find_user_error
+from tests.helpers.optional import have_module, require
 
 
 def options(group: str) -> list[str]:
@@ -90,7 +91,7 @@ def test_logger_options(option, kind, tmp_path):
 
 
 def test_logger_many_is_tensorboard_csv_and_mlflow_on_a_local_store_under_outputs(tmp_path):
-    pytest.importorskip("mlflow")
+    require(have_module("mlflow"), 'MLflow is not installed: pip install -e ".[mlflow]"')
     loggers = build_loggers(compose_config("train", ["logger=many"], tmp_path))
     assert [type(lg) for lg in loggers] == [TensorBoardLogger, CSVLogger, MLFlowLogger]
     mlflow = loggers[2]

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from genre_lightning.cli.evaluation import evaluate
 from genre_lightning.cli.train import train
-from tests.helpers.cli import run_cli
+from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST, compose_config, train_config
 
 pytestmark = pytest.mark.slow
@@ -107,7 +107,8 @@ def test_eval_from_the_checkpoint_reproduces_the_test_accuracy(demo_run: Path, t
 def test_predict_one_file_prints_top_k(demo_run: Path, tmp_path: Path):
     metrics = json.loads((demo_run / "metrics.json").read_text())
     poster = pd.read_csv(demo_run / "annotations.csv").iloc[0]["file_path"]
-    done = run_cli(
+    # In this process: the folder prediction below runs the console script.
+    done = run_entry_point(
         "genre-predict",
         f"ckpt_path={metrics['best_ckpt_path']}",
         f"input={poster}",

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from genre_lightning.cli.predict import predict
-from genre_lightning.inference.batch import list_inputs, prefetched
+from genre_lightning.inference.batch import prefetched
 from tests.helpers.configs import compose_config
+from tests.helpers.unprivileged import locked, run_python
 
 CLASSES = ["Action", "Comedy", "Horror", "Romance"]
 
@@ -42,13 +43,25 @@ def test_prefetched_yields_every_batch_in_order_prepared_by_another_thread():
     assert len(made_in) == 5 and all(name.startswith("decode") for name in made_in)
 
 
-def test_an_unreadable_sub_folder_is_named_in_a_warning(tmp_path: Path, locked_folders, caplog):
-    (tmp_path / "inbox" / "locked").mkdir(parents=True)
-    (tmp_path / "inbox" / "a.jpg").write_bytes(b"")
-    assert list_inputs(tmp_path / "inbox") == [str(tmp_path / "inbox" / "a.jpg")]
-    assert f"Cannot read folder {tmp_path / 'inbox' / 'locked'} (Permission denied)" in caplog.text
+def test_an_unreadable_sub_folder_is_named_in_a_warning(tmp_path: Path):
+    inbox = tmp_path / "inbox"
+    (inbox / "locked").mkdir(parents=True)
+    (inbox / "locked" / "inside.jpg").write_bytes(b"")
+    (inbox / "a.jpg").write_bytes(b"")
+    code = (
+        "import json, logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(message)s')\n"
+        "from genre_lightning.inference.batch import list_inputs\n"
+        "print(json.dumps(list_inputs(sys.argv[1])))\n"
+    )
+    with locked(inbox / "locked"):
+        done = run_python(code, str(inbox), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == [str(inbox / "a.jpg")]
+    assert f"Cannot read folder {inbox / 'locked'} (Permission denied)" in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prefetch", ["true", "false"])
 def test_folder_gives_one_row_per_image_with_the_test_runs_probabilities(
     tiny_run: Path, tmp_path: Path, capsys, prefetch: str
@@ -84,6 +97,7 @@ def test_folder_gives_one_row_per_image_with_the_test_runs_probabilities(
     assert f"Wrote {len(out)} predictions" in printed and "2 unreadable" in printed and "1 files without" in printed
 
 
+@pytest.mark.slow
 def test_one_file_prints_the_top_k_and_an_unreadable_one_is_a_one_line_error(tiny_run: Path, tmp_path: Path, capsys):
     tested = pd.read_csv(tiny_run / "test_predictions.csv").iloc[0]
     predict(predict_config(tiny_run, Path(tested["file_path"]), tmp_path / "a", "top_k=2"))
@@ -102,3 +116,43 @@ def test_one_file_prints_the_top_k_and_an_unreadable_one_is_a_one_line_error(tin
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: cannot predict {broken}: ")
+
+
+def test_explain_true_writes_each_images_maps_beside_the_csv_and_leaves_the_folder_alone(
+    tiny_run: Path, tmp_path: Path, capsys
+):
+    from PIL import Image
+
+    from genre_lightning import Predictor
+
+    tested = pd.read_csv(tiny_run / "test_predictions.csv").head(3)
+    inbox = tmp_path / "inbox"
+    (inbox / "nested").mkdir(parents=True)
+    for i, source in enumerate(tested["file_path"]):
+        shutil.copyfile(source, inbox / ("nested" if i else "") / f"poster {i}.jpg")
+    (inbox / "broken.jpg").write_bytes(b"<html>")
+    before = {p: p.stat().st_mtime_ns for p in inbox.rglob("*")}
+    predict(predict_config(tiny_run, inbox, tmp_path / "run", "explain=true", "explain_genres=all"))
+    maps = sorted(str(p.relative_to(tmp_path / "run" / "explanations")) for p in (tmp_path / "run").rglob("*.png"))
+    expected = [f"{name}.cam.{genre}.png" for name in ("nested/poster 1.jpg", "nested/poster 2.jpg", "poster 0.jpg")
+                for genre in CLASSES]  # fmt: skip
+    assert maps == sorted(expected)  # every genre of every readable image; none for the broken one
+    assert {p: p.stat().st_mtime_ns for p in inbox.rglob("*")} == before  # the user's folder: only read
+    assert "Wrote 12 gradcam maps to" in capsys.readouterr().out
+    (again,) = Predictor.from_checkpoint(best_checkpoint(tiny_run)).explain(inbox / "poster 0.jpg", genres="all")
+    written = Image.open(tmp_path / "run" / "explanations" / "poster 0.jpg.cam.Horror.png")
+    assert np.array_equal(np.asarray(written), np.asarray(again.overlay("Horror")))
+
+
+def test_a_bad_explain_choice_is_a_one_line_error_before_any_prediction(tiny_run: Path, tmp_path: Path):
+    from tests.helpers.cli import run_entry_point
+
+    for override, expected in (
+        ("explain_method=lime", "error: explain_method='lime' is not valid: expected one of ['gradcam'"),
+        ("explain_genres=some", "error: explain_genres='some' is not valid: expected top or all"),
+    ):
+        done = run_entry_point(
+            "genre-predict", f"ckpt_path={best_checkpoint(tiny_run)}", f"input={tmp_path}", "explain=true", override,
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(expected), done.stderr

@@ -28,6 +28,7 @@ def last_weights(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_other_seed_other_weights(poster_root: Path, tmp_path: Path):
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
         train(train_config(poster_root, tmp_path / name, *SHORT, f"seed={seed}"))
@@ -39,6 +40,7 @@ def test_same_seed_same_weights_other_seed_other_weights(poster_root: Path, tmp_
     assert splits[0] == splits[1] == splits[2]
 
 
+@pytest.mark.slow
 def test_resume_continues_from_last_checkpoint_on_the_same_split(poster_root: Path, tmp_path: Path):
     train(train_config(poster_root, tmp_path / "first", *SHORT))
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
@@ -55,6 +57,7 @@ def test_resume_continues_from_last_checkpoint_on_the_same_split(poster_root: Pa
     assert (tmp_path / "second" / "annotations.csv").read_text() == first_split
 
 
+@pytest.mark.slow
 def test_rerun_in_the_same_run_folder_continues_from_its_last_checkpoint(poster_root: Path, tmp_path: Path):
     """What a requeued Slurm job does: the same run folder, no ckpt_path, training goes on."""
     train(train_config(poster_root, tmp_path, *SHORT))
@@ -77,6 +80,7 @@ def test_a_requeued_run_started_with_ckpt_path_resumes_from_its_own_last_checkpo
     assert _resume_in_place(cfg, trainer) == cfg.ckpt_path
 
 
+@pytest.mark.slow
 def test_last_ckpt_is_the_last_epoch_even_when_val_acc_did_not_improve(poster_root: Path, tmp_path: Path):
     # "Best" = lowest epoch: no epoch after the first improves on it.
     best_is_first = ["callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"]
@@ -95,6 +99,7 @@ class StepLosses(Callback):
         self.losses.append((float(outputs["loss"]), len(batch["target"])))
 
 
+@pytest.mark.slow
 def test_epoch_training_loss_is_the_mean_over_every_image_of_the_epoch(poster_root: Path, tmp_path: Path):
     # 84 training images in batches of 20: the last batch holds 4, so a plain mean of the step
     # losses would differ from the mean over images.

@@ -12,8 +12,6 @@ from tests.helpers.cli import run_entry_point
 from tests.helpers.configs import FAST
 from tests.helpers.paths import REPO
 
-pytestmark = pytest.mark.slow
-
 EXPERIMENT = """\
 # @package _global_
 defaults:
@@ -39,6 +37,7 @@ def user_folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_an_experiment_from_config_dir_trains_into_this_folders_outputs(user_folder: Path, poster_root: Path):
     done = run_entry_point(
         "genre-train",

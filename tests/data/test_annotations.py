@@ -17,6 +17,7 @@ from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.demo import GENRES, draw_poster
 from genre_lightning.utils.csvio import read_csv, write_csv
 from genre_lightning.utils.errors import ConfigError
+from tests.helpers.unprivileged import locked, run_python
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -56,6 +57,7 @@ def test_data_report_lists_each_corrupt_file_with_its_reason(messy_root: Path, t
         "skipped_by_reason": {"corrupt image data": 1},
         "merged": 0,
         "ignored": 0,
+        "with_genre": 30,
     }
     assert report["per_class"]["Romance"]["ignored"] == 1
     frame = pd.read_csv(out / "annotations.csv")
@@ -202,12 +204,21 @@ def test_split_file_paths_are_relative_to_its_own_folder(poster_root: Path, tmp_
     assert split_digest(frame) == split_digest(first)
 
 
-def test_an_unreadable_sub_folder_is_reported_not_skipped_silently(poster_root: Path, tmp_path: Path, locked_folders):
+def test_an_unreadable_sub_folder_is_reported_not_skipped_silently(poster_root: Path, tmp_path: Path):
     root = tmp_path / "posters"
     shutil.copytree(poster_root, root)
     (root / "Horror" / "locked").mkdir()
     Image.new("RGB", (48, 72)).save(root / "Horror" / "locked" / "inside.jpg")
-    prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=root)
+    code = (
+        "import json, sys\n"
+        "from genre_lightning.data.annotations import prepare_annotations\n"
+        "prepare_annotations(sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), seed=0, root=sys.argv[4])\n"
+    )
+    with locked(root / "Horror" / "locked"):
+        done = run_python(
+            code, str(tmp_path / "run"), json.dumps(GENRES), json.dumps(FRACTIONS), str(root), cwd=tmp_path
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert report["skipped"] == [
         {"path": str(root / "Horror" / "locked"), "label": "Horror", "reason": "cannot read folder: Permission denied"}

@@ -15,11 +15,9 @@ from genre_lightning.data.scan import IMAGE_EXTENSIONS, walk_files
 from genre_lightning.training.module import GenreClassifier
 from genre_lightning.utils.csvio import read_csv
 from genre_lightning.utils.errors import ConfigError
-from tests.helpers.cli import run_cli
+from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST
 from tests.helpers.fault_corpus import build_fault_corpus
-
-pytestmark = pytest.mark.slow
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -55,6 +53,7 @@ def read_only_corpus(tmp_path: Path):
     set_writable(corpus.root, True)  # let pytest clean up
 
 
+@pytest.mark.slow
 def test_pipeline_on_a_read_only_folder_with_faults(read_only_corpus, tmp_path: Path):
     corpus = read_only_corpus
     # 1. genre-data: scan, verify, split; prints the per-genre table.
@@ -77,8 +76,9 @@ def test_pipeline_on_a_read_only_folder_with_faults(read_only_corpus, tmp_path: 
     set_writable(corpus.root, False)
     before = snapshot(corpus.root)
 
-    # 3. Train, evaluate and predict on the read-only folder.
-    done = run_cli(
+    # 3. Train, evaluate and predict on the read-only folder (in this process: genre-data above, and
+    # tests/cli/test_end_to_end.py, run the console scripts themselves).
+    done = run_entry_point(
         "genre-train",
         *FAST,
         f"data.root={corpus.root}",
@@ -95,7 +95,7 @@ def test_pipeline_on_a_read_only_folder_with_faults(read_only_corpus, tmp_path: 
     assert skipped[0]["reason"].startswith("corrupt image data")
 
     ckpt = metrics["best_ckpt_path"]
-    done = run_cli(
+    done = run_entry_point(
         "genre-eval",
         f"ckpt_path={ckpt}",
         "trainer=cpu",
@@ -108,7 +108,7 @@ def test_pipeline_on_a_read_only_folder_with_faults(read_only_corpus, tmp_path: 
     assert evaluated["test"]["test/acc"] == pytest.approx(metrics["test"]["test/acc"], abs=1e-6)
 
     out_csv = tmp_path / "predictions.csv"
-    done = run_cli(
+    done = run_entry_point(
         "genre-predict",
         f"ckpt_path={ckpt}",
         f"input={corpus.root}",
@@ -172,7 +172,7 @@ def test_predict_never_unpickles_files_from_its_input(tmp_path: Path, poster_roo
         },
         ckpt,
     )
-    done = run_cli(
+    done = run_entry_point(
         "genre-predict",
         f"ckpt_path={ckpt}",
         f"input={inbox}",

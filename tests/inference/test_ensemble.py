@@ -18,6 +18,7 @@ from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import compose_config, train_config
 from tests.helpers.optional import have_module, require
 
+pytestmark = pytest.mark.slow  # every test uses the tiny_run fixture (a training run)
 PROBABILITIES = [f"p_{genre}" for genre in ("Action", "Comedy", "Horror", "Romance")]
 
 

@@ -17,6 +17,7 @@ from genre_lightning.training.module import GenreClassifier
 from tests.helpers.configs import compose_config
 from tests.helpers.optional import have_module, require
 
+pytestmark = pytest.mark.slow  # every test uses the tiny_run fixture (a training run)
 HAVE_ONNX = have_module("onnxruntime") and have_module("onnxscript")
 
 
@@ -122,6 +123,6 @@ def test_an_unknown_format_is_a_one_line_error(tiny_run: Path, tmp_path: Path, c
         export(compose_config("export", [f"ckpt_path={best_checkpoint(tiny_run)}", "format=tflite"], tmp_path))
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "error: format='tflite' is not valid: expected one of ['onnx', 'torchscript']"
+        "error: format='tflite' is not valid: expected one of ['card', 'onnx', 'torchscript']"
     )
     assert not list(tmp_path.glob("model*"))

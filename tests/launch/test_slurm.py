@@ -26,10 +26,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from genre_lightning.cli.common import CONFIG_MODULE
 from genre_lightning.launch.slurm import register_resolvers
-from tests.helpers.cli import run_cli
+from tests.helpers.cli import run_entry_point
 from tests.helpers.configs import FAST
 from tests.helpers.optional import have_module, require
 from tests.helpers.paths import REPO
+from tests.helpers.recompute import single_label_metrics
 from tests.helpers.slurm_pause import PAUSED_FILE
 
 HAVE_SUBMITIT_PLUGIN = have_module("hydra_plugins.hydra_submitit_launcher")
@@ -78,7 +79,9 @@ def test_all_visible_gpus_cannot_be_sized_for_slurm():
 @pytest.mark.slow
 def test_a_bad_launcher_value_is_one_line_before_anything_is_submitted(poster_root: Path, tmp_path: Path):
     require(HAVE_SUBMITIT_PLUGIN, NO_PLUGIN)
-    done = run_cli("genre-train", "-m", "hydra/launcher=slurm", "trainer=ddp", f"data.root={poster_root}", cwd=tmp_path)
+    done = run_entry_point(
+        "genre-train", "-m", "hydra/launcher=slurm", "trainer=ddp", f"data.root={poster_root}", cwd=tmp_path
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         "error: trainer.devices=-1 is not valid: expected a number of devices per node for hydra/launcher=slurm "
@@ -183,7 +186,9 @@ def test_two_job_multirun_runs_as_slurm_jobs(slurm, poster_root: Path, tmp_path:
         run = sweep / number
         assert OmegaConf.load(run / "config.yaml").seed == seed
         metrics = json.loads((run / "metrics.json").read_text())
-        assert 0 <= metrics["test"]["test/acc"] <= 1
+        expected = single_label_metrics(run)
+        assert metrics["test"]["test/acc"] == pytest.approx(expected["test/acc"], abs=1e-6)
+        assert metrics["test"]["test/loss"] == pytest.approx(expected["test/loss"], rel=1e-4)
         assert Path(metrics["test_ckpt_path"]).parent == run / "checkpoints"
         # Both jobs were tested on the split the launcher made once, in the sweep folder.
         assert (run / "annotations.csv").read_text() == (sweep / "annotations.csv").read_text()
@@ -240,7 +245,10 @@ def test_preempted_ddp_job_checkpoints_requeues_and_resumes_in_its_run_folder(
     events.Reload()
     assert [event.step for event in events.Scalars("val/acc")] == [3, 7, 11]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert Path(metrics["test_ckpt_path"]).parent == run / "checkpoints" and 0 <= metrics["test"]["test/acc"] <= 1
+    assert Path(metrics["test_ckpt_path"]).parent == run / "checkpoints"
+    expected = single_label_metrics(run)  # both ranks' test images, gathered
+    assert metrics["test"]["test/acc"] == pytest.approx(expected["test/acc"], abs=1e-6)
+    assert metrics["test"]["test/loss"] == pytest.approx(expected["test/loss"], rel=1e-4)
 
     # Both ranks ran as tasks of that one job (in both attempts), and wrote nothing outside it.
     task_logs = {p.name for p in (sweep / ".submitit" / job_id).glob("*_log.err")}

@@ -11,12 +11,12 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from genre_lightning.inference.predictor import Predictor
 from genre_lightning.launch.sweep import split_settings
-from tests.helpers.cli import run_cli
+from genre_lightning.utils.csvio import read_csv
+from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST, compose_config
 from tests.helpers.optional import have_module, require
-
-pytestmark = pytest.mark.slow
 
 TINY_JOB = [
     "trainer.max_epochs=1",
@@ -29,19 +29,20 @@ TINY_JOB = [
 ]
 
 
-def multirun(poster_root: Path | str, tmp_path: Path, *overrides: str) -> tuple[Path, list[Path], str]:
-    """Run ``genre-train -m`` with outputs under ``tmp_path/outputs``; the sweep folder and its job folders."""
-    done = run_cli(
+def multirun(
+    poster_root: Path | str, tmp_path: Path, *overrides: str, console: bool = False
+) -> tuple[Path, list[Path], str]:
+    """Run ``genre-train -m`` with outputs under ``tmp_path/outputs``, through the console script
+    (``console``) or its function in this process; the sweep folder and its job folders."""
+    args = (
         "genre-train",
         "-m",
         *FAST,
         *TINY_JOB,
         f"data.root={poster_root}",
         f"paths.output_root={tmp_path / 'outputs'}",
-        *overrides,
-        cwd=tmp_path,
-        env={"OMP_NUM_THREADS": "1"},
     )
+    done = (run_cli if console else run_entry_point)(*args, *overrides, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     # One multirun folder under outputs/<task>/multiruns/.
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
@@ -58,8 +59,20 @@ def test_split_settings_include_what_changes_annotations(tmp_path: Path, overrid
     assert split_settings(base.data) == split_settings(compose_config("train", ["data.root=/posters"], tmp_path).data)
 
 
+def val_accuracy(job: Path) -> float:
+    """The job's best checkpoint's top-1 accuracy over its validation split, predicted again from
+    the image files (the run validated all of them: one batch of up to data.eval_batch_size)."""
+    split = read_csv(job / "annotations.csv")
+    val = split[split["split"] == "val"]
+    assert 0 < len(val) <= OmegaConf.load(job / "config.yaml").data.eval_batch_size
+    predictor = Predictor.from_checkpoint(json.loads((job / "metrics.json").read_text())["best_ckpt_path"])
+    results = predictor.predict(list(val["file_path"]))
+    return sum(r.genre == label for r, label in zip(results, val["label"], strict=True)) / len(val)
+
+
+@pytest.mark.slow
 def test_multirun_jobs_share_one_split_made_once(poster_root: Path, tmp_path: Path):
-    sweep, jobs, _ = multirun(poster_root, tmp_path, "seed=1,2", "data.split_seed=0,5")
+    sweep, jobs, _ = multirun(poster_root, tmp_path, "seed=1,2", "data.split_seed=0,5", console=True)
     assert len(jobs) == 4
     shared = (sweep / "annotations.csv").read_text()
     own_splits = []
@@ -67,7 +80,8 @@ def test_multirun_jobs_share_one_split_made_once(poster_root: Path, tmp_path: Pa
     for job in jobs:
         cfg = OmegaConf.load(job / "config.yaml")
         settings.add((cfg.seed, cfg.data.split_seed))
-        assert json.loads((job / "metrics.json").read_text())["best_val"]["val/acc"] >= 0
+        best_val = json.loads((job / "metrics.json").read_text())["best_val"]["val/acc"]
+        assert best_val == pytest.approx(val_accuracy(job), abs=1e-6)
         split = (job / "annotations.csv").read_text()
         report = json.loads((job / "data_report.json").read_text())
         if cfg.data.split_seed == 0:  # the sweep's data settings: the sweep's split, copied, not made again
@@ -81,6 +95,7 @@ def test_multirun_jobs_share_one_split_made_once(poster_root: Path, tmp_path: Pa
     assert own_splits[0] == own_splits[1] != shared
 
 
+@pytest.mark.slow
 def test_a_sweep_over_data_roots_gives_each_job_its_own_split(poster_root: Path, tmp_path: Path):
     other_root = shutil.copytree(poster_root, tmp_path / "other_posters")
     sweep, jobs, output = multirun(f"{poster_root},{other_root}", tmp_path)
@@ -92,6 +107,7 @@ def test_a_sweep_over_data_roots_gives_each_job_its_own_split(poster_root: Path,
         assert len(files) == 120 and all(Path(f).is_relative_to(root) for f in files)
 
 
+@pytest.mark.slow
 def test_optuna_search_maximises_the_val_accuracy_the_jobs_return(poster_root: Path, tmp_path: Path):
     require(
         have_module("hydra_plugins.hydra_optuna_sweeper"),

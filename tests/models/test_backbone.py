@@ -75,6 +75,7 @@ def test_missing_weights_file_is_a_config_error(tmp_path: Path):
         create_backbone("resnet10t", num_classes=4, weights=str(tmp_path / "nope.safetensors"))
 
 
+@pytest.mark.slow
 def test_unreachable_hub_says_how_to_go_on(poster_root: Path, tmp_path: Path):
     done = run_cli(
         "genre-train",

@@ -12,17 +12,16 @@ import pytest
 import yaml
 
 from genre_lightning.results.sweep_report import summarise, to_markdown
-from tests.helpers.cli import run_cli
+from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST
 
-pytestmark = pytest.mark.slow
 LRS = ("0.001", "0.003")
 
 
 @pytest.fixture(scope="module")
 def sweep(poster_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("sweep")
-    done = run_cli(
+    done = run_entry_point(  # in this process: tests/launch/test_sweep.py runs a multirun through the console script
         "genre-train",
         "-m",
         "seed=1,2",
@@ -60,6 +59,7 @@ def job_values(sweep: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow
 def test_report_groups_the_seeds_and_its_mean_and_std_match_the_jobs(sweep: Path):
     done = run_cli("genre-report", f"sweep_dir={sweep}", cwd=sweep)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -83,6 +83,7 @@ def test_report_groups_the_seeds_and_its_mean_and_std_match_the_jobs(sweep: Path
     assert "`finetune=none`" in markdown  # an override every job shares is listed once, not as a column
 
 
+@pytest.mark.slow
 def test_unfinished_jobs_are_listed_sorting_follows_the_metric_and_a_bad_metric_is_one_line(
     sweep: Path, tmp_path: Path
 ):
@@ -92,14 +93,15 @@ def test_unfinished_jobs_are_listed_sorting_follows_the_metric_and_a_bad_metric_
     crashed.mkdir(parents=True)
     shutil.copy(copy / "0" / ".hydra" / "overrides.yaml", crashed / "overrides.yaml")
 
-    done = run_cli("genre-report", f"sweep_dir={copy}", "metric=test/ece", cwd=tmp_path)
+    # In this process: the test above runs the console script.
+    done = run_entry_point("genre-report", f"sweep_dir={copy}", "metric=test/ece", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     table = pd.read_csv(copy / "report.csv")
     assert list(table["test/ece_mean"]) == sorted(table["test/ece_mean"])  # lower is better: ascending
     assert "Jobs without metrics.json (failed or unfinished): 4" in (copy / "report.md").read_text()
     assert table["n"].sum() == 4
 
-    bad = run_cli("genre-report", f"sweep_dir={copy}", "metric=test/accuracy", cwd=tmp_path)
+    bad = run_entry_point("genre-report", f"sweep_dir={copy}", "metric=test/accuracy", cwd=tmp_path)
     assert bad.returncode == 2
     (line,) = bad.stderr.strip().splitlines()
     assert line.startswith("error: metric='test/accuracy' is not valid: expected one of [") and "'test/acc'" in line

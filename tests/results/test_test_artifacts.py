@@ -33,7 +33,7 @@ from genre_lightning.cli.evaluation import eval_datamodule, evaluate
 from genre_lightning.cli.train import train
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.data.imageio import read_rgb
-from genre_lightning.results import callback as artifacts_module
+from genre_lightning.results import test_artifacts as artifacts_module
 from genre_lightning.results.figures import save_png, to_display
 from genre_lightning.results.tables import Predictions, calibration_bins, per_class_table
 from genre_lightning.training.checkpoint_io import load_module, read_checkpoint
@@ -57,6 +57,7 @@ def predictions_of(run: Path) -> pd.DataFrame:
     return pd.read_csv(run / "test_predictions.csv")
 
 
+@pytest.mark.slow
 def test_confusion_matrix_counts_every_test_image_and_its_diagonal_is_the_accuracy(tiny_run: Path):
     matrix = pd.read_csv(tiny_run / "confusion_matrix.csv", index_col=0)
     assert list(matrix.index) == CLASSES and list(matrix.columns) == CLASSES
@@ -68,6 +69,7 @@ def test_confusion_matrix_counts_every_test_image_and_its_diagonal_is_the_accura
     assert accuracy == pytest.approx(metrics_of(tiny_run)["test"]["test/acc"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_per_class_metrics_agree_with_sklearn_on_the_same_predictions(tiny_run: Path):
     frame = predictions_of(tiny_run)
     expected = split_rows(tiny_run)
@@ -99,6 +101,7 @@ def test_per_class_metrics_agree_with_sklearn_on_the_same_predictions(tiny_run: 
     np.testing.assert_array_equal(written, confusion_matrix(frame["label"], frame["top1"], labels=CLASSES))
 
 
+@pytest.mark.slow
 def test_ece_matches_a_plain_numpy_computation_and_the_reliability_bins(tiny_run: Path):
     frame = predictions_of(tiny_run)
     probs = frame[[f"p_{c}" for c in CLASSES]].to_numpy()
@@ -125,6 +128,7 @@ def expected_grid_size(images: int, columns: int) -> tuple[int, int]:
     return round(columns * 2.2 * 100), round((rows * 3.0 + 0.5) * 100)
 
 
+@pytest.mark.slow
 def test_every_figure_is_a_png_of_the_expected_size(tiny_run: Path):
     frame = predictions_of(tiny_run)
     wrong = int((frame["label"] != frame["top1"]).sum())
@@ -154,6 +158,7 @@ def drawn_mistakes(figure) -> list[tuple[str, str, float, str]]:
     return drawn
 
 
+@pytest.mark.slow
 def test_mistakes_figure_draws_the_most_confident_wrong_predictions_in_order(tiny_run: Path):
     frame = predictions_of(tiny_run)
     wrong = frame[frame["label"] != frame["top1"]]
@@ -211,6 +216,7 @@ def test_mistakes_figure_draws_a_file_name_that_is_not_utf8(poster_root: Path, t
     assert save_png(figure, tmp_path / "mistakes.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_training_samples_are_de_normalised_back_to_the_picture(tiny_run: Path, poster_root: Path):
     """The eval transform at 32 px is a plain bicubic resize plus normalisation: undoing the
     normalisation must give back the resized poster."""
@@ -230,6 +236,7 @@ def test_training_samples_are_de_normalised_back_to_the_picture(tiny_run: Path, 
     np.testing.assert_allclose(shown, resized, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_printed_table_shows_the_metrics_json_numbers(tiny_run: Path):
     metrics = metrics_of(tiny_run)["test"]
     support = pd.read_csv(tiny_run / "confusion_matrix.csv", index_col=0).sum(axis=1).tolist()
@@ -249,6 +256,7 @@ def test_printed_table_shows_the_metrics_json_numbers(tiny_run: Path):
     assert f"ECE {metrics['test/ece']:.3f}" in text and f"top-2 accuracy {metrics['test/acc_top2']:.3f}" in text
 
 
+@pytest.mark.slow
 def test_backbone_lr_is_logged_from_its_milestone_under_a_stable_name(tiny_run: Path):
     events = EventAccumulator(str(tiny_run / "tensorboard"))
     events.Reload()
@@ -259,6 +267,7 @@ def test_backbone_lr_is_logged_from_its_milestone_under_a_stable_name(tiny_run: 
     assert backbone[0].value == pytest.approx(head[1].value * 0.1)  # finetune.backbone_lr_scale
 
 
+@pytest.mark.slow
 def test_genre_eval_writes_the_same_artifacts_for_the_same_checkpoint(tiny_run: Path, tmp_path: Path):
     best = metrics_of(tiny_run)["best_ckpt_path"]
     cfg = compose_config("eval", [*FAST,
@@ -285,6 +294,7 @@ def random_steps(transform) -> list[str]:
     return [type(t).__name__ for t in transform.transforms if type(t).__name__.startswith(("Random", "ColorJitter"))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augment", ["null", "{hflip: 1.0, scale: [0.5, 1.0]}"])
 def test_genre_eval_shows_training_samples_with_the_checkpoints_augmentation(
     augment: str, poster_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -344,6 +354,7 @@ def get_json(url: str, body: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.slow
 def test_tensorboard_server_serves_the_scalars_images_and_hparams(tiny_run: Path, tmp_path: Path):
     port = free_port()
     log = (tmp_path / "tensorboard.log").open("w")
@@ -407,3 +418,17 @@ def test_the_artifacts_group_turns_the_callback_on_and_off(config_name: str, tmp
     (default,) = artifacts("artifacts.max_mistakes=5")
     assert default.output_dir == tmp_path and default.max_mistakes == 5
     assert artifacts("artifacts=none") == []
+
+
+def test_artifacts_cam_adds_the_mistakes_with_their_maps(tiny_run: Path, tmp_path: Path):
+    """artifacts.cam=true: figures/mistakes_cam.png (the mistakes grid, each poster under its map) and its
+    TensorBoard image; off by default (the training run has none)."""
+    assert not (tiny_run / "figures" / "mistakes_cam.png").exists()
+    evaluate(eval_config(metrics_of(tiny_run)["best_ckpt_path"], tmp_path, "artifacts.cam=true"))
+    figures_dir = tmp_path / "figures"
+    with Image.open(figures_dir / "mistakes_cam.png") as cam, Image.open(figures_dir / "mistakes.png") as plain:
+        assert cam.size == plain.size  # one cell per mistake shown, as in the mistakes grid
+        assert np.abs(np.asarray(cam.convert("RGB"), float) - np.asarray(plain.convert("RGB"), float)).mean() > 5
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert "test/mistakes_cam" in events.Tags()["images"]

@@ -24,11 +24,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.helpers.cli import run_cli, run_entry_point
+from tests.helpers.cli import run_entry_point
 from tests.helpers.configs import FAST
 from tests.helpers.optional import have_module, require
-
-pytestmark = pytest.mark.slow
 
 HAVE_MLFLOW = have_module("mlflow")
 HAVE_WANDB = have_module("wandb")
@@ -89,9 +87,10 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def tracked_sweep(mlflow_server: str, poster_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``genre-train -m seed=1,2 logger=many`` against the server; returns the multirun folder."""
+    """``genre-train -m seed=1,2 logger=many`` against the server (in this process: other tests run
+    the console script); returns the multirun folder."""
     cwd = tmp_path_factory.mktemp("tracked_sweep")
-    done = run_cli(
+    done = run_entry_point(
         "genre-train",
         "-m",
         "seed=1,2",
@@ -108,6 +107,7 @@ def tracked_sweep(mlflow_server: str, poster_root: Path, tmp_path_factory: pytes
     return cwd / "sweep"
 
 
+@pytest.mark.slow
 def test_every_job_of_the_sweep_is_a_run_of_one_experiment_with_its_config_metrics_and_files(
     mlflow_server: str, tracked_sweep: Path
 ):
@@ -150,6 +150,7 @@ def test_every_job_of_the_sweep_is_a_run_of_one_experiment_with_its_config_metri
         )
 
 
+@pytest.mark.slow
 def test_genre_report_reads_the_sweep_back_from_the_server_as_from_its_folder(
     mlflow_server: str, tracked_sweep: Path, tmp_path: Path
 ):
@@ -169,6 +170,7 @@ def test_genre_report_reads_the_sweep_back_from_the_server_as_from_its_folder(
     pd.testing.assert_frame_equal(ours, theirs)
 
 
+@pytest.mark.slow
 def test_a_run_started_again_in_its_folder_continues_its_mlflow_run(
     mlflow_server: str, poster_root: Path, tmp_path: Path
 ):
@@ -262,6 +264,7 @@ def wandb_config_and_summary(offline_run: Path) -> tuple[str, dict, dict]:
     return file.stem.removeprefix("run-"), config, summary
 
 
+@pytest.mark.slow
 def test_wandb_offline_writes_the_config_metrics_and_files_and_a_rerun_keeps_its_id(
     poster_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

@@ -11,8 +11,6 @@ import torch
 from genre_lightning.training.finetune import backbone_layer_groups
 from tests.helpers.paths import REPO
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def ddp_runs(poster_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -37,6 +35,7 @@ def backbone_keys(state: dict) -> list[str]:
     return [k for k in state if k.startswith("net.") and not k.startswith("net.fc.") and "num_batches" not in k]
 
 
+@pytest.mark.slow
 def test_unfrozen_backbone_trains_and_ranks_stay_bit_identical(ddp_runs: Path):
     rank0, rank1 = rank_states(ddp_runs / "sync")
     assert rank0["world_size"] == 2
@@ -53,6 +52,7 @@ def test_unfrozen_backbone_trains_and_ranks_stay_bit_identical(ddp_runs: Path):
     assert different == []
 
 
+@pytest.mark.slow
 def test_without_our_gradient_sync_the_ranks_drift_apart(ddp_runs: Path):
     """The control: it shows the test above can fail, and why the sync exists (Lightning #20340)."""
     rank0, rank1 = rank_states(ddp_runs / "nosync")

@@ -25,7 +25,7 @@ class StoreSpy(Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         caches = [c for c in trainer.callbacks if isinstance(c, FrozenFeatureCache)]
         stores = list(caches[0]._stores.values()) if caches else []
-        self.per_epoch.append([(s.hits, s.misses, len(s.table)) for s in stores])
+        self.per_epoch.append([(s.hits, s.misses, len(s)) for s in stores])
 
 
 def fit(poster_root, out, *overrides):
@@ -46,10 +46,10 @@ def test_feature_store_recomputes_an_edited_image_without_hash(big_posters: Path
         return images.mean(dim=(2, 3))
 
     images = torch.rand(1, 3, 4, 4)
-    store = FeatureStore("s", tmp_path / "features" / "s.pt")
+    store = FeatureStore("s", tmp_path / "features" / "s")
     store.features([str(first)], images, compute)
     store.save()
-    reloaded = FeatureStore("s", tmp_path / "features" / "s.pt")
+    reloaded = FeatureStore("s", tmp_path / "features" / "s")
     reloaded.features([str(first)], images, compute)
     assert calls == [1] and reloaded.hits == 1  # unchanged file: served from disk
     edit_image(first, other)
@@ -65,6 +65,7 @@ def test_cached_features_then_classifier_equal_the_full_network(backbone):
         assert torch.allclose(model.classify_features(model.backbone_features(images)), model(images), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_linear_probe_with_the_cache_learns_the_same_head(poster_root: Path, tmp_path: Path):
     common = ["finetune=linear_probe", "trainer.max_epochs=3"]
     cached, spy = fit(poster_root, tmp_path / "a", *common)
@@ -80,6 +81,7 @@ def test_linear_probe_with_the_cache_learns_the_same_head(poster_root: Path, tmp
     assert misses2 == misses0 and hits2 - hits0 >= 2 * train_size
 
 
+@pytest.mark.slow
 def test_stochastic_depth_keeps_training_off_the_cache_and_the_head_unchanged(
     poster_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
@@ -97,6 +99,7 @@ def test_stochastic_depth_keeps_training_off_the_cache_and_the_head_unchanged(
     assert sum("stochastic depth" in r.getMessage() for r in caplog.records) == 1  # said once, not per epoch
 
 
+@pytest.mark.slow
 def test_cache_is_not_used_once_the_backbone_trains(poster_root: Path, tmp_path: Path):
     # Unfrozen at epoch 1: epoch 1 must run the real backbone (no store lookups for training).
     _, spy = fit(
@@ -107,6 +110,7 @@ def test_cache_is_not_used_once_the_backbone_trains(poster_root: Path, tmp_path:
     assert train_store_hits[1] - train_store_hits[0] < 84
 
 
+@pytest.mark.slow
 def test_augmented_training_does_not_use_cached_features(poster_root: Path, tmp_path: Path):
     _, spy = fit(
         poster_root, tmp_path / "a", "finetune=linear_probe", "trainer.max_epochs=2", "data.augment={hflip: 0.5}"
@@ -116,11 +120,12 @@ def test_augmented_training_does_not_use_cached_features(poster_root: Path, tmp_
     assert total_lookups <= val_lookups + 18
 
 
+@pytest.mark.slow
 def test_feature_store_on_disk_serves_a_later_run(poster_root: Path, tmp_path: Path):
     common = ["finetune=linear_probe", "trainer.max_epochs=1", f"data.cache_dir={tmp_path / 'cache'}"]
     fit(poster_root, tmp_path / "a", *common)
-    stores = list((tmp_path / "cache" / "features").glob("*.pt"))
-    assert stores
+    parts = list((tmp_path / "cache" / "features").glob("*/part-0-*.npy"))
+    assert parts and all(p.with_suffix(".keys").is_file() for p in parts)
     _, spy = fit(poster_root, tmp_path / "b", *common)
     assert all(misses == 0 for _, misses, _ in spy.per_epoch[0])
     # A different backbone init (another seed, random weights) must not reuse those features.
@@ -157,3 +162,28 @@ def test_a_feature_store_serves_the_frozen_backbone_and_gives_the_same_logits():
     with torch.no_grad():
         model._logits(batch, "val")
     assert (store.misses, store.hits) == (3, 3)  # no store: computed, not looked up
+
+
+def test_a_store_on_disk_is_written_in_chunks_shared_by_ranks_and_read_memory_mapped(tmp_path: Path):
+    """Two ranks write into one folder; each reads the other's rows after a refresh, as float16 if asked."""
+    folder = tmp_path / "store"
+    rank0 = FeatureStore("s", folder, dtype="float16", rank=0, chunk_rows=4)
+    rank1 = FeatureStore("s", folder, dtype="float16", rank=1, chunk_rows=4)
+    features = torch.randn(10, 6)
+    keys = [f"{i:064x}" for i in range(10)]  # content hashes, as the split file has them
+
+    def rows(indices):
+        return lambda images: features[indices][: len(images)]
+
+    rank0.features(keys[:5], torch.zeros(5, 1), rows(list(range(5))))  # 5 >= 4 rows: written at once
+    rank1.features(keys[5:], torch.zeros(5, 1), rows(list(range(5, 10))))
+    assert len(list(folder.glob("part-*.npy"))) == 2 and "0" * 64 not in rank1
+    rank1.refresh()
+    served = rank1.features(keys, torch.zeros(10, 1), rows([]))
+    assert rank1.misses == 5 and rank1.hits == 10  # the second call computed nothing
+    torch.testing.assert_close(served, features.half().float())
+    part = next(folder.glob("part-0-*.npy"))
+    assert (
+        isinstance(rank1._parts[0], __import__("numpy").memmap)
+        and part.with_suffix(".keys").read_text().split() == keys[:5]
+    )

@@ -55,6 +55,7 @@ def fit(cfg, recorder: FreezeRecorder):
     return model, trainer
 
 
+@pytest.mark.slow
 def test_gradual_unfreezing_follows_the_milestones(poster_root: Path, tmp_path: Path):
     cfg = train_config(
         poster_root,
@@ -98,6 +99,7 @@ def test_gradual_unfreezing_follows_the_milestones(poster_root: Path, tmp_path: 
     assert not torch.equal(after["layer4.0.conv1.weight"], frozen_before["layer4.0.conv1.weight"])
 
 
+@pytest.mark.slow
 def test_frozen_backbone_does_not_change_while_the_head_trains(poster_root: Path, tmp_path: Path):
     cfg = train_config(poster_root, tmp_path, "finetune=linear_probe", "trainer.max_epochs=1", *SHORT)
     datamodule, model, trainer = build(cfg)
@@ -109,6 +111,7 @@ def test_frozen_backbone_does_not_change_while_the_head_trains(poster_root: Path
     assert changed == {"fc.weight", "fc.bias"}
 
 
+@pytest.mark.slow
 def test_resume_past_a_milestone_keeps_unfrozen_groups_unfrozen(poster_root: Path, tmp_path: Path):
     common = [
         "finetune=head_then_all",
@@ -140,6 +143,7 @@ def test_resume_past_a_milestone_keeps_unfrozen_groups_unfrozen(poster_root: Pat
     assert first.epochs[1]["bn_modes"] == resumed.epochs[2]["bn_modes"] == [(True, True)] * 14
 
 
+@pytest.mark.slow
 def test_freeze_bn_stats_keeps_the_running_statistics_of_unfrozen_layers(poster_root: Path, tmp_path: Path):
     cfg = train_config(
         poster_root,

@@ -13,9 +13,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.preprocessing import StandardScaler
 
-from genre_lightning.training.probe import PROBE_FILE, fit_probe
+from genre_lightning.training.probe import PROBE_FILE, fit_one_vs_rest, fit_probe
 from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST
+from tests.helpers.rank_weights import OVERRIDE, RANK_ENV, assert_ranks_identical
+from tests.helpers.recompute import single_label_metrics
 
 GRID = [1e-3, 1e-2, 1e-1, 1.0]
 
@@ -62,17 +64,20 @@ def test_a_genre_missing_from_training_is_never_predicted():
     assert probabilities.shape == (40, 4) and probabilities[:, 2].max() < 1e-6
 
 
-def probe_run(poster_root: Path, folder: Path, *overrides: str) -> tuple[dict, dict, str]:
-    """``genre-train experiment=probe_cpu`` through the console script, stdout piped to a file;
-    (metrics.json, probe.json, the piped output)."""
+def probe_run(poster_root: Path, folder: Path, ddp: bool = False) -> tuple[dict, dict, str]:
+    """``genre-train experiment=probe_cpu``: in this process, or (``ddp``) with trainer=ddp_cpu through
+    the console script, stdout piped to a file, each rank writing its weights digest (rank 1 re-runs
+    the command line); (metrics.json, probe.json, the output)."""
     run = folder / "run"
-    with open(folder / "stdout.log", "w") as stdout:
-        done = run_cli(
-            "genre-train", "experiment=probe_cpu", *FAST, f"data.root={poster_root}", f"hydra.run.dir={run}",
-            *overrides, cwd=folder, stdout=stdout,
-        )  # fmt: skip
+    args = ["genre-train", "experiment=probe_cpu", *FAST, f"data.root={poster_root}", f"hydra.run.dir={run}"]
+    if ddp:
+        with open(folder / "stdout.log", "w") as stdout:
+            done = run_cli(*args, "trainer=ddp_cpu", OVERRIDE, cwd=folder, stdout=stdout, env=RANK_ENV)
+        output = (folder / "stdout.log").read_text() + done.stderr
+    else:
+        done = run_entry_point(*args, cwd=folder)
+        output = done.stdout + done.stderr
     assert done.returncode == 0, done.stderr[-3000:]
-    output = (folder / "stdout.log").read_text() + done.stderr
     return json.loads((run / "metrics.json").read_text()), json.loads((run / PROBE_FILE).read_text()), output
 
 
@@ -81,6 +86,7 @@ def single_probe(poster_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return probe_run(poster_root, tmp_path_factory.mktemp("probe"))
 
 
+@pytest.mark.slow
 def test_probe_cpu_validates_and_tests_exactly_the_fitted_head(single_probe):
     metrics, probe, output = single_probe
     assert probe["chosen_C"] == min(probe["grid"], key=lambda s: s["val_log_loss"])["C"]
@@ -90,12 +96,19 @@ def test_probe_cpu_validates_and_tests_exactly_the_fitted_head(single_probe):
     assert metrics["final_val"]["val/acc"] == pytest.approx(probe["val_acc"], abs=1e-6)
     assert metrics["final_val"]["val/loss"] == pytest.approx(probe["val_log_loss"], rel=1e-4)
     assert "Linear probe head: C=" in output
-    assert 0.0 <= metrics["test"]["test/acc"] <= 1.0 and Path(metrics["best_ckpt_path"]).is_file()
+    assert Path(metrics["best_ckpt_path"]).is_file()
+    expected = single_label_metrics(Path(metrics["best_ckpt_path"]).parent.parent)
+    assert metrics["test"]["test/acc"] == pytest.approx(expected["test/acc"], abs=1e-6)
+    assert metrics["test"]["test/loss"] == pytest.approx(expected["test/loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_probe_cpu_under_ddp_fits_the_same_head_on_every_rank(single_probe, poster_root: Path, tmp_path: Path):
-    metrics, probe, _ = probe_run(poster_root, tmp_path, "trainer=ddp_cpu")
+    metrics, probe, output = probe_run(poster_root, tmp_path, ddp=True)
+    assert_ranks_identical(tmp_path / "run")
     assert metrics["ddp"]["world_size"] == 2 and metrics["ddp"]["identical"]
+    # The scan and split finished before the second process started: it never waited on a scan.
+    assert output.index("Split (train/val/test)") < output.index("Initializing distributed: GLOBAL_RANK: 1")
     # Each rank computed half the features; both fitted on all of them: the single-process probe.
     single_metrics, single, _ = single_probe
     assert probe["chosen_C"] == single["chosen_C"] and probe["train_images"] == single["train_images"]
@@ -103,6 +116,7 @@ def test_probe_cpu_under_ddp_fits_the_same_head_on_every_rank(single_probe, post
     assert metrics["test"]["test/acc"] == pytest.approx(single_metrics["test"]["test/acc"])
 
 
+@pytest.mark.slow
 def test_lp_ft_fits_the_probe_once_and_not_again_on_resume(poster_root: Path, tmp_path: Path):
     run = tmp_path / "run"
     common = [
@@ -136,3 +150,35 @@ def test_bad_probe_settings_are_one_line_errors(overrides, expected, poster_root
                            f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith(expected), done.stderr[-2000:]
+
+
+def test_the_multilabel_probe_is_one_binary_regression_per_genre_with_the_C_of_lowest_mean_log_loss():
+    rng = np.random.default_rng(2)
+    centres = rng.normal(0, 1, (5, 10))
+
+    def multilabel(count: int) -> tuple[np.ndarray, np.ndarray]:
+        points, first = clusters(rng, count, centres)
+        targets = np.zeros((count, 6), dtype=np.int64)  # genre 5: every image (a constant)
+        targets[np.arange(count), first] = 1
+        targets[:, 4] |= first == 0  # genre 4 only ever beside genre 0
+        targets[:, 5] = 1
+        return points, targets
+
+    train, val, new = multilabel(240), multilabel(80), multilabel(40)
+    weight, bias, scores, chosen = fit_one_vs_rest(train, val, GRID)
+    losses, expected = {}, {}
+    for c in GRID:  # every genre's regression again, independently, on scikit-learn's standardisation
+        scaler = StandardScaler().fit(train[0])
+        per_genre, probabilities = [], []
+        for genre in range(5):
+            regression = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(train[0]), train[1][:, genre])
+            p = regression.predict_proba(scaler.transform(val[0]))[:, 1]
+            per_genre.append(log_loss(val[1][:, genre], p, labels=[0, 1]))
+            probabilities.append(regression.predict_proba(scaler.transform(new[0]))[:, 1])
+        per_genre.append(log_loss(val[1][:, 5], np.full(len(val[1]), 1 - 1e-15), labels=[0, 1]))
+        losses[c], expected[c] = np.mean(per_genre), np.stack(probabilities, axis=1)
+    assert chosen == min(losses, key=losses.get)
+    assert [s["val_log_loss"] for s in scores] == pytest.approx([losses[c] for c in GRID], rel=1e-6, abs=1e-9)
+    sigmoid = 1 / (1 + np.exp(-(new[0] @ weight.T + bias)))
+    np.testing.assert_allclose(sigmoid[:, :5], expected[chosen], atol=1e-8)
+    assert (sigmoid[:, 5] > 0.999).all()  # the genre every training image has

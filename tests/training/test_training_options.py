@@ -35,6 +35,7 @@ def test_warmup_cosine_shape():
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False))
 
 
+@pytest.mark.slow
 def test_groups_unfrozen_later_follow_the_schedule_at_their_scale(poster_root: Path, tmp_path: Path):
     cfg = train_config(
         poster_root,
@@ -105,6 +106,7 @@ def test_frozen_inference_trace_is_used_and_matches_the_model(tta: bool):
         assert torch.allclose(forward(images[:1]), model(images[:1]), atol=1e-4)  # any batch size
 
 
+@pytest.mark.slow
 def test_mixup_trains_on_soft_targets_and_skips_train_accuracy(poster_root: Path, tmp_path: Path):
     cfg = train_config(
         poster_root,
@@ -176,6 +178,7 @@ def _weights_after_an_epoch(poster_root: Path, out: Path, *overrides: str) -> tu
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, trainer.global_step
 
 
+@pytest.mark.slow
 def test_micro_batches_make_the_same_steps_as_whole_batches(poster_root: Path, tmp_path: Path):
     whole, whole_steps = _weights_after_an_epoch(poster_root, tmp_path / "whole")
     micro, micro_steps = _weights_after_an_epoch(poster_root, tmp_path / "micro", "data.micro_batch_size=4")
