@@ -2,7 +2,9 @@
 # The accuracy study behind docs/RESULTS.md, one genre-train run per line, on the real posters.
 # Variants are chosen on the validation split (test=false: the test split is not even evaluated);
 # the chosen recipe and the study's recipe then run with three seeds each, tested once.
+# Round 5 (cv_*): 5-fold cross-validation of every poster, one multirun per recipe (docs/RESULTS.md).
 #   scripts/accuracy_runs.sh variants | lpft | final | study | probe | timing | ensembles
+#   scripts/accuracy_runs.sh cv_probes | cv_ensembles | cv_best_cpu | cv_lpft | cv_study | cv_final
 set -euo pipefail
 cd "$(dirname "$0")/.."
 POSTERS=${POSTERS:-../shared/data/four_genre_posters}
@@ -25,6 +27,28 @@ timed() {  # timed NAME COMMAND...: run it into $OUT/NAME, its wall time appende
 run() {  # run NAME OVERRIDES...: one timed genre-train
     local name=$1; shift
     timed "$name" genre-train data.root="$POSTERS" "$@"
+}
+
+FOLDS=5
+# The frozen backbone's features, computed once for every poster and reused by the other folds (and by
+# the probe of LP-FT): the same features, far fewer forward passes (docs/RESULTS.md, round 5).
+CV=(data.folds=$FOLDS "data.fold=$(seq -s, 0 $((FOLDS - 1)))" callbacks.feature_cache.cache_dir="$OUT/feature_cache")
+MNV2="model.weights=$WEIGHTS/mobilenetv2_100.in1k.safetensors"
+
+cv_done() { [ "$(ls "$OUT"/$1/*/metrics.json 2>/dev/null | wc -l)" -ge "${2:-$FOLDS}" ]; }
+
+sweep() {  # sweep NAME OVERRIDES...: one timed 5-fold cross-validation multirun into $OUT/NAME
+    local name=$1; shift
+    cv_done "$name" && return 0
+    mkdir -p "$OUT"
+    local start=$(date +%s)
+    genre-train -m data.root="$POSTERS" "${CV[@]}" "$@" print_config=false hydra.sweep.dir="$OUT/$name" \
+        > "$OUT/$name.log" 2>&1
+    printf '%s\t%s\n' "$name" "$(( $(date +%s) - start ))" >> "$OUT/times.tsv"
+}
+
+fold_checkpoint() {  # fold_checkpoint SWEEP FOLD: that fold's tested checkpoint
+    python -c "import json; print(json.load(open('$OUT/$1/$2/metrics.json'))['best_ckpt_path'])"
 }
 
 case "${1:-}" in
@@ -99,6 +123,54 @@ ensembles)
     ensemble ens_best_cpu_mobilenetv2    best_cpu_seed1 probe_mobilenetv2
     ensemble ens_probes_lite0_mobilenetv2 probe_cpu_seed1 probe_mobilenetv2
     ;;
+cv_probes)
+    # Round 5: every recipe by 5-fold cross-validation of all 1,070 posters (split_seed 0: every
+    # sweep below makes the same fold assignment, which genre-report checks). Inside a fold, the
+    # best epoch, the probe's C and the temperature are chosen on an inner validation split
+    # (data.cv_val_fraction=0.15 of the training folds), never on the fold it reports.
+    sweep cv_probe_lite0            experiment=probe_cpu "$LITE0"
+    sweep cv_probe_lite0_flip       experiment=probe_cpu "$LITE0" model.tta_hflip=true
+    sweep cv_probe_mobilenetv2      experiment=probe_cpu model=mobilenetv2_100 "$MNV2"
+    sweep cv_probe_mobilenetv2_flip experiment=probe_cpu model=mobilenetv2_100 "$MNV2" model.tta_hflip=true
+    ;;
+cv_best_cpu)
+    sweep cv_best_cpu               experiment=best_cpu "$LITE0"
+    ;;
+cv_lpft)
+    # Cheaper LP-FT: 3 epochs, and 3 epochs with the backbone at 0.03x (features move less).
+    sweep cv_lpft_3_epochs          experiment=best_cpu "$LITE0" trainer.max_epochs=3
+    sweep cv_lpft_3_epochs_bb0.03   experiment=best_cpu "$LITE0" trainer.max_epochs=3 finetune.backbone_lr_scale=0.03
+    ;;
+cv_study)
+    sweep cv_study_lite0            experiment=seed_efficientnet_b0 model.backbone=tf_efficientnet_lite0 \
+        "$LITE0" model.channels_last=true
+    ;;
+cv_ensembles)
+    # The two-backbone probe: per fold, genre-ensemble of that fold's Lite0 and MobileNetV2 probes
+    # (their calibrated probabilities averaged), tested on the fold they both held out.
+    for variant in "" _flip; do
+        mkdir -p "$OUT/cv_probe_lite0_mobilenetv2$variant"
+        for fold in $(seq 0 $((FOLDS - 1))); do
+            name=cv_probe_lite0_mobilenetv2$variant/$fold
+            finished "$name" && continue
+            timed "$name" genre-ensemble "ckpt_paths=[$(fold_checkpoint cv_probe_lite0$variant $fold),$(fold_checkpoint cv_probe_mobilenetv2$variant $fold)]"
+        done
+    done
+    ;;
+cv_final)
+    # The model that ships, in both forms, tested on a fixed test part: 20% of the posters kept out of
+    # every fold, 5-fold CV of the chosen recipe on the rest, then its refit and its fold ensemble made
+    # with the commands genre-report prints (median best epoch, temperature and probe C of the folds).
+    FINAL=(experiment=probe_cpu "$LITE0" model.tta_hflip=true)
+    mkdir -p "$OUT/cv_final"
+    sweep cv_final/folds "${FINAL[@]}" data.cv_test_fraction=0.2
+    genre-report sweep_dir="$OUT/cv_final/folds" > "$OUT/cv_final/folds_report.log" 2>&1
+    for form in fold_ensemble:genre-ensemble refit:genre-train; do
+        command=$(grep -m1 "^    ${form#*:} " "$OUT/cv_final/folds/report.md")
+        timed "cv_final/${form%%:*}" eval "$command"
+    done
+    genre-report sweep_dir="$OUT/cv_final" > "$OUT/cv_final/report.log" 2>&1
+    ;;
 *)
-    echo "usage: $0 variants|lpft|final|study|probe|timing|ensembles" >&2; exit 2 ;;
+    echo "usage: $0 variants|lpft|final|study|probe|timing|ensembles|cv_probes|cv_best_cpu|cv_lpft|cv_study|cv_ensembles|cv_final" >&2; exit 2 ;;
 esac

@@ -40,8 +40,8 @@ def eval_datamodule(cfg: DictConfig, model: GenreClassifier, checkpoint: dict) -
 
 
 @exit_on_user_error
-def evaluate(cfg: DictConfig) -> dict:
-    """Test ``cfg.ckpt_path`` and write ``metrics.json`` into the run folder."""
+def evaluate(cfg: DictConfig, extra: dict | None = None) -> dict:
+    """Test ``cfg.ckpt_path`` and write ``metrics.json`` (with ``extra``) into the run folder."""
     output_dir = Path(cfg.paths.output_dir)
     show_and_save_config(cfg, output_dir, show=cfg.get("print_config", True))
     pl.seed_everything(cfg.seed, workers=True)
@@ -61,7 +61,11 @@ def evaluate(cfg: DictConfig) -> dict:
         "split": cfg.split,
         "split_file": datamodule.split_file,
         "skipped_during_run": images_skipped_during_run(model.failed_items, datamodule),
+        **(extra or {}),
     }
+    temperature = getattr(model.task, "temperature", None)
+    if temperature is not None:
+        results["temperature"] = float(temperature)
     log_hparams_with_metrics(trainer.loggers, cfg, metrics)
     write_json(output_dir / "metrics.json", results)
     finish_run(trainer.loggers, cfg, output_dir)

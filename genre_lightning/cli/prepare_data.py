@@ -59,12 +59,18 @@ def summary_lines(report: dict) -> list[str]:
         )
     counts = report["split"]["counts"]
     lines.append(
-        "Split (train/val/test): "
-        + ", ".join(
-            f"{genre} {counts['train'][genre]}/{counts['val'][genre]}/{counts['test'][genre]}"
-            for genre in counts["train"]
-        )
+        f"Split ({'/'.join(counts)}): "
+        + ", ".join(f"{genre} {'/'.join(str(counts[s][genre]) for s in counts)}" for genre in counts["train"])
     )
+    cv = report["split"].get("cross_validation")
+    if cv:
+        lines.append(
+            f"Cross-validation, {cv['folds']} folds (genre counts per fold): "
+            + "; ".join(
+                f"{fold}: " + ", ".join(f"{genre} {n}" for genre, n in sorted(per_genre.items()))
+                for fold, per_genre in cv["fold_counts"].items()
+            )
+        )
     return lines
 
 

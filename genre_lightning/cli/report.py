@@ -1,9 +1,13 @@
 """genre-report sweep_dir=<multirun folder> [metric=<name>] [order=ascending|descending]: a sweep
-as one table, mean ± std over seeds (the work is in ``results/sweep_report.py``). With
-``mlflow.tracking_uri=<uri> mlflow.sweep=<name>`` the sweep is read back from an MLflow server."""
+as one table, mean ± std over seeds, each recipe against the best one on the same posters; a
+cross-validation sweep out of fold, with intervals (the work is in ``results/sweep_report.py`` and
+``results/cv_report.py``). With ``mlflow.tracking_uri=<uri> mlflow.sweep=<name>`` the sweep is read
+back from an MLflow server."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -14,6 +18,7 @@ from genre_lightning.results.sweep_report import report, write_report
 from genre_lightning.utils.errors import ConfigError, exit_on_user_error
 
 ORDERS = {"ascending": True, "descending": False, None: None}
+INCOMPLETE = ("fail", "skip")
 
 
 @exit_on_user_error
@@ -26,18 +31,50 @@ def report_sweep(cfg: DictConfig) -> None:
         raise ConfigError(
             "sweep_dir", cfg.sweep_dir, "a multirun folder, or mlflow.tracking_uri=<server> instead (one of the two)"
         )
+    if isinstance(cfg.samples, bool) or not isinstance(cfg.samples, int) or cfg.samples < 100:
+        raise ConfigError("samples", cfg.samples, "an integer of at least 100 (bootstrap samples)")
+    if cfg.incomplete not in INCOMPLETE:
+        raise ConfigError("incomplete", cfg.incomplete, f"one of {list(INCOMPLETE)}")
     if cfg.sweep_dir:
-        report(cfg.sweep_dir, cfg.metric, ORDERS[cfg.order])
+        report(
+            cfg.sweep_dir,
+            cfg.metric,
+            ORDERS[cfg.order],
+            cfg.group_seeds,
+            cfg.samples,
+            cfg.bootstrap_seed,
+            skip_incomplete=cfg.incomplete == "skip",
+        )
         return
     from genre_lightning.results.mlflow_sweep import collect_mlflow_jobs
 
     jobs, unfinished = collect_mlflow_jobs(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.sweep)
-    write_report(jobs, unfinished, Path(cfg.output_dir), cfg.metric, ORDERS[cfg.order])
+    write_report(jobs, unfinished, Path(cfg.output_dir), cfg.metric, ORDERS[cfg.order], cfg.group_seeds)
+
+
+def bare_path(arguments: list[str]) -> str | None:
+    """A folder typed without ``sweep_dir=`` (Hydra would reject it with an override-grammar error)."""
+    for argument in arguments:
+        if argument.startswith("-") or "=" in argument:
+            continue
+        if os.sep in argument or Path(argument).is_dir():
+            return argument
+    return None
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     report_sweep(cfg)
+
+
+def main() -> None:
+    # Before Hydra parses the command line: `genre-report outputs/train/multiruns/<time>` is what many
+    # type first, and Hydra's answer to it (an override-grammar error) does not say what to do.
+    path = bare_path(sys.argv[1:])
+    if path is not None:
+        print(f"error: {path!r} is not a key=value argument: use genre-report sweep_dir={path}", file=sys.stderr)
+        raise SystemExit(2)
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, open_dict
 
 from genre_lightning.cli.common import CONFIG_PATH, build_callbacks, build_loggers, show_and_save_config, write_json
 from genre_lightning.data.datamodule import PosterDataModule
+from genre_lightning.data.folds import ALL_FOLDS
 from genre_lightning.data.split_choice import checkpoint_split, choose_split
 from genre_lightning.launch.slurm import RequeueOnSignal, export_submitit_local_ranks, register_resolvers
 from genre_lightning.launch.sweep import local_ddp_job, shared_split_file
@@ -45,6 +47,37 @@ def _use_the_chosen_split(cfg: DictConfig) -> None:
         )
 
 
+def _check_cross_validation(cfg: DictConfig) -> None:
+    """A cross-validation run trains one fold (or the refit): it must say which."""
+    folds = cfg.data.get("folds")
+    if folds is not None and cfg.data.get("fold") is None:
+        last = f"{folds - 1}" if isinstance(folds, int) and not isinstance(folds, bool) else "K-1"
+        raise ConfigError(
+            "data.fold",
+            None,
+            f"the fold this run holds out, 0 to {last} (all folds: genre-train -m data.fold=0,...,{last}), "
+            "or all (the refit on every poster)",
+        )
+
+
+def is_refit(cfg: DictConfig) -> bool:
+    """``data.fold=all``: trained on every poster outside the fixed test part, with no validation split."""
+    return cfg.data.get("folds") is not None and cfg.data.get("fold") == ALL_FOLDS
+
+
+def _refit_settings(cfg: DictConfig) -> None:
+    """The refit has no validation split: no validation loop, and its checkpoint is the last epoch
+    (nothing is chosen on held-out posters; the epoch count is the one the cross-validation chose)."""
+    with open_dict(cfg):
+        cfg.trainer.limit_val_batches = 0
+        cfg.trainer.num_sanity_val_steps = 0
+        checkpoint = (cfg.get("callbacks") or {}).get("model_checkpoint")
+        if checkpoint:
+            checkpoint.monitor = None
+            checkpoint.filename = "refit-epoch{epoch:02d}"
+    log.info("Refit on every poster (data.fold=all): no validation split; the last epoch is the model")
+
+
 def _resume_in_place(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
     """The checkpoint to resume from: this run folder's own ``last.ckpt`` if it has one, else ``ckpt_path``.
 
@@ -62,7 +95,9 @@ def build(
     cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()
 ) -> tuple[PosterDataModule, GenreClassifier, pl.Trainer]:
     """The data module, the model and the trainer, each from its config group."""
-    datamodule: PosterDataModule = instantiate(cfg.data)
+    datamodule: PosterDataModule = instantiate(
+        cfg.data, required_splits=["train", *(["test"] if cfg.get("test") else [])]
+    )
     model: GenreClassifier = instantiate(cfg.model, _recursive_=False)
     datamodule.set_data_config(model.data_config)
     callbacks = [*build_callbacks(cfg), *extra_callbacks]
@@ -89,7 +124,11 @@ def _fit_and_test(
     best_path = checkpoint.best_model_path if checkpoint else ""
     results = {
         "best_ckpt_path": best_path or None,
-        "best_val": {checkpoint.monitor: to_python({"v": checkpoint.best_model_score})["v"]} if best_path else {},
+        "best_val": (
+            {checkpoint.monitor: to_python({"v": checkpoint.best_model_score})["v"]}
+            if best_path and checkpoint.monitor
+            else {}
+        ),
         "final_val": {k: v for k, v in fit_metrics.items() if k.startswith("val/")},
     }
     if cfg.get("test"):
@@ -98,6 +137,9 @@ def _fit_and_test(
         results["test"] = to_python(test_metrics)
         # What trainer.test really loaded (None: the weights in memory at the end of training).
         results["test_ckpt_path"] = str(trainer.ckpt_path) if trainer.ckpt_path else None
+    temperature = getattr(model.task, "temperature", None)
+    if temperature is not None:  # of the tested checkpoint (test loads it), else of the last weights
+        results["temperature"] = float(temperature)
     results["skipped_during_run"] = images_skipped_during_run(model.failed_items, datamodule)
     if ranks is not None:
         results["ddp"] = ranks
@@ -108,6 +150,9 @@ def _fit_and_test(
 @exit_on_user_error
 def train(cfg: DictConfig) -> float | None:
     """Fit, test the best checkpoint, write ``metrics.json``; return ``cfg.optimized_metric``."""
+    _check_cross_validation(cfg)
+    if is_refit(cfg):
+        _refit_settings(cfg)
     _use_the_chosen_split(cfg)
     export_submitit_local_ranks()
     output_dir = Path(cfg.paths.output_dir)
@@ -120,13 +165,17 @@ def train(cfg: DictConfig) -> float | None:
         # split ready instead of waiting at a barrier (with a timeout) while rank 0 scans.
         datamodule.prepare_data()
 
+    started = time.perf_counter()
     with local_ddp_job(cfg, output_dir, trainer.world_size):
         results = _fit_and_test(cfg, datamodule, model, trainer)
+    results["wall_s"] = round(time.perf_counter() - started, 1)  # fit and test (genre-report sums the folds)
+    if datamodule.cv is not None:
+        results["cross_validation"] = datamodule.cross_validation()
     write_json(output_dir / "metrics.json", results)
     finish_run(trainer.loggers, cfg, output_dir, results["best_ckpt_path"])
     rank_zero_info(f"Run folder: {output_dir}")
 
-    return optimized_metric_value(cfg.get("optimized_metric"), results)
+    return None if is_refit(cfg) else optimized_metric_value(cfg.get("optimized_metric"), results)
 
 
 def optimized_metric_value(metric: str | None, results: dict) -> float | None:

@@ -1,10 +1,11 @@
 """The run's ``annotations.csv`` and ``data_report.json``.
 
-``annotations.csv`` columns: ``file_path, label, split, sha256, group, labels``. ``group`` is
+``annotations.csv`` columns: ``file_path, label, split, sha256, group, labels, fold``. ``group`` is
 the duplicate group (identical or near-identical images share one, and one split);
 ``labels`` is every genre of the item, joined by ``|`` (``A|B`` for a merged duplicate group or a
 multi-label CSV row, else just ``label``): the targets of ``data.task=multilabel``, and the genres
-a single-label prediction counts as correct for in ``acc_multi_genre``.
+a single-label prediction counts as correct for in ``acc_multi_genre``. ``fold`` is the item's
+cross-validation fold (``0``..``K-1`` or ``holdout``, ``data.folds``; ``data/folds.py``), empty without.
 
 ``prepare_annotations`` makes or reuses the split that ``split_source.choose_split`` picks
 (training, evaluation and ``genre-data`` all go through it, so they agree on "the split").
@@ -28,9 +29,16 @@ from genre_lightning.data.duplicates import (
     duplicate_summary,
     group_duplicates,
 )
+from genre_lightning.data.folds import CrossValidation, assign_folds, check_fold_column, fold_counts, fold_splits
 from genre_lightning.data.scan import Candidate, ScanResult, Skipped, scan, split_labels, verify_all
 from genre_lightning.data.split_choice import ANNOTATIONS_FILE, choose_split
-from genre_lightning.data.stratify import SPLITS, iterative_stratified_split, stratified_group_split
+from genre_lightning.data.stratify import (
+    HOLDOUT,
+    SPLIT_NAMES,
+    SPLITS,
+    iterative_stratified_split,
+    stratified_group_split,
+)
 from genre_lightning.data.verified import RECORDS_FILE, VerificationRecords, cache_file
 from genre_lightning.utils.csvio import TEXT, read_csv, write_csv
 from genre_lightning.utils.errors import ConfigError
@@ -38,7 +46,7 @@ from genre_lightning.utils.errors import ConfigError
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "data_report.json"
-COLUMNS = ["file_path", "label", "split", "sha256", "group", "labels"]
+COLUMNS = ["file_path", "label", "split", "sha256", "group", "labels", "fold"]
 
 
 def read_split_file(
@@ -58,9 +66,9 @@ def read_split_file(
         raise ConfigError(
             "data.classes", list(classes), f"a list that includes every label in {path} (also found {unknown_labels})"
         )
-    unknown_splits = sorted(set(frame["split"]) - set(SPLITS))
+    unknown_splits = sorted(set(frame["split"]) - set(SPLIT_NAMES))
     if unknown_splits:
-        raise ConfigError(key, str(path), f"split values among {list(SPLITS)} (found {unknown_splits})")
+        raise ConfigError(key, str(path), f"split values among {list(SPLIT_NAMES)} (found {unknown_splits})")
     # A relative path is relative to the CSV's own folder (as for data.annotations), never to
     # the working directory, so the same file is found from anywhere; absolute paths stay as they are.
     absolute = [p if os.path.isabs(p) else os.path.abspath(path.parent / p) for p in frame["file_path"]]
@@ -69,20 +77,55 @@ def read_split_file(
     if gone:
         raise ConfigError(key, str(path), f"a split whose files exist ({len(gone)} missing, e.g. {gone[0]!r})")
     # Split files written by other tools may only have the three required columns.
-    defaults = {"sha256": "", "group": frame.index.astype(str), "labels": frame["label"]}
+    defaults = {"sha256": "", "group": frame.index.astype(str), "labels": frame["label"], "fold": ""}
     for column, default in defaults.items():
         if column not in frame.columns:
             frame[column] = default
     frame["labels"] = [
         "|".join(split_labels(v, classes, f"{path.name} row {i + 2}")) for i, v in enumerate(frame["labels"])
     ]
+    bad_folds = sorted({f for f in frame["fold"] if f and f != HOLDOUT and not f.isdigit()})
+    if bad_folds:
+        raise ConfigError(key, str(path), f"fold values that are fold numbers or {HOLDOUT!r} (found {bad_folds})")
     return frame[COLUMNS]
 
 
 def split_digest(frame: pd.DataFrame) -> str:
     """A short fingerprint of a split, stored in checkpoints to catch a resume on another split."""
-    rows = frame.sort_values("file_path")[["file_path", "label", "split"]].to_csv(index=False)
+    return _digest(frame, "split")
+
+
+def fold_digest(frame: pd.DataFrame) -> str | None:
+    """A short fingerprint of a fold assignment (None without folds): the folds of one assignment
+    differ in their splits but share this, which is what lets ``genre-ensemble`` combine them."""
+    if not frame["fold"].astype(bool).any():
+        return None
+    return _digest(frame, "fold")
+
+
+def _digest(frame: pd.DataFrame, column: str) -> str:
+    rows = frame.sort_values("file_path")[["file_path", "label", column]].to_csv(index=False)
     return hashlib.sha256(rows.encode(errors="surrogateescape")).hexdigest()[:16]
+
+
+def with_fold_splits(frame: pd.DataFrame, cv: CrossValidation, seed: int, task: str, source: str) -> pd.DataFrame:
+    """``frame`` (a reused annotations.csv with a fold column) with the splits of fold ``cv.fold``."""
+    check_fold_column(list(frame["fold"]), cv, source)
+    frame = frame.copy()
+    frame["split"] = fold_splits(
+        list(frame["fold"]),
+        list(frame["label"]),
+        _label_sets(frame),
+        list(frame["group"]),
+        cv,
+        seed,
+        task == "multilabel",
+    )
+    return frame
+
+
+def _label_sets(frame: pd.DataFrame) -> list[list[str]]:
+    return [s.split("|") for s in frame["labels"]]
 
 
 def make_annotations(
@@ -95,12 +138,14 @@ def make_annotations(
     min_image_side: int = 1,
     duplicates: Mapping[str, Any] | None = None,
     task: str = "single",
+    cv: CrossValidation | None = None,
     records: VerificationRecords | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Scan, verify, group duplicates, apply the duplicate policy and split.
 
     ``task=multilabel`` merges each duplicate group into one item with all its genres and splits
     by iterative stratification over the genre sets; ``single`` stratifies by the one label.
+    With ``cv`` the items are assigned to folds first and the split is that of ``cv.fold``.
     Files unchanged since their record in ``records`` are not decoded again; ``records`` receives
     the outcome of every file decoded now. Returns the annotations table and the data report.
     """
@@ -138,16 +183,20 @@ def make_annotations(
     empty = [c for c in classes if covered.get(c, 0) == 0]
     if empty:
         raise ConfigError("data.classes", list(classes), f"genres with at least one usable image (none for {empty})")
-    if task == "multilabel":
-        label_sets = [s.split("|") for s in frame["labels"]]
-        frame["split"] = iterative_stratified_split(label_sets, list(frame["group"]), fractions, seed)
+    multilabel = task == "multilabel"
+    labels, label_sets, groups = list(frame["label"]), _label_sets(frame), list(frame["group"])
+    frame["fold"] = assign_folds(labels, label_sets, groups, cv, seed, multilabel) if cv else ""
+    if cv:
+        frame["split"] = fold_splits(list(frame["fold"]), labels, label_sets, groups, cv, seed, multilabel)
+    elif multilabel:
+        frame["split"] = iterative_stratified_split(label_sets, groups, fractions, seed)
     else:
-        frame["split"] = stratified_group_split(list(frame["label"]), list(frame["group"]), fractions, seed)
+        frame["split"] = stratified_group_split(labels, groups, fractions, seed)
     report["split"] = {
         "seed": seed,
         "fractions": dict(fractions),
         "task": task,
-        "counts": _split_counts(frame, classes, task),
+        **_split_summary(frame, classes, task, cv),
     }
     report["duplicates"] = {
         **summary,
@@ -178,9 +227,25 @@ def genre_rows(frame: pd.DataFrame, task: str = "single") -> pd.DataFrame:
 
 
 def _split_counts(frame: pd.DataFrame, classes: Sequence[str], task: str = "single") -> dict:
-    """Items per split and genre (see ``genre_rows``)."""
+    """Items per split and genre (see ``genre_rows``); the holdout split only where there is one."""
     table = genre_rows(frame, task).groupby(["split", "label"]).size()
-    return {s: {c: int(table.get((s, c), 0)) for c in classes} for s in SPLITS}
+    names = [s for s in SPLIT_NAMES if s in SPLITS or (frame["split"] == s).any()]
+    return {s: {c: int(table.get((s, c), 0)) for c in classes} for s in names}
+
+
+def _split_summary(frame: pd.DataFrame, classes: Sequence[str], task: str, cv: CrossValidation | None) -> dict:
+    """The report's split counts, and with cross-validation the settings and the items per fold."""
+    summary: dict[str, Any] = {"counts": _split_counts(frame, classes, task)}
+    if cv is not None:
+        rows = genre_rows(frame, task)
+        summary["cross_validation"] = {
+            "folds": cv.folds,
+            "fold": cv.fold,
+            "cv_test_fraction": cv.test_fraction,
+            "cv_val_fraction": cv.val_fraction,
+            "fold_counts": fold_counts(list(rows["fold"]), list(rows["label"])),
+        }
+    return summary
 
 
 def prepare_annotations(
@@ -195,13 +260,15 @@ def prepare_annotations(
     min_image_side: int = 1,
     duplicates: Mapping[str, Any] | None = None,
     task: str = "single",
+    cv: CrossValidation | None = None,
     verify_cache: str | Path | None = None,
 ) -> Path:
     """Write ``annotations.csv``, ``data_report.json`` and ``verified.csv`` into ``output_dir`` and
     return the CSV path.
 
     An existing ``annotations.csv`` in ``output_dir`` is kept (a resumed or requeued run
-    must see the split it started with). ``split_file`` reuses another run's split exactly; its
+    must see the split it started with). ``split_file`` reuses another run's split exactly; with
+    ``cv``, its fold assignment, and the run's splits are those of ``cv.fold`` (``data/folds.py``). Its
     files are checked against the ``verified.csv`` beside it and decoded only where they changed.
     ``verify_cache`` (a folder) keeps the records of every file of a data source for later new splits.
     """
@@ -215,14 +282,16 @@ def prepare_annotations(
     records = VerificationRecords.read(output_dir / RECORDS_FILE)  # this folder's own, if any
     if choice.source == "split_file":
         frame = read_split_file(split_file, classes)
+        if cv is not None:
+            frame = with_fold_splits(frame, cv, seed, task, str(split_file))
         records.update(VerificationRecords.read(Path(split_file).parent / RECORDS_FILE))
-        report = split_file_report(frame, classes, split_file, verify_workers, min_image_side, task, records)
+        report = split_file_report(frame, classes, split_file, verify_workers, min_image_side, task, cv, records)
         listed = list(frame["file_path"])
     else:
         cached = cache_file(verify_cache, annotations or root)
         records.update(VerificationRecords.read(cached))
         frame, report = make_annotations(
-            classes, fractions, seed, root, annotations, verify_workers, min_image_side, duplicates, task, records
+            classes, fractions, seed, root, annotations, verify_workers, min_image_side, duplicates, task, cv, records
         )
         listed = _scanned_paths(report, frame, records)
         _merge_into_cache(cached, records.subset(listed))
@@ -265,6 +334,7 @@ def split_file_report(
     verify_workers: int | None = None,
     min_side: int = 1,
     task: str = "single",
+    cv: CrossValidation | None = None,
     records: VerificationRecords | None = None,
 ) -> dict:
     """The data report of a reused split: every listed file checked again, counted per genre.
@@ -276,7 +346,7 @@ def split_file_report(
     kept, skipped = verify_all(candidates, verify_workers, min_side, records)
     report = ScanResult(records=kept, skipped=skipped).report(classes)
     report["split_file"] = str(Path(split_file).resolve())
-    report["split"] = {"task": task, "counts": _split_counts(frame, classes, task)}
+    report["split"] = {"task": task, **_split_summary(frame, classes, task, cv)}
     if skipped:
         log.warning("%d file(s) listed in %s no longer verify; the split is reused as it is", len(skipped), split_file)
     return report
@@ -285,9 +355,18 @@ def split_file_report(
 def _log_summary(report: dict, classes: Sequence[str]) -> None:
     counts = report["split"]["counts"]
     log.info(
-        "Split (train/val/test): %s",
-        ", ".join(f"{c} {counts['train'][c]}/{counts['val'][c]}/{counts['test'][c]}" for c in classes),
+        "Split (%s): %s",
+        "/".join(counts),
+        ", ".join(f"{c} {'/'.join(str(counts[s][c]) for s in counts)}" for c in classes),
     )
+    cv = report["split"].get("cross_validation")
+    if cv:
+        log.info(
+            "Cross-validation: %d folds, this run's fold: %s; posters per fold: %s",
+            cv["folds"],
+            cv["fold"],
+            ", ".join(f"{fold} {sum(n.values())}" for fold, n in cv["fold_counts"].items()),
+        )
     if report.get("n_skipped"):
         log.warning(
             "Skipped %d file(s); reasons in %s: %s", report["n_skipped"], REPORT_FILE, report["skipped_by_reason"]

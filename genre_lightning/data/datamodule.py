@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Sampler, WeightedRandomSampler
 
 from genre_lightning.data.annotations import (
     ANNOTATIONS_FILE,
+    fold_digest,
     genre_rows,
     prepare_annotations,
     read_split_file,
@@ -24,9 +25,10 @@ from genre_lightning.data.annotations import (
 from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
 from genre_lightning.data.demo import ensure_demo_posters
 from genre_lightning.data.duplicates import check_duplicate_options
+from genre_lightning.data.folds import CrossValidation
 from genre_lightning.data.image_cache import DecodedImageCache, cover_side
 from genre_lightning.data.shards import ShardDataset, copy_shards_split, shards_split
-from genre_lightning.data.stratify import SPLITS, check_fractions
+from genre_lightning.data.stratify import HOLDOUT, SPLIT_NAMES, check_fractions
 from genre_lightning.utils.errors import ConfigError
 from genre_lightning.utils.plain_values import to_plain
 
@@ -54,10 +56,12 @@ def balanced_weights(dataset: PosterDataset, num_classes: int) -> torch.Tensor:
 
 
 class PosterDataModule(LightningDataModule):
-    """Genre posters from folders (``root``) or a CSV (``annotations``), split 70/15/15.
+    """Genre posters from folders (``root``) or a CSV (``annotations``), split 70/15/15, or into
+    ``folds`` cross-validation folds of which ``fold`` is this run's test split (``data/folds.py``).
 
     The model hands over its timm data config with :meth:`set_data_config`; the data module
-    never imports the model.
+    never imports the model. ``required_splits``: splits that must hold posters (checked in
+    ``setup``, before any training step), e.g. ``test`` for genre-train with ``test=true``.
     """
 
     def __init__(
@@ -86,7 +90,12 @@ class PosterDataModule(LightningDataModule):
         balanced_sampling: bool = False,
         micro_batch_size: int | None = None,
         task: str = "single",
+        folds: int | None = None,
+        fold: int | str | None = None,
+        cv_test_fraction: float = 0.0,
+        cv_val_fraction: float = 0.15,
         shards: str | None = None,
+        required_splits: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if not classes:
@@ -105,6 +114,8 @@ class PosterDataModule(LightningDataModule):
         self.root, self.annotations, self.split_file = root, annotations, split_file
         self.fractions = check_fractions(fractions or {"train": 0.7, "val": 0.15, "test": 0.15})
         self.split_seed = split_seed
+        self.cv = CrossValidation.from_config(folds, fold, cv_test_fraction, cv_val_fraction)
+        self.required_splits = tuple(required_splits)
         if micro_batch_size is not None and (micro_batch_size < 1 or batch_size % micro_batch_size):
             raise ConfigError(
                 "data.micro_batch_size", micro_batch_size, f"null or a divisor of data.batch_size={batch_size}"
@@ -127,12 +138,14 @@ class PosterDataModule(LightningDataModule):
         self.task = task
         self.duplicates = dict(duplicates) if duplicates else None
         self.demo = dict(demo) if demo else None
-        if test_split not in SPLITS:
-            raise ConfigError("split", test_split, f"one of {list(SPLITS)}")
+        if test_split not in SPLIT_NAMES:
+            raise ConfigError("split", test_split, f"one of {list(SPLIT_NAMES)}")
         self.test_split = test_split  # genre-eval can evaluate the val (or train) split instead
         self.cache_dir = cache_dir  # decoded-image cache (opt-in)
         self.balanced_sampling = balanced_sampling
         self.shards = shards  # LitData shards written by genre-data shards=<dir>: read instead of the files
+        if shards and self.cv is not None:  # the shards hold the one split they were written with
+            raise ConfigError("data.folds", folds, "null with data.shards (shards carry one fixed split)")
         self.data_config: dict[str, Any] | None = None
         self._demo_ready = False
         self._prepared = False  # prepare_data already ran in this process (genre-train runs it before DDP starts)
@@ -183,6 +196,7 @@ class PosterDataModule(LightningDataModule):
             min_image_side=self.min_image_side,
             duplicates=self.duplicates,
             task=self.task,
+            cv=self.cv,
             verify_cache=self.verify_cache,
         )
         self._prepared = True
@@ -204,6 +218,7 @@ class PosterDataModule(LightningDataModule):
             raise RuntimeError("PosterDataModule.set_data_config() must be called with the model's data config")
         if self.frame is None:
             self.frame = self._read_split(self.annotations_path)
+        self._check_required_splits()
         train_tf, eval_tf = build_transforms(self.data_config, self.augment)
         self.eval_transform = eval_tf
         image_cache = None
@@ -217,6 +232,8 @@ class PosterDataModule(LightningDataModule):
         datasets = {"train": ("train", train_tf), "val": ("val", eval_tf), "test": ("test", eval_tf)}
         if self.test_split == "train":  # evaluating the training images: without the augmentation
             datasets[EVAL_TRAIN] = ("train", eval_tf)
+        if self.test_split == HOLDOUT:  # a cross-validation's fixed test part (genre-eval split=holdout)
+            datasets[HOLDOUT] = (HOLDOUT, eval_tf)
         for name, (split, transform) in datasets.items():
             rows = self.frame[self.frame["split"] == split]
             label_sets = [[label_index[x] for x in s.split("|")] for s in rows["labels"]] if multi_genre else None
@@ -232,6 +249,44 @@ class PosterDataModule(LightningDataModule):
                 image_cache=None if self.shards else image_cache,
                 multi_hot=multilabel,
             )
+
+    def _check_required_splits(self) -> None:
+        """A split the run needs but that holds no poster stops here, before training (not in trainer.test)."""
+        counts = self.frame["split"].value_counts()
+        for split in self.required_splits:
+            if counts.get(split, 0):
+                continue
+            if self.cv is not None and split == "test":
+                raise ConfigError(
+                    "test",
+                    True,
+                    f"false for data.fold={self.cv.fold} without a fixed test part: every poster trains it "
+                    "(data.cv_test_fraction > 0 keeps a test part out of every fold)",
+                )
+            fractions = {s: round(v, 6) for s, v in self.fractions.items()}
+            raise ConfigError(
+                "data.fractions",
+                fractions,
+                f"fractions that leave at least one poster in the {split} split"
+                + (" (or test=false)" if split == "test" else ""),
+            )
+
+    def cross_validation(self) -> dict[str, Any] | None:
+        """This run's place in a cross-validation (for metrics.json and genre-report), or None."""
+        if self.cv is None:
+            return None
+        state = self.state_dict()
+        return {
+            "folds": self.cv.folds,
+            "fold": self.cv.fold,
+            "fold_digest": state["fold_digest"],
+            "cv_test_fraction": self.cv.test_fraction,
+            "cv_val_fraction": self.cv.val_fraction,
+        }
+
+    def has_posters(self, split: str) -> bool:
+        """Whether ``split`` holds any poster (the refit, ``data.fold=all``, has no validation split)."""
+        return split in self.datasets and len(self.datasets[split]) > 0
 
     def evaluation_dataset(self, split: str) -> PosterDataset:
         """The images of ``split`` through the evaluation transform (no augmentation, even for train):
@@ -291,6 +346,10 @@ class PosterDataModule(LightningDataModule):
         return {
             "classes": self.classes,
             "split_digest": split_digest(self.frame) if self.frame is not None else None,
+            # The fold assignment's own fingerprint: the fold runs of one cross-validation share it.
+            "fold_digest": fold_digest(self.frame) if self.frame is not None else None,
+            "folds": self.cv.folds if self.cv is not None else None,
+            "fold": self.cv.fold if self.cv is not None else None,
             "augment": to_plain(self.augment),
         }
 

@@ -20,6 +20,10 @@ import numpy as np
 from genre_lightning.utils.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
+# A cross-validation's fixed test part, kept out of every fold (data.cv_test_fraction; data/folds.py).
+HOLDOUT = "holdout"
+# Every split name an annotations.csv may hold.
+SPLIT_NAMES = (*SPLITS, HOLDOUT)
 
 
 def check_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
@@ -115,16 +119,29 @@ def iterative_stratified_split(
     fractions: Mapping[str, float],
     seed: int,
 ) -> list[str]:
-    """Return the split name of each multi-label item, by iterative stratification over groups.
+    """Return the split name of each multi-label item, by iterative stratification over groups
+    (:func:`iterative_stratified_parts` with the train, val and test fractions)."""
+    fractions = check_fractions(fractions)
+    # In SPLITS order, whatever the config's order: ties are drawn among the splits in that order.
+    return iterative_stratified_parts(label_sets, groups, {s: fractions[s] for s in SPLITS}, seed)
+
+
+def iterative_stratified_parts(
+    label_sets: Sequence[Sequence[str]],
+    groups: Sequence[str],
+    fractions: Mapping[str, float],
+    seed: int,
+) -> list[str]:
+    """Return the part (a key of ``fractions``: splits, or folds) of each multi-label item.
 
     Each group is one unit whose label counts sum its items' labels. The rarest label (fewest
-    unassigned units) is handled first: its units go, one by one, to the split that still wants
+    unassigned units) is handled first: its units go, one by one, to the part that still wants
     most of that label, then most items overall, then a seeded draw. Units without labels go
     where most items are still wanted. Deterministic for a given input and seed.
     """
-    fractions = check_fractions(fractions)
     if len(label_sets) != len(groups):
         raise ValueError(f"{len(label_sets)} label sets but {len(groups)} group keys")
+    parts = list(fractions)
     rng = np.random.default_rng(seed)
     members: dict[str, list[int]] = defaultdict(list)
     for index, key in enumerate(groups):
@@ -135,8 +152,8 @@ def iterative_stratified_split(
     # set(): a genre listed twice on one item still counts once for that item.
     unit_labels = {k: Counter(label for i in members[k] for label in set(label_sets[i])) for k in keys}
     item_counts = Counter(label for labels in label_sets for label in set(labels))
-    want_total = {s: fractions[s] * len(label_sets) for s in SPLITS}
-    want = {label: {s: fractions[s] * n for s in SPLITS} for label, n in item_counts.items()}
+    want_total = {s: fractions[s] * len(label_sets) for s in parts}
+    want = {label: {s: fractions[s] * n for s in parts} for label, n in item_counts.items()}
     # Each label's unassigned units, kept in the shuffled order.
     open_units = {label: [k for k in keys if label in unit_labels[k]] for label in sorted(item_counts)}
     chosen: dict[str, str] = {}
@@ -146,27 +163,27 @@ def iterative_stratified_split(
         # common labels use up the room (ties by name, as open_units is sorted).
         label = min(open_units, key=lambda name: len(open_units[name]))
         for key in open_units.pop(label):
-            split = _most_wanted(rng, want[label], want_total)
-            chosen[key] = split
-            # A unit spends its split's wish for every label it carries, not just this one.
-            want_total[split] -= len(members[key])
+            part = _most_wanted(rng, parts, want[label], want_total)
+            chosen[key] = part
+            # A unit spends its part's wish for every label it carries, not just this one.
+            want_total[part] -= len(members[key])
             for other, n in unit_labels[key].items():
-                want[other][split] -= n
+                want[other][part] -= n
         for name in list(open_units):
             open_units[name] = [k for k in open_units[name] if k not in chosen]
             if not open_units[name]:
                 del open_units[name]
 
     for key in keys:
-        if key not in chosen:  # no labels at all: only the split sizes matter
-            chosen[key] = _most_wanted(rng, want_total)
+        if key not in chosen:  # no labels at all: only the part sizes matter
+            chosen[key] = _most_wanted(rng, parts, want_total)
             want_total[chosen[key]] -= len(members[key])
     return [chosen[key] for key in groups]
 
 
-def _most_wanted(rng: np.random.Generator, *wants: Mapping[str, float]) -> str:
-    """The split with the largest wish in ``wants[0]``, ties by the next wish, then by ``rng``."""
-    candidates = list(SPLITS)
+def _most_wanted(rng: np.random.Generator, parts: Sequence[str], *wants: Mapping[str, float]) -> str:
+    """The part with the largest wish in ``wants[0]``, ties by the next wish, then by ``rng``."""
+    candidates = list(parts)
     for wish in wants:
         top = max(wish[s] for s in candidates)
         # A tolerance, so float rounding in the running subtractions does not break real ties.

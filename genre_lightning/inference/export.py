@@ -1,7 +1,7 @@
 """Export a checkpoint as an ONNX or TorchScript file a server can load without this project.
 
 Beside the artifact goes ``<artifact>.json`` (the sidecar): the class names in output order, the
-task and its decision thresholds, and the preprocessing (input size, interpolation, mean, std,
+task and its decision thresholds or temperature, and the preprocessing (input size, interpolation, mean, std,
 crop, and the exact torchvision pipeline). The export is checked on real posters: the largest
 absolute logit difference against the model is measured, as a batch and as one image.
 """
@@ -161,6 +161,8 @@ def sidecar(predictor: Predictor, fmt: str, artifact: Path, ckpt_path: str | Pat
         # single: the top genre. multilabel: every genre whose sigmoid exceeds its threshold (tuned on val).
         "task": "multilabel" if predictor.multilabel else "single",
         "thresholds": thresholds.tolist() if thresholds is not None else None,
+        # single: the probabilities are softmax(logits / temperature) (temperature scaling, fitted on val).
+        "temperature": _temperature(predictor),
         # Flip test-time augmentation happens inside the artifact: send each image once.
         "tta_hflip": predictor.tta_hflip,
         "preprocessing": {
@@ -181,7 +183,12 @@ def sidecar(predictor: Predictor, fmt: str, artifact: Path, ckpt_path: str | Pat
     }
 
 
+def _temperature(predictor: Predictor) -> float | None:
+    temperature = getattr(predictor.task, "temperature", None)
+    return float(temperature) if temperature is not None else None
+
+
 def _output_note(predictor: Predictor) -> str:
     if predictor.multilabel:
         return "logits; sigmoid -> p per genre; a genre is predicted where p > its entry in thresholds"
-    return "logits; softmax -> p"
+    return "logits; softmax(logits / temperature) -> p"

@@ -105,7 +105,13 @@ class Predictor:
         checkpoint = read_checkpoint(path)
         hp = checkpoint["hyper_parameters"]
         classes = list(hp["classes"])
-        task = make_task(hp.get("task", "single"), classes, hp.get("label_smoothing", 0.0), hp.get("threshold"))
+        task = make_task(
+            hp.get("task", "single"),
+            classes,
+            hp.get("label_smoothing", 0.0),
+            hp.get("threshold"),
+            temperature=hp.get("temperature"),
+        )
         net, data_config = build_network(
             hp["backbone"],
             len(classes),

@@ -8,6 +8,11 @@ then holds ``annotations.csv``, ``data_report.json`` and ``split_settings.json``
 that made the split). A job uses that split when its own split settings are the same, so
 ``-m model=a,b seed=1,2,3`` compares all jobs on one test set, while ``-m data.split_seed=0,1``
 still gets one split per seed.
+
+With ``data.folds=K`` the shared file is the fold assignment (its ``fold`` column): ``data.fold`` is
+not a split setting, so every job of ``-m data.fold=0,1,2,3,4 model.optimizer.lr=1e-3,3e-4`` reads
+the same folds and derives its own train/val/test from them (``data/folds.py``); a sweep over
+``data.folds`` or ``data.split_seed`` makes one assignment per job, as above.
 """
 
 from __future__ import annotations
@@ -36,10 +41,21 @@ from genre_lightning.utils.errors import ConfigError, exit_on_user_error, find_u
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "split_settings.json"
-# The data settings a split depends on (not batch size, workers or augmentation).
+# The data settings a split (or a fold assignment) depends on (not batch size, workers or augmentation,
+# nor data.fold and data.cv_val_fraction: a job derives its fold's splits from the shared assignment).
 SPLIT_KEYS = (
-    "classes", "root", "annotations", "fractions", "split_seed", "demo", "duplicates", "min_image_side", "shards",
-)  # fmt: skip
+    "classes",
+    "root",
+    "annotations",
+    "fractions",
+    "split_seed",
+    "demo",
+    "duplicates",
+    "min_image_side",
+    "folds",
+    "cv_test_fraction",
+    "shards",
+)
 
 
 def split_settings(data: DictConfig) -> dict[str, Any]:

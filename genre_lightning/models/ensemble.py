@@ -2,7 +2,8 @@
 
 Members may differ in backbone, input size and normalisation: the ensemble takes images prepared
 for its first member and converts them for each other member (mean/std exactly, and a bilinear
-resize when the input size differs), and each member applies its own flip test-time augmentation.
+resize when the input size differs), and each member applies its own flip test-time augmentation
+and its own temperature (``training/calibration.py``): the ensemble averages calibrated probabilities.
 ``inference/ensemble.py`` builds the checkpoint (``genre-ensemble``); the LightningModule runs it.
 """
 
@@ -26,13 +27,22 @@ PIXEL_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode")
 
 class EnsembleMember(nn.Module):
     """One member network with its own preprocessing: converts an image normalised for the ensemble
-    (``mean``/``std``, ``size``) to this member's, and averages its logits with the mirror image's
-    when the member was trained with flip test-time augmentation."""
+    (``mean``/``std``, ``size``) to this member's, averages its logits with the mirror image's
+    when the member was trained with flip test-time augmentation, and divides them by the member's
+    temperature (its logits then give its calibrated probabilities)."""
 
-    def __init__(self, net: nn.Module, data_config: Mapping[str, Any], reference: Mapping[str, Any], flip: bool):
+    def __init__(
+        self,
+        net: nn.Module,
+        data_config: Mapping[str, Any],
+        reference: Mapping[str, Any],
+        flip: bool,
+        temperature: float = 1.0,
+    ):
         super().__init__()
         self.net = net
         self.flip = flip
+        self.temperature = float(temperature)
         self.size = tuple(data_config["input_size"][1:])
         self.resize = self.size != tuple(reference["input_size"][1:])
         # x_member = (x * std_ref + mean_ref - mean) / std = x * scale + shift, per channel.
@@ -49,7 +59,8 @@ class EnsembleMember(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = self.prepare(images)
-        return flip_average(self.net, images) if self.flip else self.net(images)
+        logits = flip_average(self.net, images) if self.flip else self.net(images)
+        return logits / self.temperature if self.temperature != 1.0 else logits
 
 
 class EnsembleNet(nn.Module):
@@ -62,7 +73,8 @@ class EnsembleNet(nn.Module):
         configs = [resolve_data_config(net, m.get("data_config")) for net, m in zip(nets, members, strict=True)]
         self.data_config = configs[0]
         self.members = nn.ModuleList(
-            EnsembleMember(net, config, configs[0], bool(m.get("tta_hflip")))
+            # Members recorded before temperature scaling existed had none: 1.0.
+            EnsembleMember(net, config, configs[0], bool(m.get("tta_hflip")), m.get("temperature") or 1.0)
             for net, config, m in zip(nets, configs, members, strict=True)
         )
 

@@ -131,8 +131,15 @@ def distribution_figure(true_counts: Sequence[int], predicted_counts: Sequence[i
     return figure
 
 
-def reliability_figure(bins: pd.DataFrame, ece: float | None) -> Figure:
-    """Accuracy against confidence per bin (top), and how many images fall in each bin (bottom)."""
+def reliability_figure(
+    bins: pd.DataFrame,
+    ece: float | None,
+    before: pd.DataFrame | None = None,
+    ece_before: float | None = None,
+    temperature: float | None = None,
+) -> Figure:
+    """Accuracy against confidence per bin (top), and how many images fall in each bin (bottom).
+    ``before``: the same bins before temperature scaling (``temperature``), drawn as a line."""
     figure = Figure(figsize=RELIABILITY_SIZE, layout="constrained")
     top, bottom = figure.subplots(2, 1, height_ratios=[3, 1], sharex=True)
     width = bins["upper"] - bins["lower"]
@@ -141,11 +148,17 @@ def reliability_figure(bins: pd.DataFrame, ece: float | None) -> Figure:
     top.bar(bins["lower"][filled], bins["accuracy"][filled], width[filled], align="edge", edgecolor="black",
             color="#4c72b0", label="accuracy in the bin")  # fmt: skip
     top.plot(centres[filled], bins["confidence"][filled], "o", color="#c44e52", label="mean confidence in the bin")
+    title = "Reliability diagram" + (f" (ECE {ece:.3f})" if ece is not None else "")
+    if before is not None:
+        shown = before["count"] > 0
+        top.plot(before["confidence"][shown], before["accuracy"][shown], "s-", color="#dd8452",
+                 label="before temperature scaling")  # fmt: skip
+        title += f"\nT={temperature:.3g}" + (f"; before scaling ECE {ece_before:.3f}" if ece_before is not None else "")
     top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
     top.legend(loc="upper left")
-    top.set_title("Reliability diagram" + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    top.set_title(title)
     bottom.bar(bins["lower"], bins["count"], width, align="edge", color="gray", edgecolor="black")
     bottom.set_xlim(0, 1)
     bottom.set_xlabel("confidence (top-1 probability)")

@@ -1,35 +1,50 @@
 """genre-report sweep_dir=<multirun folder>: one table of a sweep, grouped by overrides, mean ± std over seeds.
 
-Reads every job's ``metrics.json`` and ``.hydra/overrides.yaml``; jobs whose overrides differ
-only in ``seed`` form one group. Writes ``report.csv`` (every metric's mean and std) and
-``report.md`` (the main metrics as ``mean ± std``) into the multirun folder, and prints the
-Markdown table.
+Reads every job's ``metrics.json`` and ``.hydra/overrides.yaml`` (every run folder under the folder);
+jobs whose overrides differ only in ``seed`` form one group (``group_seeds=false``: each seed its own).
+Writes ``report.csv`` (every metric's mean and std) and ``report.md`` (the main metrics as
+``mean ± std``, then each recipe against the best one on the same test posters: a paired bootstrap
+interval and McNemar's p, from the jobs' ``test_predictions.csv``) into the folder, and prints the
+Markdown. A cross-validation sweep (``data.folds``) is reported out of fold instead
+(``results/cv_report.py``).
 """
 
 from __future__ import annotations
 
-import json
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from genre_lightning.results.bootstrap import SAMPLES
+from genre_lightning.results.cv_report import cv_sections
+from genre_lightning.results.recipe_tables import recipe_markdown, recipe_table
+from genre_lightning.results.recipes import (
+    FOLD_KEY,
+    NOT_RECIPE,
+    SEED_KEY,
+    Job,
+    RecipeKeys,
+    classes_of,
+    duplicate_groups,
+    iter_jobs,
+    name_recipes,
+    parse_override,
+    read_predictions,
+    scores,
+)
 from genre_lightning.utils.errors import ConfigError
 
-SEED_KEYS = {"seed"}
+SEED_KEYS = {SEED_KEY}
+__all__ = ["collect_jobs", "job_row", "parse_override", "report", "summarise", "to_markdown", "write_report"]
 # Shown in report.md (when present); report.csv has every metric.
 MAIN_METRICS = ("test/acc", "test/f1_macro", "test/acc_top2", "test/ece", "test/map", "test/f1_micro", "val/acc_best")
 LOWER_IS_BETTER = ("loss", "ece", "hamming")
 
 
-def parse_override(text: str) -> tuple[str, str]:
-    key, _, value = text.partition("=")
-    return key, value
-
-
-def is_seed(key: str) -> bool:
-    return key.lstrip("+~") in SEED_KEYS
+def is_seed(key: str, seed_keys: Sequence[str] = tuple(SEED_KEYS)) -> bool:
+    return key.lstrip("+~") in seed_keys
 
 
 def job_metrics(metrics: dict) -> dict[str, float]:
@@ -44,17 +59,12 @@ def job_metrics(metrics: dict) -> dict[str, float]:
 def collect_jobs(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
     """One row per finished job (overrides as ``override:<key>`` columns, then metrics), and the
     job folders that have overrides but no ``metrics.json`` (failed or still running)."""
-    rows, unfinished = [], []
-    for overrides_file in sorted(folder.rglob(".hydra/overrides.yaml")):
-        job = overrides_file.parent.parent
-        # Plain YAML: the override strings as typed, never resolved (they may hold ${...} interpolations).
-        overrides = dict(parse_override(str(o)) for o in yaml.safe_load(overrides_file.read_text()) or [])
-        metrics_file = job / "metrics.json"
-        if not metrics_file.is_file():
-            unfinished.append(job)
-            continue
-        rows.append(job_row(str(job.relative_to(folder)), overrides, json.loads(metrics_file.read_text())))
-    return pd.DataFrame(rows), unfinished
+    return job_table(list(iter_jobs(folder)))
+
+
+def job_table(jobs: Sequence[Job]) -> tuple[pd.DataFrame, list[Path]]:
+    rows = [job_row(job.name, job.overrides, job.metrics) for job in jobs if job.metrics is not None]
+    return pd.DataFrame(rows), [job.folder for job in jobs if job.metrics is None]
 
 
 def job_row(job: str, overrides: dict[str, str], metrics: dict) -> dict:
@@ -62,13 +72,17 @@ def job_row(job: str, overrides: dict[str, str], metrics: dict) -> dict:
     return {"job": job, **{f"override:{k}": v for k, v in overrides.items()}, **job_metrics(metrics)}
 
 
-def summarise(jobs: pd.DataFrame, metric: str, ascending: bool | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Mean and sample std (n-1) of every metric per group of overrides without the seed.
+def summarise(
+    jobs: pd.DataFrame, metric: str, ascending: bool | None = None, group_seeds: bool = True
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Mean and sample std (n-1) of every metric per group of overrides without the seed (with
+    ``group_seeds=False``, each seed is a group of its own).
 
     Returns the table, sorted by ``<metric>_mean``, and the overrides every job shares.
     """
     override_columns = [c for c in jobs.columns if c.startswith("override:")]
-    seed_columns = [c for c in override_columns if is_seed(c.removeprefix("override:"))]
+    seed_keys = tuple(SEED_KEYS) if group_seeds else ()
+    seed_columns = [c for c in override_columns if is_seed(c.removeprefix("override:"), seed_keys)]
     group_columns = [c for c in override_columns if c not in seed_columns]
     metric_columns = [c for c in jobs.columns if c != "job" and c not in override_columns]
     if metric not in metric_columns:
@@ -118,19 +132,35 @@ def to_markdown(table: pd.DataFrame, metric: str, shared: dict[str, str], unfini
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 
 
-def report(folder: str | Path, metric: str = "test/acc", ascending: bool | None = None) -> pd.DataFrame:
-    """Write ``report.csv`` and ``report.md`` into ``folder``; print the Markdown; return the table."""
+def report(
+    folder: str | Path,
+    metric: str = "test/acc",
+    ascending: bool | None = None,
+    group_seeds: bool = True,
+    samples: int = SAMPLES,
+    seed: int = 0,
+    skip_incomplete: bool = False,
+) -> pd.DataFrame:
+    """Write ``report.csv`` and ``report.md`` into ``folder``; print the Markdown; return the table.
+    ``samples`` and ``seed``: the bootstrap of the intervals; ``skip_incomplete``: leave out a
+    cross-validation's runs with missing folds instead of stopping."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(
             "sweep_dir", str(folder), "an existing Hydra multirun folder (outputs/train/multiruns/<time>)"
         )
-    jobs, unfinished = collect_jobs(folder)
-    if jobs.empty:
+    jobs = list(iter_jobs(folder))
+    if not any(job.metrics is not None for job in jobs):
         raise ConfigError(
             "sweep_dir", str(folder), "a multirun folder whose jobs hold .hydra/overrides.yaml and metrics.json"
         )
-    return write_report(jobs, unfinished, folder, metric, ascending)
+    ignored = {FOLD_KEY, *NOT_RECIPE, *(SEED_KEYS if group_seeds else ())}
+    shared = name_recipes(jobs, RecipeKeys(frozenset(ignored)))
+    if any(job.fold is not None for job in jobs):
+        return _cross_validation_report(jobs, folder, shared, samples, seed, skip_incomplete)
+    table, unfinished = job_table(jobs)
+    paired = _paired_on_the_test_split([j for j in jobs if j.metrics is not None], folder, samples, seed)
+    return write_report(table, unfinished, folder, metric, ascending, group_seeds, paired)
 
 
 def write_report(
@@ -139,14 +169,62 @@ def write_report(
     out_dir: Path,
     metric: str = "test/acc",
     ascending: bool | None = None,
+    group_seeds: bool = True,
+    extra_markdown: str = "",
 ) -> pd.DataFrame:
     """Summarise ``jobs`` (rows as :func:`collect_jobs` gives them, from folders or a tracking server)
-    into ``out_dir/report.csv`` and ``report.md``; print the Markdown; return the table."""
-    table, shared = summarise(jobs, metric, ascending)
+    into ``out_dir/report.csv`` and ``report.md`` (with ``extra_markdown`` below the table); print the
+    Markdown; return the table."""
+    table, shared = summarise(jobs, metric, ascending, group_seeds)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "report.csv", index=False)
-    markdown = to_markdown(table, metric, shared, unfinished)
+    markdown = to_markdown(table, metric, shared, unfinished) + extra_markdown
     (out_dir / "report.md").write_text(markdown)
     print(markdown)
     print(f"Wrote {out_dir / 'report.csv'} and {out_dir / 'report.md'} ({len(jobs)} jobs, {len(table)} groups)")
+    return table
+
+
+def _paired_on_the_test_split(jobs: Sequence[Job], folder: Path, samples: int, seed: int) -> str:
+    """Each recipe against the best one on the test posters they share (seeds: one run each of a recipe)."""
+    recipes = defaultdict(list)
+    for job in jobs:
+        recipes[job.recipe].append(job)
+    if len(recipes) < 2:
+        return ""
+    if not all(job.predictions_path.is_file() for job in jobs):
+        return "\nPaired comparisons need every job's test_predictions.csv (artifacts=default, test=true).\n"
+    frames = {recipe: [read_predictions(job) for job in members] for recipe, members in recipes.items()}
+    posters = sorted(next(iter(frames.values()))[0]["file_path"])
+    if any(sorted(f["file_path"]) != posters for fs in frames.values() for f in fs):
+        return (
+            "\nNo paired comparison: the jobs were tested on different posters "
+            "(one data.split_file makes them comparable).\n"
+        )
+    classes = classes_of(next(iter(frames.values()))[0])
+    scored = {recipe: scores(fs, classes, posters) for recipe, fs in frames.items()}
+    table = recipe_table(scored, posters, duplicate_groups(jobs), classes, samples, seed)
+    table.to_csv(folder / "paired.csv", index=False)
+    return (
+        f"\n## Paired on the {len(posters)} test posters\n\n"
+        + recipe_markdown(table)
+        + f"\n95% bootstrap intervals over duplicate groups ({samples} samples); Δ: paired difference to the best "
+        "recipe (runs of a recipe: its seeds, averaged), McNemar's exact p (several seeds: the sign test of each "
+        "poster's mean correctness); an interval that contains 0 is not distinguishable.\n"
+    )
+
+
+def _cross_validation_report(
+    jobs: Sequence[Job], folder: Path, shared: dict[str, str], samples: int, seed: int, skip_incomplete: bool
+) -> pd.DataFrame:
+    markdown, table = cv_sections(jobs, folder, samples, seed, skip_incomplete)
+    if shared:
+        markdown += "\nOverrides shared by every recipe: " + " ".join(f"`{k}={v}`" for k, v in shared.items()) + "\n"
+    unfinished = [job.name for job in jobs if job.metrics is None]
+    if unfinished:
+        markdown += "\nJobs without metrics.json (failed or unfinished): " + ", ".join(unfinished) + "\n"
+    table.to_csv(folder / "report.csv", index=False)
+    (folder / "report.md").write_text(markdown)
+    print(markdown)
+    print(f"Wrote {folder / 'report.csv'}, {folder / 'report.md'} and {folder / 'oof_predictions.csv'}")
     return table

@@ -45,6 +45,7 @@ from genre_lightning.inference.explain import explain
 from genre_lightning.inference.predictor import Predictor
 from genre_lightning.results import figures
 from genre_lightning.results.tables import Predictions, calibration_bins, multilabel_table, per_class_table
+from genre_lightning.training.calibration import uncalibrated
 from genre_lightning.training.metrics import ECE_BINS
 from genre_lightning.utils.csvio import write_csv
 from genre_lightning.utils.distributed import all_gather_objects
@@ -160,7 +161,8 @@ class TestArtifacts(Callback):
         if predictions.multilabel:
             figures_to_write = self._multilabel_outputs(predictions, metrics, split, written)
         else:
-            figures_to_write = self._single_label_outputs(predictions, metrics, split, written)
+            temperature = getattr(pl_module.task, "temperature", None)
+            figures_to_write = self._single_label_outputs(predictions, metrics, split, written, temperature)
         figures_to_write["mistakes"] = ("test/mistakes", self._mistakes_figure(predictions, split))
         if self.cam:
             figures_to_write["mistakes_cam"] = ("test/mistakes_cam", self._mistakes_cam_figure(pl_module, split))
@@ -179,7 +181,12 @@ class TestArtifacts(Callback):
         return written
 
     def _single_label_outputs(
-        self, predictions: Predictions, metrics: dict[str, float], split: str, written: dict[str, Path]
+        self,
+        predictions: Predictions,
+        metrics: dict[str, float],
+        split: str,
+        written: dict[str, Path],
+        temperature: torch.Tensor | None = None,
     ) -> dict[str, tuple[str, Figure]]:
         """confusion_matrix.csv and the per-class table; the figures to write (name: (tag, figure))."""
         out, classes = self.output_dir, predictions.classes
@@ -200,13 +207,22 @@ class TestArtifacts(Callback):
                 "test/genre_distribution",
                 figures.distribution_figure(support, matrix.sum(axis=0).tolist(), classes),
             ),
-            "reliability": (
-                "test/reliability",
-                figures.reliability_figure(
-                    calibration_bins(predictions.probs, predictions.targets, ECE_BINS), metrics.get("test/ece")
-                ),
-            ),
+            "reliability": ("test/reliability", self._reliability_figure(predictions, metrics, temperature)),
         }
+
+    @staticmethod
+    def _reliability_figure(
+        predictions: Predictions, metrics: dict[str, float], temperature: torch.Tensor | None
+    ) -> Figure:
+        """Calibration after temperature scaling, and before it (where the model has a temperature)."""
+        after = calibration_bins(predictions.probs, predictions.targets, ECE_BINS)
+        t = float(temperature) if temperature is not None else 1.0
+        if t == 1.0:
+            return figures.reliability_figure(after, metrics.get("test/ece"))
+        before = calibration_bins(uncalibrated(predictions.probs, t), predictions.targets, ECE_BINS)
+        return figures.reliability_figure(
+            after, metrics.get("test/ece"), before, metrics.get("test/ece_uncalibrated"), t
+        )
 
     def _multilabel_outputs(
         self, predictions: Predictions, metrics: dict[str, float], split: str, written: dict[str, Path]

@@ -68,6 +68,8 @@ class GenreClassifier(LightningModule):
             training split, so rare genres are not drowned out.
         members: an ensemble's members (``inference.ensemble.member_spec``): the network is then their
             ``EnsembleNet`` (written by genre-ensemble; evaluated and served, never trained).
+        temperature: single-label only: None fits the temperature of ``softmax(logits / T)`` on the
+            validation split after every validation epoch; a positive number fixes it (1.0: none).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class GenreClassifier(LightningModule):
         threshold: float | None = None,
         pos_weight: bool = False,
         members: Sequence[Mapping[str, Any]] | None = None,
+        temperature: float | None = None,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
@@ -119,11 +122,12 @@ class GenreClassifier(LightningModule):
                 "threshold": threshold,
                 "pos_weight": pos_weight,
                 "members": members,
+                "temperature": temperature,
             },
             logger=False,  # the loggers get the whole resolved config instead (results/tracking.log_config)
         )
         self.classes = list(classes)
-        self.task = make_task(task, self.classes, label_smoothing, threshold, pos_weight)
+        self.task = make_task(task, self.classes, label_smoothing, threshold, pos_weight, temperature)
         self.net, self.data_config = build_network(
             backbone, len(self.classes), pretrained, weights, drop_rate, drop_path_rate, data_config, members
         )
@@ -133,6 +137,8 @@ class GenreClassifier(LightningModule):
         self.train_metrics = self.task.metrics("train/")
         self.val_metrics = self.task.metrics("val/")
         self.test_metrics = self.task.metrics("test/", detailed=True)
+        # The test ECE before temperature scaling (test/ece_uncalibrated), beside test/ece after it.
+        self.test_uncalibrated = self.task.uncalibrated_metric()
         # Each stage's epoch loss (train/loss, val/loss, test/loss), averaged over every rank's images,
         # and its top-1 "any true genre" accuracy (the task names it: tasks.GenreTask.any_true_metric).
         for stage in STAGES:
@@ -284,7 +290,9 @@ class GenreClassifier(LightningModule):
             if hits is not None:
                 getattr(self, f"{stage}_any_true").update(hits)
             if stage == "val":
-                self.task.observe_validation(probabilities, targets)
+                self.task.observe_validation(logits.detach().float(), probabilities, targets)
+            if stage == "test" and self.test_uncalibrated is not None:
+                self.test_uncalibrated.update(self.task.uncalibrated_probabilities(logits.detach().float()), targets)
         getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(targets))
         if stage == "train":  # per step: this rank's loss, unsynced (no collective; see utils/distributed.py)
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(targets))
@@ -303,6 +311,8 @@ class GenreClassifier(LightningModule):
             f"{stage}/loss": getattr(self, f"{stage}_loss"),
             f"{stage}/{self.task.any_true_metric}": getattr(self, f"{stage}_any_true"),
         }
+        if stage == "test" and self.test_uncalibrated is not None:
+            metrics["test/ece_uncalibrated"] = self.test_uncalibrated
         updated = any_rank([_update_called(metric) for metric in metrics.values()])
         values: dict[str, torch.Tensor] = {}
         for (name, metric), anywhere in zip(metrics.items(), updated, strict=True):

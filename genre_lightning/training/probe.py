@@ -91,20 +91,26 @@ def stored_features(dataset: PosterDataset, store: FeatureStore, split: str) -> 
 
 def fit_probe(
     train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None,
     c_grid: Sequence[float],
     num_classes: int,
     max_iter: int = 3000,
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, float]], float]:
     """Logistic regressions on standardised features, one per ``C``; the one with the lowest
     validation log-loss as ``(weight (classes, dim), bias (classes,))`` of a linear layer on the raw
-    features, with every ``C``'s validation log-loss and accuracy and the chosen ``C``."""
+    features, with every ``C``'s validation log-loss and accuracy and the chosen ``C``. Without a
+    validation split (``val=None``, the refit) the grid holds the one ``C`` to use."""
     scaler = StandardScaler().fit(train[0])
-    train_x, val_x = scaler.transform(train[0]), scaler.transform(val[0])
+    train_x = scaler.transform(train[0])
     labels = np.arange(num_classes)
     scores, fits = [], {}
     for c in c_grid:
         regression = LogisticRegression(C=c, max_iter=max_iter).fit(train_x, train[1])
+        fits[c] = regression
+        if val is None:
+            scores.append({"C": float(c), "val_log_loss": None, "val_acc": None})
+            continue
+        val_x = scaler.transform(val[0])
         probabilities = np.zeros((len(val_x), num_classes))
         probabilities[:, regression.classes_] = regression.predict_proba(val_x)
         scores.append(
@@ -114,8 +120,7 @@ def fit_probe(
                 "val_acc": float((probabilities.argmax(1) == val[1]).mean()),
             }
         )
-        fits[c] = regression
-    best = min(scores, key=lambda s: (s["val_log_loss"], -s["C"]))
+    best = min(scores, key=lambda s: (s["val_log_loss"] or 0.0, -s["C"]))
     regression = fits[best["C"]]
     # A genre absent from the training split keeps a weight of zero and a very low bias.
     weight = np.zeros((num_classes, train_x.shape[1]))
@@ -132,7 +137,7 @@ def fit_probe(
 
 def fit_one_vs_rest(
     train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None,
     c_grid: Sequence[float],
     max_iter: int = 3000,
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, float]], float]:
@@ -140,9 +145,10 @@ def fit_one_vs_rest(
     on standardised features, for each ``C``; the ``C`` with the lowest validation log-loss (the
     mean over genres of each genre's binary log-loss) as ``(weight, bias)`` of a linear layer on the
     raw features whose sigmoid is each genre's probability. ``val_acc`` is the top-1 "any true
-    genre" accuracy. A genre without positives (or negatives) in training gets a constant logit."""
+    genre" accuracy. A genre without positives (or negatives) in training gets a constant logit.
+    Without a validation split (``val=None``, the refit) the grid holds the one ``C`` to use."""
     scaler = StandardScaler().fit(train[0])
-    train_x, val_x = scaler.transform(train[0]), scaler.transform(val[0])
+    train_x = scaler.transform(train[0])
     genres = train[1].shape[1]
     scores, fits = [], {}
     for c in c_grid:
@@ -155,6 +161,11 @@ def fit_one_vs_rest(
                 weight[genre], bias[genre] = estimator.coef_[0], estimator.intercept_[0]
             else:  # a constant predictor: every training image had (or lacked) this genre
                 bias[genre] = CONSTANT_LOGIT if train[1][:, genre].all() else -CONSTANT_LOGIT
+        fits[c] = (weight, bias)
+        if val is None:
+            scores.append({"C": float(c), "val_log_loss": None, "val_acc": None})
+            continue
+        val_x = scaler.transform(val[0])
         probabilities = 1 / (1 + np.exp(-np.clip(val_x @ weight.T + bias, -50, 50)))
         losses = [log_loss(val[1][:, g], probabilities[:, g], labels=[0, 1]) for g in range(genres)]
         top = probabilities.argmax(1)
@@ -165,8 +176,7 @@ def fit_one_vs_rest(
                 "val_acc": float(val[1][np.arange(len(top)), top].mean()),
             }
         )
-        fits[c] = (weight, bias)
-    best = min(scores, key=lambda s: (s["val_log_loss"], -s["C"]))
+    best = min(scores, key=lambda s: (s["val_log_loss"] or 0.0, -s["C"]))
     weight, bias = fits[best["C"]]
     raw_weight = weight / scaler.scale_
     return raw_weight, bias - raw_weight @ scaler.mean_, scores, best["C"]
@@ -199,20 +209,29 @@ class LinearProbe:
                 "probe",
                 f"random for {pl_module.hparams.backbone} (its head is not one nn.Linear)",
             )
+        has_val = trainer.datamodule.has_posters("val")
+        if not has_val and len(self.c_grid) > 1:
+            raise ConfigError(
+                "finetune.probe_c_grid",
+                self.c_grid,
+                "one C for a run without a validation split (data.fold=all): the C that genre-report "
+                "printed for the cross-validation, e.g. finetune.probe_c_grid=[0.01]",
+            )
         started = time.perf_counter()
         store = self._store(trainer, pl_module)
-        for split in ("train", "val"):
+        for split in ("train", "val") if has_val else ("train",):
             compute_features(trainer, pl_module, split, store, self.batch_size)
         barrier()  # every rank's features are in the store
         fitted = None
         if trainer.is_global_zero:  # fitted once, on every rank's features, then sent to every rank
             store.refresh()
             datamodule = trainer.datamodule
-            train, val = (stored_features(datamodule.evaluation_dataset(s), store, s) for s in ("train", "val"))
+            train = stored_features(datamodule.evaluation_dataset("train"), store, "train")
+            val = stored_features(datamodule.evaluation_dataset("val"), store, "val") if has_val else None
             fit = (
                 fit_one_vs_rest if pl_module.task.multilabel else partial(fit_probe, num_classes=len(pl_module.classes))
             )
-            fitted = (*fit(train, val, self.c_grid), len(train[1]), len(val[1]))
+            fitted = (*fit(train, val, self.c_grid), len(train[1]), len(val[1]) if val is not None else 0)
         weight, bias, scores, chosen, train_images, val_images = broadcast_from_zero(fitted)
         with torch.no_grad():
             classifier.weight.copy_(torch.as_tensor(weight, dtype=classifier.weight.dtype))
@@ -229,7 +248,7 @@ class LinearProbe:
         }
         if trainer.is_global_zero:
             log.info(
-                "Linear probe head: C=%g of %s by validation log-loss (%.4f; val acc %.4f), "
+                "Linear probe head: C=%g of %s by validation log-loss (%s; val acc %s), "
                 "%d train / %d val images, %.1f s",
                 chosen, self.c_grid, best["val_log_loss"], best["val_acc"],
                 train_images, val_images, summary["seconds"],

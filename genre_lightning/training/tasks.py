@@ -3,7 +3,8 @@
 The LightningModule chooses one of them once (``model.task``: ``single`` or ``multilabel``) and asks
 it for everything that differs between the two: the loss, probabilities and decisions, the metrics
 and how they are updated, Mixup of the targets, the top-1 "any true genre" hits, and the state a
-task keeps in the checkpoint (the multi-label decision thresholds, tuned on the validation split).
+task keeps in the checkpoint (the multi-label decision thresholds, and the single-label temperature,
+both tuned on the validation split).
 The predictor (``inference/``) uses the same objects for probabilities and decisions, so training,
 evaluation, prediction and export decide alike.
 """
@@ -18,10 +19,16 @@ import torch
 import torch.nn as nn
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MultilabelPrecisionRecallCurve
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import MulticlassCalibrationError, MultilabelPrecisionRecallCurve
 
-from genre_lightning.training.metrics import classification_metrics, multilabel_metrics, update_multilabel_metrics
+from genre_lightning.training.calibration import ValidationLogits, calibration_error, fit_temperature
+from genre_lightning.training.metrics import (
+    ECE_BINS,
+    classification_metrics,
+    multilabel_metrics,
+    update_multilabel_metrics,
+)
 from genre_lightning.utils.distributed import any_rank
 from genre_lightning.utils.errors import ConfigError
 
@@ -79,10 +86,17 @@ class GenreTask(nn.Module):
         """Per image, whether the top genre is one of its true genres (None: not measured here)."""
         return None
 
+    def uncalibrated_metric(self) -> Metric | None:
+        """A test metric of the probabilities before calibration (``uncalibrated_probabilities``), or None."""
+        return None
+
+    def uncalibrated_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.probabilities(logits)
+
     def fit_setup(self, datamodule: Any) -> None:
         """Before training: anything the task derives from the training split."""
 
-    def observe_validation(self, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
+    def observe_validation(self, logits: torch.Tensor, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
         """A validation batch, for state tuned on the validation split."""
 
     def after_validation(self, sanity_checking: bool) -> dict[str, float]:
@@ -91,15 +105,62 @@ class GenreTask(nn.Module):
 
 
 class SingleLabelTask(GenreTask):
-    """One genre per poster: softmax over the genres, cross-entropy (with label smoothing), top-1 decisions."""
+    """One genre per poster: softmax over the genres, cross-entropy (with label smoothing), top-1 decisions.
 
-    def __init__(self, classes: Sequence[str], label_smoothing: float = 0.0) -> None:
+    The probabilities are ``softmax(logits / T)`` (temperature scaling, ``training/calibration.py``):
+    ``T`` is a buffer, so checkpoints, the predictor and exports carry it. With ``temperature=None`` it
+    is fitted on the validation split's logits after every validation epoch (the checkpoint of an epoch
+    holds the ``T`` of that epoch's weights); a number fixes it (1.0: no scaling), e.g. for a refit
+    without a validation split. The loss, and so training, never sees ``T``.
+    """
+
+    def __init__(self, classes: Sequence[str], label_smoothing: float = 0.0, temperature: float | None = None) -> None:
         super().__init__(classes)
+        if temperature is not None and (isinstance(temperature, bool) or not float(temperature) > 0):
+            raise ConfigError(
+                "model.temperature", temperature, "null (fitted on the validation split) or a positive number"
+            )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.soft_target_criterion = SoftTargetCrossEntropy()  # Mixup's mixed targets
+        self.fits_temperature = temperature is None
+        self.register_buffer("temperature", torch.tensor(1.0 if temperature is None else float(temperature)))
+        self.val_logits = ValidationLogits()
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits / self.temperature.to(logits)).softmax(dim=-1)
+
+    def uncalibrated_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=-1)
+
+    def uncalibrated_metric(self) -> Metric:
+        return MulticlassCalibrationError(len(self.classes), n_bins=ECE_BINS, norm="l1")
+
+    def observe_validation(self, logits: torch.Tensor, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
+        if self.fits_temperature:
+            self.val_logits.update(logits, targets)
+
+    def after_validation(self, sanity_checking: bool) -> dict[str, float]:
+        """The temperature that fits this validation epoch's logits best (every rank's images; every rank
+        takes part in the same collectives: utils/distributed.py), with the validation ECE before and
+        after. Not on the sanity check's few batches."""
+        if not self.fits_temperature:
+            return {}
+        (updated,) = any_rank([self.val_logits.update_called])
+        values: dict[str, float] = {}
+        if updated and not sanity_checking:
+            logits, targets = self.val_logits.compute()
+            fitted = fit_temperature(logits, targets)
+            if fitted is None:
+                log.warning("No finite temperature fits this validation split (every poster right by a margin): T=1")
+            temperature = fitted or 1.0
+            self.temperature.fill_(temperature)
+            values = {
+                "val/temperature": temperature,
+                "val/ece_uncalibrated": calibration_error(logits.softmax(dim=-1), targets),
+                "val/ece": calibration_error((logits / temperature).softmax(dim=-1), targets),
+            }
+        self.val_logits.reset()
+        return values
 
     def decisions(self, probabilities: torch.Tensor) -> torch.Tensor:
         return nn.functional.one_hot(probabilities.argmax(dim=-1), len(self.classes)).bool()
@@ -204,7 +265,7 @@ class MultiLabelTask(GenreTask):
         self.positive_weights.copy_((total - positives).clamp(min=1) / positives)
         log.info("pos_weight per genre: %s", dict(zip(self.classes, self.positive_weights.tolist(), strict=True)))
 
-    def observe_validation(self, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
+    def observe_validation(self, logits: torch.Tensor, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
         self.val_curve.update(probabilities, targets.long())
 
     def after_validation(self, sanity_checking: bool) -> dict[str, float]:
@@ -229,13 +290,16 @@ def make_task(
     label_smoothing: float = 0.0,
     threshold: float | None = None,
     pos_weight: bool = False,
+    temperature: float | None = None,
 ) -> GenreTask:
     """The task object for ``model.task``."""
     if task == "single":
         if threshold is not None:
             raise ConfigError("model.threshold", threshold, "null for a single-label model (it takes the top genre)")
-        return SingleLabelTask(classes, label_smoothing)
+        return SingleLabelTask(classes, label_smoothing, temperature)
     if task == "multilabel":
+        if temperature is not None:
+            raise ConfigError("model.temperature", temperature, "null for a multi-label model (no temperature scaling)")
         return MultiLabelTask(classes, label_smoothing, threshold, pos_weight)
     raise ConfigError("model.task", task, "single or multilabel (it follows data.task)")
 

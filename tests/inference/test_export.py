@@ -82,7 +82,10 @@ def test_artifact_and_sidecar_reproduce_the_test_run(tiny_run: Path, tmp_path: P
     with torch.inference_mode():
         reference = GenreClassifier.from_checkpoint(checkpoint)(torch.from_numpy(images)).numpy()
     assert np.abs(logits - reference).max() < 1e-4
-    probabilities = torch.from_numpy(logits).softmax(dim=1).numpy()
+    # A server applies the sidecar's temperature (fitted on the validation split) as the model does.
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert sidecar["temperature"] == pytest.approx(float(saved["state_dict"]["task.temperature"]))
+    probabilities = torch.from_numpy(logits / sidecar["temperature"]).softmax(dim=1).numpy()
     expected = tested[[f"p_{c}" for c in sidecar["classes"]]].to_numpy()
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
 
