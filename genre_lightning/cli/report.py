@@ -18,7 +18,7 @@ from genre_lightning.results.sweep_report import report, write_report
 from genre_lightning.utils.errors import ConfigError, exit_on_user_error
 
 ORDERS = {"ascending": True, "descending": False, None: None}
-INCOMPLETE = ("fail", "skip")
+INCOMPLETE = ("fail", "skip", "common")
 
 
 @exit_on_user_error
@@ -43,7 +43,7 @@ def report_sweep(cfg: DictConfig) -> None:
             cfg.group_seeds,
             cfg.samples,
             cfg.bootstrap_seed,
-            skip_incomplete=cfg.incomplete == "skip",
+            incomplete=cfg.incomplete,
         )
         return
     from genre_lightning.results.mlflow_sweep import collect_mlflow_jobs

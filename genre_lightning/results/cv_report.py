@@ -34,34 +34,45 @@ FINAL_FILE = "final_models.csv"
 
 
 def fold_runs(
-    jobs: Sequence[Job], folder: Path, skip_incomplete: bool = False
+    jobs: Sequence[Job], folder: Path, incomplete: str = "fail"
 ) -> tuple[dict[tuple[str, str], list[Job]], list[str]]:
-    """(recipe, seed) -> its fold jobs in fold order. A missing or repeated fold is a one-line error, or
-    with ``skip_incomplete`` (a cross-validation still running) that run is left out and named in the
-    returned notes."""
+    """(recipe, seed) -> its fold jobs in fold order. A missing or repeated fold is a one-line error
+    (``incomplete="fail"``); while a cross-validation still runs, ``"skip"`` leaves such runs out and
+    ``"common"`` scores every run on the folds all of them finished (interim, paired numbers on fewer
+    posters). What was left out is said in the returned notes."""
     runs: dict[tuple[str, str], list[Job]] = defaultdict(list)
     for job in jobs:
         runs[(job.recipe, job.seed)].append(job)
     notes = []
+    count = int(jobs[0].cross_validation["folds"])
     for (recipe, seed), members in list(runs.items()):
-        count = int(members[0].cross_validation["folds"])
         found = Counter(job.fold for job in members)
         missing = [str(k) for k in range(count) if str(k) not in found]
         twice = sorted(f for f, n in found.items() if n > 1)
-        if missing or twice:
-            problem = f"fold(s) {', '.join(missing)} missing" if missing else f"fold(s) {', '.join(twice)} run twice"
-            which = f"`{recipe}`" + (f" (seed {seed})" if seed != "(default)" else "")
-            if not skip_incomplete:
-                raise ConfigError(
-                    "sweep_dir",
-                    str(folder),
-                    f"every fold of each recipe exactly once: {which} has {problem} of {count} "
-                    "(incomplete=skip leaves such runs out)",
-                )
-            notes.append(f"Left out (incomplete=skip): {which} has {problem} of {count}.")
+        which = f"`{recipe}`" + (f" (seed {seed})" if seed != "(default)" else "")
+        if twice or (missing and incomplete == "fail"):
+            problem = f"fold(s) {', '.join(twice)} run twice" if twice else f"fold(s) {', '.join(missing)} missing"
+            raise ConfigError(
+                "sweep_dir",
+                str(folder),
+                f"every fold of each recipe exactly once: {which} has {problem} of {count} "
+                "(incomplete=skip leaves such runs out; incomplete=common compares on the folds all runs have)",
+            )
+        if missing and incomplete == "skip":
+            notes.append(f"Left out (incomplete=skip): {which} has fold(s) {', '.join(missing)} missing of {count}.")
             del runs[(recipe, seed)]
             continue
         members.sort(key=lambda job: int(job.fold))
+    if incomplete == "common" and runs:
+        common = set.intersection(*({job.fold for job in members} for members in runs.values()))
+        if len(common) < count:
+            kept = ", ".join(sorted(common, key=int)) or "none"
+            notes.append(
+                f"Interim (incomplete=common): every recipe is scored on fold(s) {kept} of {count}, the folds all of "
+                "them finished; the others are left out until every recipe has them."
+            )
+        runs = {key: [job for job in members if job.fold in common] for key, members in runs.items()}
+        runs = {key: members for key, members in runs.items() if members}
     return dict(runs), notes
 
 
@@ -86,14 +97,14 @@ def out_of_fold(runs: dict[tuple[str, str], list[Job]]) -> dict[tuple[str, str],
 
 
 def cv_sections(
-    jobs: Sequence[Job], folder: Path, samples: int, seed: int, skip_incomplete: bool = False
+    jobs: Sequence[Job], folder: Path, samples: int, seed: int, incomplete: str = "fail"
 ) -> tuple[str, pd.DataFrame]:
     """The Markdown of the cross-validation sections, and the out-of-fold table (written as report.csv)."""
     fold_jobs = [j for j in jobs if j.metrics and j.fold not in (None, ALL_FOLDS)]
     final_jobs = [j for j in jobs if j.metrics and j.fold == ALL_FOLDS]
     if not fold_jobs:  # refits and fold ensembles only
         return _final_models(final_jobs, folder, duplicate_groups(final_jobs), samples, seed), pd.DataFrame()
-    runs, incomplete = fold_runs(fold_jobs, folder, skip_incomplete)
+    runs, left_out = fold_runs(fold_jobs, folder, incomplete)
     if not runs:
         raise ConfigError("sweep_dir", str(folder), "at least one recipe with every fold finished")
     oof = out_of_fold(runs)
@@ -121,7 +132,7 @@ def cv_sections(
         f"group ({samples} samples); Δ: paired difference to the best recipe on the same posters, with McNemar's "
         "exact p; an interval that contains 0 is not distinguishable. Runs: seeds, whose metrics are averaged.",
         *notes,
-        *incomplete,
+        *left_out,
         _final_model_commands(runs, table.loc[0, "recipe"]),
     ]
     if final_jobs:

@@ -139,11 +139,11 @@ def report(
     group_seeds: bool = True,
     samples: int = SAMPLES,
     seed: int = 0,
-    skip_incomplete: bool = False,
+    incomplete: str = "fail",
 ) -> pd.DataFrame:
     """Write ``report.csv`` and ``report.md`` into ``folder``; print the Markdown; return the table.
-    ``samples`` and ``seed``: the bootstrap of the intervals; ``skip_incomplete``: leave out a
-    cross-validation's runs with missing folds instead of stopping."""
+    ``samples`` and ``seed``: the bootstrap of the intervals; ``incomplete``: what a
+    cross-validation's runs with missing folds do (``fail``, ``skip``, ``common``: ``cv_report.fold_runs``)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(
@@ -157,7 +157,7 @@ def report(
     ignored = {FOLD_KEY, *NOT_RECIPE, *(SEED_KEYS if group_seeds else ())}
     shared = name_recipes(jobs, RecipeKeys(frozenset(ignored)))
     if any(job.fold is not None for job in jobs):
-        return _cross_validation_report(jobs, folder, shared, samples, seed, skip_incomplete)
+        return _cross_validation_report(jobs, folder, shared, samples, seed, incomplete)
     table, unfinished = job_table(jobs)
     paired = _paired_on_the_test_split([j for j in jobs if j.metrics is not None], folder, samples, seed)
     return write_report(table, unfinished, folder, metric, ascending, group_seeds, paired)
@@ -215,9 +215,9 @@ def _paired_on_the_test_split(jobs: Sequence[Job], folder: Path, samples: int, s
 
 
 def _cross_validation_report(
-    jobs: Sequence[Job], folder: Path, shared: dict[str, str], samples: int, seed: int, skip_incomplete: bool
+    jobs: Sequence[Job], folder: Path, shared: dict[str, str], samples: int, seed: int, incomplete: str
 ) -> pd.DataFrame:
-    markdown, table = cv_sections(jobs, folder, samples, seed, skip_incomplete)
+    markdown, table = cv_sections(jobs, folder, samples, seed, incomplete)
     if shared:
         markdown += "\nOverrides shared by every recipe: " + " ".join(f"`{k}={v}`" for k, v in shared.items()) + "\n"
     unfinished = [job.name for job in jobs if job.metrics is None]

@@ -60,6 +60,7 @@ def test_cli_reports_config_mistakes_in_one_line(overrides, expected, poster_roo
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
 
 
+@pytest.mark.slow
 def test_genre_report_with_a_bare_path_says_to_use_sweep_dir(tmp_path: Path):
     """The first thing many type: a folder without sweep_dir= (Hydra would answer with its grammar error)."""
     done = run_cli("genre-report", str(tmp_path), cwd=tmp_path)

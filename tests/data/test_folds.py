@@ -98,6 +98,7 @@ def test_more_folds_than_the_smallest_genre_has_groups_is_one_line():
     assert set(assign_folds(labels, sets, groups, CrossValidation(folds=most), seed=0)) == {str(k) for k in range(most)}
 
 
+@pytest.mark.slow
 def test_genre_data_writes_folds_that_keep_copies_together(poster_root: Path, tmp_path: Path):
     """As a user runs it: copies of posters (some filed under a second genre) land in one fold."""
     root = tmp_path / "posters"

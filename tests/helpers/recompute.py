@@ -4,6 +4,7 @@ scikit-learn instead of the run's torchmetrics: what a test compares ``metrics.j
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +31,19 @@ def _test_rows(run: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def single_label_metrics(run: Path) -> dict[str, float]:
     """``test/acc`` (top-1 against the split's label) and ``test/loss`` (mean cross-entropy) of a
-    single-label run without label smoothing."""
+    single-label run without label smoothing.
+
+    The table's probabilities are calibrated, softmax(z / T), while ``test/loss`` is the loss of the
+    logits z: with T from ``metrics.json`` (the tested checkpoint's), softmax(T * log p) = softmax(z)."""
     predictions, truth = _test_rows(run)
     classes, probabilities = _probabilities(predictions)
     labels = np.array([classes.index(label) for label in truth["label"]])
+    temperature = json.loads((run / "metrics.json").read_text()).get("temperature", 1.0)
+    scaled = temperature * np.log(probabilities)
+    log_softmax = scaled - np.logaddexp.reduce(scaled, axis=1, keepdims=True)
     return {
         "test/acc": float((probabilities.argmax(axis=1) == labels).mean()),
-        "test/loss": float(-np.log(probabilities[np.arange(len(labels)), labels]).mean()),
+        "test/loss": float(-log_softmax[np.arange(len(labels)), labels].mean()),
     }
 
 

@@ -161,8 +161,23 @@ def test_a_missing_fold_or_a_poster_in_two_folds_stops_in_one_line(cv: Path, tmp
     assert done.returncode == 2
     assert done.stderr.strip() == (
         f"error: sweep_dir='{copy}' is not valid: expected every fold of each recipe exactly once: "
-        f"`{BROKEN}` has fold(s) 1 missing of 3"
+        f"`{BROKEN}` has fold(s) 1 missing of 3 (incomplete=skip leaves such runs out; incomplete=common "
+        "compares on the folds all runs have)"
     )
+    # While a cross-validation still runs: leave the incomplete recipe out, or compare on the shared folds.
+    done = run_entry_point("genre-report", f"sweep_dir={copy}", "incomplete=skip", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"Left out (incomplete=skip): `{BROKEN}` has fold(s) 1 missing of 3." in done.stdout
+    assert set(read(copy / "oof_predictions.csv")["recipe"]) == {GOOD}
+    done = run_entry_point("genre-report", f"sweep_dir={copy}", "incomplete=common", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "every recipe is scored on fold(s) 0, 2 of 3" in done.stdout
+    oof = read(copy / "oof_predictions.csv")
+    folds = fold_assignment(cv)
+    shared = set(folds.loc[folds["fold"].isin(["0", "2"]), "file_path"])
+    for _, run in oof.groupby(["recipe", "seed"]):
+        assert set(run["fold"]) == {"0", "2"} and set(run["file_path"]) == shared and len(run) == len(shared)
+    assert set(oof["recipe"]) == {GOOD, BROKEN}
 
     shutil.copy(cv / "sweeps" / "broken" / "1" / "metrics.json", copy / "broken" / "1" / "metrics.json")
     first, second = (copy / "broken" / job / "test_predictions.csv" for job in ("0", "2"))

@@ -46,6 +46,7 @@ def best_checkpoint(run: Path) -> str:
     return json.loads((run / "metrics.json").read_text())["best_ckpt_path"]
 
 
+@pytest.mark.slow
 def test_temperature_scaling_lowers_the_ece_of_an_over_confident_model(tiny_run: Path, tmp_path: Path):
     model = GenreClassifier.from_checkpoint(best_checkpoint(tiny_run))
     # Logits 20x larger than the run's calibrated ones (its own T says how far from calibrated they
@@ -83,6 +84,7 @@ def test_temperature_scaling_lowers_the_ece_of_an_over_confident_model(tiny_run:
     torch.testing.assert_close(uncalibrated(probabilities, fitted), predictor.logits(images[:8]).softmax(dim=1))
 
 
+@pytest.mark.slow
 def test_the_checkpoint_carries_its_temperature_to_the_predictor_and_the_run_reports_both_eces(tiny_run: Path):
     checkpoint = torch.load(best_checkpoint(tiny_run), map_location="cpu", weights_only=True)
     temperature = float(checkpoint["state_dict"]["task.temperature"])
@@ -96,6 +98,7 @@ def test_the_checkpoint_carries_its_temperature_to_the_predictor_and_the_run_rep
     np.testing.assert_allclose(got, tested[[f"p_{c}" for c in CLASSES]].to_numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_a_temperature_loads_with_none(tiny_run: Path, tmp_path: Path):
     saved = torch.load(best_checkpoint(tiny_run), map_location="cpu", weights_only=True)
     del saved["state_dict"]["task.temperature"]  # as written before temperature scaling existed
