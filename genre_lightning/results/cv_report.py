@@ -133,7 +133,9 @@ def cv_sections(
         "exact p; an interval that contains 0 is not distinguishable. Runs: seeds, whose metrics are averaged.",
         *notes,
         *left_out,
-        _final_model_commands(runs, table.loc[0, "recipe"]),
+        _final_model_commands(runs, table.loc[0, "recipe"])
+        if all(len(members) == int(members[0].cross_validation["folds"]) for members in runs.values())
+        else "The final-model commands are printed once every fold has finished.",
     ]
     if final_jobs:
         lines.append(_final_models(final_jobs, folder, groups, samples, seed))

@@ -172,6 +172,7 @@ def test_a_missing_fold_or_a_poster_in_two_folds_stops_in_one_line(cv: Path, tmp
     done = run_entry_point("genre-report", f"sweep_dir={copy}", "incomplete=common", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "every recipe is scored on fold(s) 0, 2 of 3" in done.stdout
+    assert "genre-ensemble" not in done.stdout and "once every fold has finished" in done.stdout
     oof = read(copy / "oof_predictions.csv")
     folds = fold_assignment(cv)
     shared = set(folds.loc[folds["fold"].isin(["0", "2"]), "file_path"])
