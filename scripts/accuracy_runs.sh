@@ -32,18 +32,22 @@ run() {  # run NAME OVERRIDES...: one timed genre-train
 FOLDS=5
 # The frozen backbone's features, computed once for every poster and reused by the other folds (and by
 # the probe of LP-FT): the same features, far fewer forward passes (docs/RESULTS.md, round 5).
-CV=(data.folds=$FOLDS "data.fold=$(seq -s, 0 $((FOLDS - 1)))" callbacks.feature_cache.cache_dir="$OUT/feature_cache")
+CV=(data.folds=$FOLDS callbacks.feature_cache.cache_dir="$OUT/feature_cache")
 MNV2="model.weights=$WEIGHTS/mobilenetv2_100.in1k.safetensors"
 
 cv_done() { [ "$(ls "$OUT"/$1/*/metrics.json 2>/dev/null | wc -l)" -ge "${2:-$FOLDS}" ]; }
 
-sweep() {  # sweep NAME OVERRIDES...: one timed 5-fold cross-validation multirun into $OUT/NAME
+sweep() {  # sweep NAME OVERRIDES...: one timed 5-fold cross-validation multirun into $OUT/NAME/<fold>
     local name=$1; shift
     cv_done "$name" && return 0
+    local fold missing=""  # a stopped sweep runs only the folds without metrics.json (<fold> = data.fold)
+    for fold in $(seq 0 $((FOLDS - 1))); do
+        [ -f "$OUT/$name/$fold/metrics.json" ] || missing+="${missing:+,}$fold"
+    done
     mkdir -p "$OUT"
     local start=$(date +%s)
-    genre-train -m data.root="$POSTERS" "${CV[@]}" "$@" print_config=false hydra.sweep.dir="$OUT/$name" \
-        > "$OUT/$name.log" 2>&1
+    genre-train -m data.root="$POSTERS" "${CV[@]}" "data.fold=$missing" "$@" print_config=false \
+        hydra.sweep.dir="$OUT/$name" 'hydra.sweep.subdir=${data.fold}' >> "$OUT/$name.log" 2>&1
     printf '%s\t%s\n' "$name" "$(( $(date +%s) - start ))" >> "$OUT/times.tsv"
 }
 
