@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -319,18 +320,18 @@ def section_predict(setup: Setup, rounds: int, checkpoint: str | None) -> list[t
     predictors = {"torch": loaded(backend="torch"), "onnxruntime": onnx, "int8": loaded(precision="int8")}
     assert onnx.backend == "onnxruntime", "the ONNX export failed its parity check: see the warning above"
 
-    decode_threads = images_per_second(
-        lambda: [None for _ in decoded_batches(paths, transform, 32, workers=cores)], len(paths)
-    )
-    decode_procs = decode_processes(paths, transform, cores)
-    decode = max(decode_threads, decode_procs)
-    forward = {name: forward_rate(p.logits, batch, 3.0 if setup.real else 0.5) for name, p in predictors.items()}
-    limit = {name: 1 / (1 / decode + 1 / rate) for name, rate in forward.items()}
-
     bf16 = loaded(backend="torch", precision="bf16")
     one_thread = loaded(backend="onnxruntime", threads=1)
     csv = setup.workdir / "predictions.csv"
-    runs = {  # name -> (the limit it is measured against, the measurement)
+    seconds = 3.0 if setup.real else 0.5
+    limits = {  # what the CPU allows, measured in every round beside the runs
+        "decode threads": lambda: images_per_second(
+            lambda: [None for _ in decoded_batches(paths, transform, 32, workers=cores)], len(paths)
+        ),
+        "decode processes": lambda: decode_processes(paths, transform, cores),
+        **{f"forward {name}": partial(forward_rate, p.logits, batch, seconds) for name, p in predictors.items()},
+    }
+    runs = {  # name -> (the backend whose limit it is measured against, the measurement)
         "plain eval loop (batches of 32, no_grad, decoded in the loop)": (
             None,
             lambda: plain_eval(paths, reference.network, transform),
@@ -351,32 +352,48 @@ def section_predict(setup: Setup, rounds: int, checkpoint: str | None) -> list[t
         ),
         "genre-predict precision=int8": ("int8", lambda: genre_predict_rate(predictors["int8"], folder, csv)),
     }
-    results: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):  # alternating, so drifts in machine load hit every variant alike
-        for name, (_, run) in runs.items():
-            results[name].append(run())
-    plain = statistics.median(results[next(iter(runs))])
+    measured: dict[str, list[float]] = {name: [] for name in [*limits, *runs]}
+    for _ in range(rounds):  # alternating, so drifts in machine load hit every measurement alike
+        for name, measure in [*limits.items(), *((n, run) for n, (_, run) in runs.items())]:
+            measured[name].append(measure())
+    # Per round: decoding on all cores (the faster way) and the forward pass share the cores.
+    decode = [max(pair) for pair in zip(measured["decode threads"], measured["decode processes"], strict=True)]
+    limit = {
+        name: [1 / (1 / d + 1 / f) for d, f in zip(decode, measured[f"forward {name}"], strict=True)]
+        for name in predictors
+    }
 
+    def rounds_of(values: list[float]) -> str:
+        return f"{statistics.median(values):.1f} img/s (rounds {', '.join(f'{v:.1f}' for v in values)})"
+
+    _, height, width = reference.data_config["input_size"]
+    model = f"{reference.identity['backbone']} at {height}x{width}, flip TTA {reference.tta_hflip}"
     rows = [
-        (f"predict: decode + resize only, {cores} threads", f"{decode_threads:.1f} img/s", ""),
-        (f"predict: decode + resize only, {cores} worker processes", f"{decode_procs:.1f} img/s", ""),
+        (f"predict: the model ({model}), {len(paths)} images", Path(checkpoint).name, ""),
+        (f"predict: decode + resize only, {cores} threads", rounds_of(measured["decode threads"]), ""),
+        (f"predict: decode + resize only, {cores} worker processes", rounds_of(measured["decode processes"]), ""),
     ]
-    for name, rate in forward.items():
-        rows.append((f"predict: forward pass only, batch 32, {name}", f"{rate:.1f} img/s", ""))
-    for name, value in limit.items():
-        rows.append((f"predict: limit with {name} (1 / (1/decode + 1/forward))", f"{value:.1f} img/s", ""))
+    for name in predictors:
+        rows.append((f"predict: forward pass only, batch 32, {name}", rounds_of(measured[f"forward {name}"]), ""))
+    for name, values in limit.items():
+        rows.append((f"predict: limit with {name} (1 / (1/decode + 1/forward))", rounds_of(values), ""))
+    plain = measured[next(iter(runs))]
     for name, (backend, _) in runs.items():
-        rate = statistics.median(results[name])
-        share = f", {rate / limit[backend]:.0%} of the limit" if backend else ""
-        rounds_text = ", ".join(f"{r:.1f}" for r in results[name])
-        rows.append((f"predict: {name}", f"{rate:.1f} img/s (rounds {rounds_text})", f"{rate / plain:.2f}x{share}"))
+        values = measured[name]
+        ratio = statistics.median([v / p for v, p in zip(values, plain, strict=True)])
+        share = ""
+        if backend:
+            share = (
+                f", {statistics.median([v / m for v, m in zip(values, limit[backend], strict=True)]):.0%} of the limit"
+            )
+        rows.append((f"predict: {name}", rounds_of(values), f"{ratio:.2f}x{share}"))
     rows.append(("predict: onnxruntime export on first use (once per checkpoint)", f"{export_seconds:.1f} s", ""))
-    rows += agreement_rows(predictors, bf16, paths, checkpoint)
+    rows += agreement_rows(predictors, bf16, list(setup.frame["file_path"]), checkpoint)
     return rows
 
 
 def agreement_rows(predictors: dict[str, Predictor], bf16: Predictor, paths: list[str], checkpoint: str) -> list:
-    """Each backend's predictions against torch float32 on the same images, and int8's test accuracy."""
+    """Each backend's predictions against torch float32 on every poster, and int8's test accuracy."""
     frames = {name: p.predict_files(paths, progress=False) for name, p in [*predictors.items(), ("bf16", bf16)]}
     columns = [c for c in frames["torch"].columns if c.startswith("p_") and c != "p_top1"]
     rows = []
@@ -385,7 +402,7 @@ def agreement_rows(predictors: dict[str, Predictor], bf16: Predictor, paths: lis
         gap = (frames[name][columns] - frames["torch"][columns]).abs().to_numpy().max()
         rows.append(
             (
-                f"predict: {name} against torch float32: same top-1 / largest prob. difference",
+                f"predict: {name} against torch float32 on {len(paths)} posters: same top-1 / largest prob. difference",
                 f"{same:.1%} / {gap:.2e}",
                 "",
             )
@@ -407,11 +424,18 @@ def agreement_rows(predictors: dict[str, Predictor], bf16: Predictor, paths: lis
 def peak_rss(command: list[str], env: dict[str, str] | None = None) -> tuple[int, float, float]:
     """Run ``command``; (exit status, peak MiB of the whole process tree as PSS, peak RSS MiB of its
     largest process). PSS splits pages shared between the process and its forked DataLoader workers
-    instead of counting them in each; the tree is sampled from /proc every 0.1 s."""
+    instead of counting them in each; the tree is sampled from /proc every 0.1 s. The peak RSS is each
+    process's own high-water mark (``VmHWM``), sampled likewise: ``ru_maxrss`` would also count this
+    process's own memory, which Linux books to a child that execs right after ``vfork``."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    tree_peak = 0
+    tree_peak, largest = 0, 0
 
-    def tree_pss() -> int:
+    def status_kib(pid: int, field: str) -> int:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            return int(Path(f"/proc/{pid}/status").read_text().split(f"{field}:")[1].split()[0])
+        return 0
+
+    def sample() -> tuple[int, int]:
         pids = [process.pid]
         with contextlib.suppress(OSError):
             pids += [int(c) for c in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
@@ -419,13 +443,14 @@ def peak_rss(command: list[str], env: dict[str, str] | None = None) -> tuple[int
         for pid in pids:
             with contextlib.suppress(OSError, IndexError, ValueError):
                 total += int(Path(f"/proc/{pid}/smaps_rollup").read_text().split("Pss:")[1].split()[0])
-        return total
+        return total, max(status_kib(pid, "VmHWM") for pid in pids)
 
     while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:  # ru_maxrss: the largest of the process and its waited-for children (workers)
-            return os.waitstatus_to_exitcode(status), tree_peak / 1024, usage.ru_maxrss / 1024
-        tree_peak = max(tree_peak, tree_pss())
+        pid, status, _ = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            return os.waitstatus_to_exitcode(status), tree_peak / 1024, largest / 1024
+        pss, hwm = sample()
+        tree_peak, largest = max(tree_peak, pss), max(largest, hwm)
         time.sleep(0.1)
 
 

@@ -35,7 +35,7 @@ class PredictionCsv:
             self.file = open(self.path, "a", newline="", **ENCODING)  # noqa: SIM115 (closed in close())
         else:
             self.file = open(self.path, "w", newline="", **ENCODING)  # noqa: SIM115
-            self._write(",".join(self.columns) + "\n")
+            self._write(pd.DataFrame(columns=self.columns).to_csv(index=False, lineterminator="\n"))
 
     def append(self, frame: pd.DataFrame) -> None:
         """Append rows (columns in this file's order), one write, flushed."""
