@@ -64,12 +64,12 @@ STUDY_ACCURACY = 0.6582
 class Setup:
     """What the sections share: the posters, one split, and the study recipe's overrides."""
 
-    def __init__(self, smoke: bool, workdir: Path) -> None:
+    def __init__(self, smoke: bool, workdir: Path, posters: Path = REAL_POSTERS) -> None:
         self.workdir = workdir
-        self.real = REAL_POSTERS.is_dir() and LITE0.is_file() and not smoke
+        self.real = posters.is_dir() and LITE0.is_file() and not smoke
         if self.real:
-            self.root = REAL_POSTERS
-            self.description = "1,070 real posters; tf_efficientnet_lite0 (ImageNet weights); 256x256; batch 32"
+            self.root = posters
+            self.description = f"real posters ({posters}); tf_efficientnet_lite0 (ImageNet weights); 256x256; batch 32"
             model = ["model.backbone=tf_efficientnet_lite0", f"model.weights={LITE0}"]
             self.batch_size = 32
         else:
@@ -676,6 +676,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per comparison")
     parser.add_argument("--probe-epochs", type=int, default=None)
     parser.add_argument("--checkpoint", default=None, help="predict/stream: this checkpoint (default: trained here)")
+    parser.add_argument(
+        "--posters", type=Path, default=REAL_POSTERS, help="the real posters' folder (one subfolder per genre)"
+    )
     args = parser.parse_args()
     steps = args.steps or (4 if args.smoke else 12)
     warmup = 2
@@ -683,7 +686,7 @@ def main() -> None:
     probe_epochs = args.probe_epochs or (2 if args.smoke else 20)
 
     with tempfile.TemporaryDirectory(prefix="genre-bench-") as workdir:
-        setup = Setup(args.smoke, Path(workdir))
+        setup = Setup(args.smoke, Path(workdir), args.posters)
         print(
             f"# genre-lightning benchmark: {setup.description}; torch threads {torch.get_num_threads()}, "
             f"{os.cpu_count()} CPUs",
