@@ -2,14 +2,18 @@
 
     python bench/performance.py            # real posters + EfficientNet-Lite0 weights if present
     python bench/performance.py --smoke    # tiny: demo posters, a tiny network (the test suite runs this)
+    python bench/performance.py --sections predict stream --checkpoint <probe_cpu run>/checkpoints/<best>.ckpt
 
 Sections (measured in this one process; compared things alternate, and each ratio comes from
 one run):
   micro     fine-tuning in whole batches against micro-batches accumulated into the same steps.
   train     genre-train's training loop against a plain PyTorch loop of the study's recipe
             (same files, transforms, model, optimizer, batch size, workers): train images/s.
-  predict   genre-predict on a folder against a plain eval loop: images/s, and what each
-            step adds (inference_mode, loader workers, channels_last).
+  predict   the limit this CPU sets (decoding alone, each backend's forward pass alone, both
+            sharing the cores) and genre-predict with each backend against a plain eval loop and
+            against that limit; the backends' agreement; int8's agreement and accuracy change.
+            Uses --checkpoint, or trains experiment=probe_cpu on the real posters first.
+  stream    peak memory and images/s of genre-predict on N and 4N files.
   rss       peak resident memory of a genre-train run (a child process, its workers included).
   decoded   the decoded-image cache: data-loading images/s and training epoch time, off/on.
   features  the frozen-feature cache: a linear probe's seconds per epoch and time to reach the
@@ -21,15 +25,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 from lightning.pytorch import Callback, seed_everything
@@ -39,11 +45,14 @@ from torch.utils.data import DataLoader, Dataset
 from genre_lightning.cli.common import compose_config
 from genre_lightning.cli.train import build
 from genre_lightning.data.annotations import prepare_annotations
-from genre_lightning.data.dataset import build_transforms
+from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
 from genre_lightning.data.demo import GENRES, ensure_demo_posters
+from genre_lightning.inference.batch import ImageFiles, predict_to_csv
+from genre_lightning.inference.decode import decoded_batches
+from genre_lightning.inference.onnx_model import cpu_cores
 from genre_lightning.inference.predictor import Predictor
+from genre_lightning.inference.quantize import compare, describe, image_batches, split_posters
 from genre_lightning.models.backbone import resolve_data_config
-from genre_lightning.training.tasks import SingleLabelTask
 from genre_lightning.utils.csvio import read_csv
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -55,12 +64,12 @@ STUDY_ACCURACY = 0.6582
 class Setup:
     """What the sections share: the posters, one split, and the study recipe's overrides."""
 
-    def __init__(self, smoke: bool, workdir: Path) -> None:
+    def __init__(self, smoke: bool, workdir: Path, posters: Path = REAL_POSTERS) -> None:
         self.workdir = workdir
-        self.real = REAL_POSTERS.is_dir() and LITE0.is_file() and not smoke
+        self.real = posters.is_dir() and LITE0.is_file() and not smoke
         if self.real:
-            self.root = REAL_POSTERS
-            self.description = "1,070 real posters; tf_efficientnet_lite0 (ImageNet weights); 256x256; batch 32"
+            self.root = posters
+            self.description = f"real posters ({posters}); tf_efficientnet_lite0 (ImageNet weights); 256x256; batch 32"
             model = ["model.backbone=tf_efficientnet_lite0", f"model.weights={LITE0}"]
             self.batch_size = 32
         else:
@@ -83,6 +92,8 @@ class Setup:
             "print_config=false",
             "logger=csv",
         ]
+
+        self.predict_model: str | None = None  # the predict and stream sections' checkpoint, once trained
 
     def config(self, name: str, *extra: str):
         return compose_config("train", [*self.overrides, *extra], self.workdir / name)
@@ -219,7 +230,7 @@ def section_micro(setup: Setup, steps: int, warmup: int, rounds: int) -> list[tu
 
 
 # ----------------------------------------------------------------------------- predict
-def plain_eval(setup: Setup, paths: list[str], net, transform, batch_size: int = 32) -> float:
+def plain_eval(paths: list[str], net, transform, batch_size: int = 32) -> float:
     """A notebook's eval loop: batches of 32 decoded in the main process, torch.no_grad()."""
     net.eval()
     start = time.perf_counter()
@@ -230,67 +241,201 @@ def plain_eval(setup: Setup, paths: list[str], net, transform, batch_size: int =
     return len(paths) / (time.perf_counter() - start)
 
 
-def section_predict(setup: Setup, rounds: int) -> list[tuple[str, str, str]]:
+def predict_checkpoint(setup: Setup, given: str | None) -> str:
+    """``--checkpoint``, or a model trained now on the setup's split: experiment=probe_cpu with the
+    Lite0 weights on the real posters (about a minute on 2 idle cores), a few steps of the tests'
+    tiny network otherwise. Its run folder has the split (int8 calibration, test accuracy)."""
+    if given or setup.predict_model:
+        return given or setup.predict_model
+    from genre_lightning.cli.train import train
+
+    run = setup.workdir / "predict-model"
+    if setup.real:
+        model = ["experiment=probe_cpu", f"model.weights={LITE0}"]
+    else:
+        model = ["debug=tests", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
+    overrides = [*model, f"data.root={setup.root}", f"data.split_file={setup.split_file}", "artifacts=none"]
+    train(compose_config("train", [*overrides, "logger=csv", "print_config=false"], run))
+    setup.predict_model = json.loads((run / "metrics.json").read_text())["best_ckpt_path"]
+    return setup.predict_model
+
+
+def images_per_second(work, count: int) -> float:
+    start = time.perf_counter()
+    work()
+    return count / (time.perf_counter() - start)
+
+
+def decode_processes(paths: list[str], transform, workers: int) -> float:
+    """Decode + resize in DataLoader worker processes (started, and one pass made, before timing)."""
+    dataset = PosterDataset(paths, [0] * len(paths), transform)
+    loader = DataLoader(dataset, 32, num_workers=workers, collate_fn=collate_posters, persistent_workers=True)
+    for _ in loader:
+        pass
+    return images_per_second(lambda: [None for _ in loader], len(paths))
+
+
+def forward_rate(logits, batch: torch.Tensor, seconds: float) -> float:
+    """Forward passes of one preprocessed batch, repeated for about ``seconds``: images/s."""
+    logits(batch)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        logits(batch)
+        count += len(batch)
+    return count / (time.perf_counter() - start)
+
+
+def genre_predict_rate(predictor: Predictor, folder: Path, csv: Path, **options) -> float:
+    """What genre-predict runs on a folder once its model is loaded (``predict_to_csv``): walk, decode
+    threads, the backend, rows written to the CSV as they come."""
+    start = time.perf_counter()
+    run = predict_to_csv(predictor, ImageFiles(folder), csv, progress=False, **options)
+    return run.written / (time.perf_counter() - start)
+
+
+def section_predict(setup: Setup, rounds: int, checkpoint: str | None) -> list[tuple[str, str, str]]:
+    """The limit this machine sets (decoding alone on every core, each backend's forward pass alone,
+    and the two sharing the cores), and genre-predict with each backend against a plain eval loop
+    and against its limit; the backends' agreement; int8's agreement and accuracy change."""
+    checkpoint = predict_checkpoint(setup, checkpoint)
+    cache = setup.workdir / "onnx-cache"
     paths = setup.files("val") + setup.files("test")
-    net, transform, cfg = plain_net_and_transform(setup)
-    config = resolve_data_config(net, cfg.model.data_config)
-    plain = Predictor(copy.deepcopy(net), SingleLabelTask(GENRES), config, channels_last=False)
-    fast = Predictor(copy.deepcopy(net), SingleLabelTask(GENRES), config, channels_last=True)
-    variants = {
-        "predict: plain eval loop": lambda: plain_eval(setup, paths, net, transform),
-        "predict: inference_mode, 0 workers": lambda: rate(plain, paths, 0, prefetch=False),
-        "predict: inference_mode, 1 loader worker": lambda: rate(plain, paths, 1),
-        "predict: inference_mode, 2 loader workers": lambda: rate(plain, paths, 2),
-        "predict: + channels_last, 0 workers": lambda: rate(fast, paths, 0, prefetch=False),
-        "predict: + channels_last, 1 worker": lambda: rate(fast, paths, 1),
-        "predict: + channels_last, decode thread (genre-predict default)": lambda: rate(fast, paths, 0),
-        "predict: + channels_last + decode thread + frozen trace (freeze=true)": lambda: rate(
-            fast, paths, 0, freeze=True
+    folder = setup.workdir / "predict-images"
+    folder.mkdir(exist_ok=True)
+    for i, path in enumerate(paths):  # genre-predict reads a folder
+        (folder / f"{i:05d}{Path(path).suffix}").write_bytes(Path(path).read_bytes())
+    cores = cpu_cores()
+    reference = Predictor.from_checkpoint(checkpoint, backend="torch", channels_last=False)
+    transform = reference.eval_transform
+    batch = image_batches(paths[:32], transform, 32)[0]
+
+    def loaded(**options) -> Predictor:
+        predictor = Predictor.from_checkpoint(checkpoint, cache_dir=cache, **options)
+        predictor.logits(batch)  # the backend is chosen (exported, quantised) before anything is timed
+        return predictor
+
+    started = time.perf_counter()
+    onnx = loaded(backend="onnxruntime")
+    export_seconds = time.perf_counter() - started
+    predictors = {"torch": loaded(backend="torch"), "onnxruntime": onnx, "int8": loaded(precision="int8")}
+    assert onnx.backend == "onnxruntime", "the ONNX export failed its parity check: see the warning above"
+
+    bf16 = loaded(backend="torch", precision="bf16")
+    one_thread = loaded(backend="onnxruntime", threads=1)
+    csv = setup.workdir / "predictions.csv"
+    seconds = 3.0 if setup.real else 0.5
+    limits = {  # what the CPU allows, measured in every round beside the runs
+        "decode threads": lambda: images_per_second(
+            lambda: [None for _ in decoded_batches(paths, transform, 32, workers=cores)], len(paths)
         ),
-        "predict: + channels_last + decode thread + bf16 (precision=bf16)": lambda: rate(fast, paths, 0, bf16=True),
+        "decode processes": lambda: decode_processes(paths, transform, cores),
+        **{f"forward {name}": partial(forward_rate, p.logits, batch, seconds) for name, p in predictors.items()},
     }
-    results = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, run in variants.items():
-            results[name].append(run())
-    base = statistics.median(results["predict: plain eval loop"])
+    runs = {  # name -> (the backend whose limit it is measured against, the measurement)
+        "plain eval loop (batches of 32, no_grad, decoded in the loop)": (
+            None,
+            lambda: plain_eval(paths, reference.network, transform),
+        ),
+        "genre-predict backend=torch": ("torch", lambda: genre_predict_rate(predictors["torch"], folder, csv)),
+        "genre-predict backend=torch precision=bf16": ("torch", lambda: genre_predict_rate(bf16, folder, csv)),
+        "genre-predict (default: backend=auto -> onnxruntime)": (
+            "onnxruntime",
+            lambda: genre_predict_rate(onnx, folder, csv),
+        ),
+        "genre-predict onnxruntime, 1 thread + 1 decode thread": (
+            "onnxruntime",
+            lambda: genre_predict_rate(one_thread, folder, csv, num_workers=1),
+        ),
+        f"genre-predict onnxruntime, {cores} threads + {cores} decode threads": (
+            "onnxruntime",
+            lambda: genre_predict_rate(onnx, folder, csv, num_workers=cores),
+        ),
+        "genre-predict precision=int8": ("int8", lambda: genre_predict_rate(predictors["int8"], folder, csv)),
+    }
+    measured: dict[str, list[float]] = {name: [] for name in [*limits, *runs]}
+    for _ in range(rounds):  # alternating, so drifts in machine load hit every measurement alike
+        for name, measure in [*limits.items(), *((n, run) for n, (_, run) in runs.items())]:
+            measured[name].append(measure())
+    # Per round: decoding on all cores (the faster way) and the forward pass share the cores.
+    decode = [max(pair) for pair in zip(measured["decode threads"], measured["decode processes"], strict=True)]
+    limit = {
+        name: [1 / (1 / d + 1 / f) for d, f in zip(decode, measured[f"forward {name}"], strict=True)]
+        for name in predictors
+    }
+
+    def rounds_of(values: list[float]) -> str:
+        return f"{statistics.median(values):.1f} img/s (rounds {', '.join(f'{v:.1f}' for v in values)})"
+
+    _, height, width = reference.data_config["input_size"]
+    model = f"{reference.identity['backbone']} at {height}x{width}, flip TTA {reference.tta_hflip}"
     rows = [
-        (name, f"{statistics.median(v):.1f} img/s", f"{statistics.median(v) / base:.2f}x")
-        for name, v in results.items()
+        (f"predict: the model ({model}), {len(paths)} images", Path(checkpoint).name, ""),
+        (f"predict: decode + resize only, {cores} threads", rounds_of(measured["decode threads"]), ""),
+        (f"predict: decode + resize only, {cores} worker processes", rounds_of(measured["decode processes"]), ""),
     ]
-    fp32 = fast.predict_files(paths, progress=False, freeze=False)
-    bf16 = fast.predict_files(paths, progress=False, bf16=True)
-    columns = [f"p_{g}" for g in GENRES]
-    same = (fp32["top1"] == bf16["top1"]).mean()
-    gap = (fp32[columns] - bf16[columns]).abs().to_numpy().max()
-    rows.append(("predict: bf16 against float32: same top-1 / largest prob. difference", f"{same:.1%} / {gap:.3f}", ""))
+    for name in predictors:
+        rows.append((f"predict: forward pass only, batch 32, {name}", rounds_of(measured[f"forward {name}"]), ""))
+    for name, values in limit.items():
+        rows.append((f"predict: limit with {name} (1 / (1/decode + 1/forward))", rounds_of(values), ""))
+    plain = measured[next(iter(runs))]
+    for name, (backend, _) in runs.items():
+        values = measured[name]
+        ratio = statistics.median([v / p for v, p in zip(values, plain, strict=True)])
+        share = ""
+        if backend:
+            share = (
+                f", {statistics.median([v / m for v, m in zip(values, limit[backend], strict=True)]):.0%} of the limit"
+            )
+        rows.append((f"predict: {name}", rounds_of(values), f"{ratio:.2f}x{share}"))
+    rows.append(("predict: onnxruntime export on first use (once per checkpoint)", f"{export_seconds:.1f} s", ""))
+    rows += agreement_rows(predictors, bf16, list(setup.frame["file_path"]), checkpoint)
     return rows
 
 
-def rate(
-    predictor: Predictor,
-    paths: list[str],
-    workers: int,
-    bf16: bool = False,
-    freeze: bool = False,
-    prefetch: bool = True,
-) -> float:
-    start = time.perf_counter()
-    predictor.predict_files(
-        paths, batch_size=32, num_workers=workers, progress=False, bf16=bf16, freeze=freeze, prefetch=prefetch
-    )
-    return len(paths) / (time.perf_counter() - start)
+def agreement_rows(predictors: dict[str, Predictor], bf16: Predictor, paths: list[str], checkpoint: str) -> list:
+    """Each backend's predictions against torch float32 on every poster, and int8's test accuracy."""
+    frames = {name: p.predict_files(paths, progress=False) for name, p in [*predictors.items(), ("bf16", bf16)]}
+    columns = [c for c in frames["torch"].columns if c.startswith("p_") and c != "p_top1"]
+    rows = []
+    for name in ("onnxruntime", "int8", "bf16"):
+        same = (frames[name]["top1"] == frames["torch"]["top1"]).mean()
+        gap = (frames[name][columns] - frames["torch"][columns]).abs().to_numpy().max()
+        rows.append(
+            (
+                f"predict: {name} against torch float32 on {len(paths)} posters: same top-1 / largest prob. difference",
+                f"{same:.1%} / {gap:.2e}",
+                "",
+            )
+        )
+    test, labels = split_posters(checkpoint, predictors["torch"].classes, "test", "test accuracy")
+    label_of = dict(zip(test, labels, strict=True))
+    logits = {name: [] for name in ("onnxruntime", "int8")}
+    readable = []
+    for decoded in decoded_batches(test, predictors["torch"].eval_transform, 32, workers=0):
+        readable += [label_of[decoded.paths[i]] for i in decoded.index.tolist()]
+        for name in logits:
+            logits[name].append(predictors[name].logits(decoded.images).numpy())
+    comparison = compare(*(np.concatenate(logits[n]) for n in logits), readable, predictors["torch"].classes)
+    rows.append(("predict: int8", describe(comparison), ""))
+    return rows
 
 
 # ----------------------------------------------------------------------------- rss
-def peak_rss(command: list[str]) -> tuple[int, float, float]:
+def peak_rss(command: list[str], env: dict[str, str] | None = None) -> tuple[int, float, float]:
     """Run ``command``; (exit status, peak MiB of the whole process tree as PSS, peak RSS MiB of its
     largest process). PSS splits pages shared between the process and its forked DataLoader workers
-    instead of counting them in each; the tree is sampled from /proc every 0.1 s."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tree_peak = 0
+    instead of counting them in each; the tree is sampled from /proc every 0.1 s. The peak RSS is each
+    process's own high-water mark (``VmHWM``), sampled likewise: ``ru_maxrss`` would also count this
+    process's own memory, which Linux books to a child that execs right after ``vfork``."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    tree_peak, largest = 0, 0
 
-    def tree_pss() -> int:
+    def status_kib(pid: int, field: str) -> int:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            return int(Path(f"/proc/{pid}/status").read_text().split(f"{field}:")[1].split()[0])
+        return 0
+
+    def sample() -> tuple[int, int]:
         pids = [process.pid]
         with contextlib.suppress(OSError):
             pids += [int(c) for c in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
@@ -298,13 +443,14 @@ def peak_rss(command: list[str]) -> tuple[int, float, float]:
         for pid in pids:
             with contextlib.suppress(OSError, IndexError, ValueError):
                 total += int(Path(f"/proc/{pid}/smaps_rollup").read_text().split("Pss:")[1].split()[0])
-        return total
+        return total, max(status_kib(pid, "VmHWM") for pid in pids)
 
     while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:  # ru_maxrss: the largest of the process and its waited-for children (workers)
-            return os.waitstatus_to_exitcode(status), tree_peak / 1024, usage.ru_maxrss / 1024
-        tree_peak = max(tree_peak, tree_pss())
+        pid, status, _ = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            return os.waitstatus_to_exitcode(status), tree_peak / 1024, largest / 1024
+        pss, hwm = sample()
+        tree_peak, largest = max(tree_peak, pss), max(largest, hwm)
         time.sleep(0.1)
 
 
@@ -363,6 +509,46 @@ def section_rss(setup: Setup, steps: int) -> list[tuple[str, str, str]]:
     ):
         status, tree, largest = peak_rss(command)
         rows.append((f"rss: {name} peak", f"{largest:.0f} MiB" if status == 0 else "failed", ""))
+    return rows
+
+
+# ----------------------------------------------------------------------------- stream
+def section_stream(setup: Setup, checkpoint: str | None) -> list[tuple[str, str, str]]:
+    """genre-predict (the console script, default settings) on a folder of N and of 4N posters
+    (copies of the data set's): its peak memory stays the same, since rows go to the CSV as they
+    come and the folder is read lazily; and images/s, start-up included."""
+    checkpoint = predict_checkpoint(setup, checkpoint)
+    sources = list(setup.frame["file_path"])
+    scripts = Path(sys.executable).parent
+    env = {**os.environ, "GENRE_LIGHTNING_CACHE": str(setup.workdir / "stream-cache")}
+    rows = []
+    for copies in (1, 4):
+        folder = setup.workdir / f"stream-{copies}"
+        for copy in range(copies):
+            (folder / str(copy)).mkdir(parents=True, exist_ok=True)
+            for i, path in enumerate(sources):
+                os.symlink(path, folder / str(copy) / f"{i:05d}{Path(path).suffix}")  # the same bytes, no copy
+        command = [
+            str(scripts / "genre-predict"),
+            f"ckpt_path={checkpoint}",
+            f"input={folder}",
+            f"output_csv={folder}.csv",
+            f"hydra.run.dir={folder}-run",
+        ]
+        if copies == 1:  # the export on first use is not what this section measures
+            subprocess.run(command, env=env, check=True, capture_output=True)
+        started = time.perf_counter()
+        status, _, largest = peak_rss(command, env=env)
+        seconds = time.perf_counter() - started
+        count = copies * len(sources)
+        written = len(read_csv(f"{folder}.csv")) if status == 0 else 0
+        rows.append(
+            (
+                f"stream: genre-predict on {count} files: peak RSS / images/s (start-up included)",
+                f"{largest:.0f} MiB / {written / seconds:.1f} img/s" if written == count else f"failed ({status})",
+                "",
+            )
+        )
     return rows
 
 
@@ -479,7 +665,7 @@ def section_workers(setup: Setup, steps: int, warmup: int) -> list[tuple[str, st
     return rows
 
 
-SECTIONS = ("train", "micro", "predict", "rss", "decoded", "features", "workers")
+SECTIONS = ("train", "micro", "predict", "stream", "rss", "decoded", "features", "workers")
 
 
 def main() -> None:
@@ -489,6 +675,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps per measurement")
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per comparison")
     parser.add_argument("--probe-epochs", type=int, default=None)
+    parser.add_argument("--checkpoint", default=None, help="predict/stream: this checkpoint (default: trained here)")
+    parser.add_argument(
+        "--posters", type=Path, default=REAL_POSTERS, help="the real posters' folder (one subfolder per genre)"
+    )
     args = parser.parse_args()
     steps = args.steps or (4 if args.smoke else 12)
     warmup = 2
@@ -496,7 +686,7 @@ def main() -> None:
     probe_epochs = args.probe_epochs or (2 if args.smoke else 20)
 
     with tempfile.TemporaryDirectory(prefix="genre-bench-") as workdir:
-        setup = Setup(args.smoke, Path(workdir))
+        setup = Setup(args.smoke, Path(workdir), args.posters)
         print(
             f"# genre-lightning benchmark: {setup.description}; torch threads {torch.get_num_threads()}, "
             f"{os.cpu_count()} CPUs",
@@ -505,7 +695,8 @@ def main() -> None:
         sections = {
             "train": lambda: section_train(setup, steps, warmup, rounds),
             "micro": lambda: section_micro(setup, steps, warmup, rounds),
-            "predict": lambda: section_predict(setup, rounds),
+            "predict": lambda: section_predict(setup, rounds, args.checkpoint),
+            "stream": lambda: section_stream(setup, args.checkpoint),
             "rss": lambda: section_rss(setup, steps),
             "decoded": lambda: section_decoded(setup, steps, warmup),
             "features": lambda: section_features(setup, probe_epochs),

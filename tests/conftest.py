@@ -72,6 +72,15 @@ def _shared_folders_stay_as_made(request: pytest.FixtureRequest) -> Iterator[Non
             assert_unchanged(request.getfixturevalue(name))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ONNX exports made on first use (backend=auto) go to a folder of this session, not to ~/.cache;
+    the commands the tests start inherit it."""
+    folder = tmp_path_factory.mktemp("genre-lightning-cache")
+    os.environ["GENRE_LIGHTNING_CACHE"] = str(folder)
+    return folder / "onnx"
+
+
 @pytest.fixture(scope="session")
 def poster_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic posters, 30 per genre, 48x72 JPEGs in genre folders (made once for all workers)."""

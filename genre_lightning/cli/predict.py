@@ -1,7 +1,9 @@
-"""genre-predict: top-k genres for one poster, or a CSV of probabilities for a folder."""
+"""genre-predict: top-k genres for one poster, or a CSV of probabilities for a folder (streamed:
+rows are written as they come, and ``resume=true`` continues a stopped run)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -10,60 +12,71 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from genre_lightning.cli.common import CONFIG_PATH
-from genre_lightning.data.scan import IMAGE_EXTENSIONS, walk_files
-from genre_lightning.inference.batch import list_inputs, resolve_device
+from genre_lightning.inference.batch import CsvRun, ImageFiles, predict_to_csv, resolve_device
 from genre_lightning.inference.explain import METHODS
 from genre_lightning.inference.prediction_table import format_top_k
 from genre_lightning.inference.predictor import Predictor
-from genre_lightning.utils.csvio import write_csv
+from genre_lightning.utils.csvio import read_csv
 from genre_lightning.utils.errors import ConfigError, UserFacingError, exit_on_user_error
 
 
 @exit_on_user_error
-def predict(cfg: DictConfig) -> pd.DataFrame:
-    if str(cfg.precision) not in ("32", "bf16"):
-        raise ConfigError("precision", cfg.precision, "32 or bf16")
+def predict(cfg: DictConfig) -> pd.DataFrame | CsvRun:
+    """One file: print its top-k and return its row. A folder: write the CSV and return what was written."""
     if cfg.get("explain"):  # before any work: a bad choice is a one-line error, not a failure at the end
         if cfg.explain_genres not in ("top", "all"):
             raise ConfigError("explain_genres", cfg.explain_genres, "top or all")
         if cfg.explain_method not in METHODS:
             raise ConfigError("explain_method", cfg.explain_method, f"one of {list(METHODS)}")
-    paths = list_inputs(cfg.input)
-    if not paths:
+    files = ImageFiles(cfg.input)
+    paths = iter(files)
+    first = next(paths, None)  # the folder is walked once, lazily: only its first image is needed here
+    if first is None:
         raise ConfigError("input", cfg.input, "a folder that contains image files")
-    predictor = Predictor.from_checkpoint(
-        cfg.ckpt_path, resolve_device(cfg.device), threshold=cfg.get("threshold"), channels_last=cfg.channels_last
-    )
     single = Path(cfg.input).is_file()
-    frame = predictor.predict_files(
-        paths,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        progress=not single,
-        bf16=cfg.precision == "bf16",
+    if cfg.resume and not cfg.output_csv and not single:
+        raise ConfigError("output_csv", None, "the CSV of the run to continue when resume=true")
+    predictor = Predictor.from_checkpoint(
+        cfg.ckpt_path,
+        resolve_device(cfg.device),
+        threshold=cfg.get("threshold"),
+        channels_last=cfg.channels_last,
+        backend=cfg.backend,
+        precision=str(cfg.precision),
+        threads=cfg.threads,
+        cache_dir=cfg.cache_dir,
         freeze=cfg.freeze,
-        prefetch=cfg.prefetch,
     )
     if single:
-        if frame.iloc[0]["error"]:
-            raise UserFacingError(f"cannot predict {cfg.input}: {frame.iloc[0]['error']}")
-        print(format_top_k(frame.iloc[0], predictor.classes, cfg.top_k))
+        row = predictor.predict_files([first], progress=False, num_workers=0).iloc[0]
+        if row["error"]:
+            raise UserFacingError(f"cannot predict {cfg.input}: {row['error']}")
+        print(format_top_k(row, predictor.classes, cfg.top_k))
+        frame = row.to_frame().T
         if cfg.get("explain"):
             write_explanations(predictor, frame, Path(cfg.input).parent, Path(cfg.paths.output_dir), cfg)
         return frame
     output_csv = Path(cfg.output_csv or Path(cfg.paths.output_dir) / "predictions.csv")
-    output_csv.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(frame, output_csv)
-    if cfg.get("explain"):
-        write_explanations(predictor, frame, Path(cfg.input), output_csv.parent, cfg)
-    failed = int((frame["error"] != "").sum())
-    others = sum(1 for p in walk_files(cfg.input) if p.suffix.lower() not in IMAGE_EXTENSIONS)
-    print(
-        f"Wrote {len(frame)} predictions to {output_csv}"
-        + (f" ({failed} unreadable, see 'error')" if failed else "")
-        + (f"; {others} files without an image extension were not read" if others else "")
+    run = predict_to_csv(
+        predictor,
+        itertools.chain([first], paths),
+        output_csv,
+        resume=cfg.resume,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        prefetch=cfg.prefetch,
     )
-    return frame
+    print(
+        f"Wrote {run.written} predictions to {output_csv}"
+        + (f" ({run.failed} unreadable, see 'error')" if run.failed else "")
+        + (f"; {run.resumed} files already in it were skipped (resume=true)" if run.resumed else "")
+        + (f"; {files.others} files without an image extension were not read" if files.others else "")
+        + f" [backend {predictor.backend}, precision {predictor.precision}]"
+    )
+    if cfg.get("explain"):  # read back from the CSV: the rows were streamed, not kept
+        written = read_csv(output_csv)
+        write_explanations(predictor, written, Path(cfg.input), output_csv.parent, cfg)
+    return run
 
 
 def write_explanations(

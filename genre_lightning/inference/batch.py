@@ -1,25 +1,27 @@
-"""Batch prediction: many image files through a ``Predictor``, decoded in a background thread.
+"""Batch prediction: many image files through a ``Predictor``, streamed.
 
-What genre-predict runs on a folder, and what ``Predictor.predict`` runs on file paths: a loader of
-the files through the model's evaluation transform, one thread decoding the next batch while the
-network runs on this one, and a table with one row per file (``prediction_table.probability_frame``).
+What genre-predict runs on a folder, and what ``Predictor.predict`` runs on file paths: the files
+are read lazily (a folder is walked once, by ``ImageFiles``), decoded by a pool of threads a few
+batches ahead of the model (``decode.py``), and each batch becomes rows of the prediction table
+(``prediction_table.probability_frame``) as soon as the model has run on it. ``predict_to_csv``
+appends those rows to ``predictions.csv`` as they come and can resume a stopped run
+(``prediction_csv.py``), so memory stays bounded whatever the number of files.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
-from genre_lightning.data.dataset import PosterDataset, collate_posters
 from genre_lightning.data.scan import IMAGE_EXTENSIONS, walk_files
+from genre_lightning.inference.decode import decoded_batches
+from genre_lightning.inference.prediction_csv import PredictionCsv
 from genre_lightning.inference.prediction_table import probability_frame
 from genre_lightning.training.tasks import GenreTask
 from genre_lightning.utils.errors import ConfigError
@@ -27,34 +29,48 @@ from genre_lightning.utils.progress import Progress
 
 log = logging.getLogger(__name__)
 
-Batch = TypeVar("Batch")
-
 
 class Predictor(Protocol):
     """What batch prediction needs of a model (``inference.predictor.Predictor`` has it)."""
 
     classes: list[str]
     task: GenreTask
-    network: torch.nn.Module
-    channels_last: bool
-    device: torch.device
     eval_transform: Callable
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor: ...
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def decode_workers(self) -> int: ...
 
 
-def list_inputs(path: str | Path, key: str = "input") -> list[str]:
-    """One image file, or every image file under a folder (sorted, sub-folders included)."""
-    path = Path(path)
-    if path.is_file():
-        return [str(path)]
-    if path.is_dir():
+class ImageFiles:
+    """The image files under a folder (sorted, sub-folders included), or one image file, listed
+    lazily as they are read: a folder is walked once, and ``others`` counts the files passed over
+    because their extension is not an image's."""
+
+    def __init__(self, path: str | Path, key: str = "input") -> None:
+        self.path = Path(path)
+        if not (self.path.is_file() or self.path.is_dir()):
+            raise ConfigError(key, str(path), "an existing image file or folder of images")
+        self.others = 0
+
+    def __iter__(self) -> Iterator[str]:
+        if self.path.is_file():
+            yield str(self.path)
+            return
 
         def unreadable_folder(error: OSError) -> None:  # os.walk would skip it without a word
             log.warning("Cannot read folder %s (%s): its images are not predicted", error.filename, error.strerror)
 
-        return [str(p) for p in walk_files(path, on_error=unreadable_folder) if p.suffix.lower() in IMAGE_EXTENSIONS]
-    raise ConfigError(key, str(path), "an existing image file or folder of images")
+        for file in walk_files(self.path, on_error=unreadable_folder):
+            if file.suffix.lower() in IMAGE_EXTENSIONS:
+                yield str(file)
+            else:
+                self.others += 1
+
+
+def list_inputs(path: str | Path, key: str = "input") -> list[str]:
+    """One image file, or every image file under a folder (sorted, sub-folders included)."""
+    return list(ImageFiles(path, key))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -63,80 +79,100 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prefetched(batches: Iterable[Batch]) -> Iterator[Batch]:
-    """Yield ``batches`` while one background thread prepares the next: JPEG decoding and resizing
-    release the GIL, so decoding batch i + 1 overlaps the model's work on batch i, without the
-    process start-up and tensor copies of DataLoader workers (docs/PERFORMANCE.md)."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-        iterator = iter(batches)
-        pending = pool.submit(next, iterator, None)
-        while (batch := pending.result()) is not None:
-            pending = pool.submit(next, iterator, None)
-            yield batch
+def predicted_batches(
+    predictor: Predictor,
+    paths: Iterable[str],
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    prefetch: bool = True,
+) -> Iterator[pd.DataFrame]:
+    """The prediction table of ``paths``, one batch at a time, in input order: ``file_path, top1,
+    p_top1, p_<class>..., error`` (a multi-label model's also ``predicted``: its decided genres,
+    joined by ``|``). A file that cannot be decoded gets an ``error`` and empty probabilities; it
+    never stops the run.
+
+    ``num_workers``: decode threads (None: the cores the model leaves free, at least one);
+    ``prefetch=False`` (or ``num_workers=0``) decodes each batch in this thread before the model runs it.
+    """
+    workers = predictor.decode_workers() if num_workers is None else num_workers
+    classes = predictor.classes
+    for batch in decoded_batches(paths, predictor.eval_transform, batch_size, workers if prefetch else 0):
+        probabilities = torch.full((len(batch.paths), len(classes)), float("nan"))
+        errors = [""] * len(batch.paths)
+        for position, reason in batch.failed:
+            errors[position] = reason
+        if batch.index.numel():
+            probabilities[batch.index] = predictor.probabilities(batch.images).float().cpu()
+        decisions = None
+        if predictor.task.multilabel:
+            decisions = predictor.task.decisions(probabilities.nan_to_num(0)).cpu()
+        yield probability_frame(batch.paths, probabilities, classes, errors, decisions)
+
+
+def table_columns(predictor: Predictor) -> list[str]:
+    """The prediction table's columns for this model (those of an empty table)."""
+    empty = torch.empty(0, len(predictor.classes))
+    decisions = torch.empty(0, len(predictor.classes), dtype=torch.bool) if predictor.task.multilabel else None
+    return list(probability_frame([], empty, predictor.classes, [], decisions).columns)
 
 
 def predict_files(
     predictor: Predictor,
     paths: list[str],
     batch_size: int = 32,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     progress: bool = True,
-    bf16: bool = False,
-    freeze: bool = False,
     prefetch: bool = True,
 ) -> pd.DataFrame:
-    """Probabilities for each file: ``file_path, top1, p_top1, p_<class>..., error`` (a multi-label
-    model's also ``predicted``: its decided genres, joined by ``|``).
-
-    A file that cannot be decoded gets an ``error`` and empty probabilities; it never stops the run.
-    ``freeze`` (a frozen TorchScript trace: BatchNorm folded into the convolutions), ``bf16``
-    (autocast) and ``prefetch`` (decode the next batch in a thread while the model runs; with
-    ``num_workers`` > 0 the loader's workers do that instead) are the speed settings measured in
-    docs/PERFORMANCE.md.
-    """
-    device = predictor.device
-    dataset = PosterDataset(paths, [0] * len(paths), predictor.eval_transform)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_posters)
-    probabilities = torch.full((len(paths), len(predictor.classes)), float("nan"))
-    errors = [""] * len(paths)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    logits: Callable[[torch.Tensor], torch.Tensor] | None = None
-    with (
-        torch.inference_mode(),
-        autocast,
-        Progress(len(paths) if progress else 0, "predict", "images") as bar,
-    ):
-        for batch in prefetched(loader) if prefetch and num_workers == 0 else loader:
-            for index, reason in batch["failed"]:
-                errors[index] = reason
-            if batch["index"].numel():
-                images = batch["image"].to(device)
-                if logits is None:
-                    logits = frozen_logits(predictor, images) if freeze and not bf16 else predictor.logits
-                probabilities[batch["index"]] = predictor.task.probabilities(logits(images).float()).cpu()
-            bar.advance(batch["index"].numel() + len(batch["failed"]))
-    decisions = None
-    if predictor.task.multilabel:
-        decisions = predictor.task.decisions(probabilities.nan_to_num(0).to(device)).cpu()
-    return probability_frame(paths, probabilities, predictor.classes, errors, decisions)
+    """The prediction table of ``paths`` (see ``predicted_batches``), held in memory: for a list of
+    files. A folder of any size goes to a CSV through ``predict_to_csv`` instead."""
+    frames = []
+    with Progress(len(paths) if progress else 0, "predict", "images") as bar:
+        for frame in predicted_batches(predictor, paths, batch_size, num_workers, prefetch):
+            frames.append(frame)
+            bar.advance(len(frame))
+    if not frames:
+        return pd.DataFrame(columns=table_columns(predictor))
+    return pd.concat(frames, ignore_index=True)
 
 
-def frozen_logits(predictor: Predictor, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A frozen TorchScript trace of the predictor's network: BatchNorm folded into the convolutions
-    (docs/PERFORMANCE.md). Falls back to the network itself if tracing fails or changes the logits."""
-    memory_format = torch.channels_last if predictor.channels_last else torch.contiguous_format
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation notices
-            traced = torch.jit.trace(predictor.network, example[:2].contiguous(memory_format=memory_format))
-            frozen = torch.jit.freeze(traced)
+@dataclass
+class CsvRun:
+    """What ``predict_to_csv`` did: rows written by this run, how many of them are unreadable
+    files, and how many files were skipped because the CSV already had them (``resume``)."""
 
-            def forward(images: torch.Tensor) -> torch.Tensor:
-                return frozen(images.contiguous(memory_format=memory_format))
+    written: int = 0
+    failed: int = 0
+    resumed: int = 0
 
-            if (forward(example) - predictor.logits(example)).abs().max().item() <= 1e-4:
-                return forward
-        log.warning("The frozen trace changed the logits; predicting with the model as it is")
-    except Exception as err:  # a model TorchScript cannot trace: eager is always correct
-        log.warning("Could not freeze the model for inference (%s); predicting with the model as it is", err)
-    return predictor.logits
+
+def predict_to_csv(
+    predictor: Predictor,
+    paths: Iterable[str],
+    output_csv: str | Path,
+    resume: bool = False,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    prefetch: bool = True,
+    progress: bool = True,
+) -> CsvRun:
+    """Predict ``paths`` (read lazily) into ``output_csv``, appending each batch's rows as it comes.
+    ``resume``: keep the rows already in the file and skip their files (each file once in the end)."""
+    run = CsvRun()
+    with PredictionCsv(output_csv, table_columns(predictor), resume) as table:
+        done = table.done
+
+        def not_done(items: Iterable[str]) -> Iterator[str]:
+            for path in items:
+                if path in done:
+                    run.resumed += 1
+                else:
+                    yield path
+
+        with Progress(None if progress else 0, "predict", "images") as bar:
+            for frame in predicted_batches(predictor, not_done(paths), batch_size, num_workers, prefetch):
+                table.append(frame)
+                run.written += len(frame)
+                run.failed += int((frame["error"] != "").sum())
+                bar.advance(len(frame))
+    return run

@@ -4,16 +4,19 @@ Beside the artifact goes ``<artifact>.json`` (the sidecar): the class names in o
 task and its decision thresholds or temperature, and the preprocessing (input size, interpolation, mean, std,
 crop, and the exact torchvision pipeline). The export is checked on real posters: the largest
 absolute logit difference against the model is measured, as a batch and as one image.
+
+``precision="int8"`` (ONNX) also writes ``<name>.int8.onnx``, onnxruntime's static quantisation
+calibrated on training posters of the checkpoint's split, with its top-1 agreement and accuracy
+against float32 on the test posters in its sidecar (``quantize.py``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +25,26 @@ import torch
 import torch.nn as nn
 
 from genre_lightning.data.annotations import read_split_file
-from genre_lightning.data.dataset import PosterDataset, collate_posters
 from genre_lightning.data.split_choice import evaluation_split
 from genre_lightning.inference.batch import list_inputs
+from genre_lightning.inference.decode import decoded_batches
+from genre_lightning.inference.onnx_model import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    export_onnx,
+    max_logit_difference,
+    onnx_logits,
+    onnx_session,
+    run_session,
+)
 from genre_lightning.inference.predictor import Predictor
-from genre_lightning.utils.errors import ConfigError, UserFacingError
+from genre_lightning.inference.quantize import calibration_paths, compare, image_batches, quantize_int8, split_posters
+from genre_lightning.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
+PRECISIONS = ("32", "int8")
 
 
 def parity_batch(predictor: Predictor, ckpt_path: str | Path, parity_input: str | None, count: int) -> torch.Tensor:
@@ -48,40 +61,10 @@ def parity_batch(predictor: Predictor, ckpt_path: str | Path, parity_input: str 
             ) from None
         paths = list(split.loc[split["split"] == "test", "file_path"]) or list(split["file_path"])
     candidates = paths[: count * 2]  # spares in case some files cannot be read
-    dataset = PosterDataset(candidates, [0] * len(candidates), predictor.eval_transform)
-    batch = collate_posters([dataset[i] for i in range(len(dataset))])
-    if not batch["index"].numel():
+    batches = image_batches(candidates, predictor.eval_transform, batch_size=len(candidates))
+    if not batches:
         raise ConfigError("parity_input", parity_input, "a file or folder with at least one readable image")
-    return batch["image"][:count]
-
-
-def export_onnx(network: nn.Module, path: Path, example: torch.Tensor) -> None:
-    if importlib.util.find_spec("onnxscript") is None or importlib.util.find_spec("onnx") is None:
-        raise UserFacingError("format=onnx needs onnx and onnxscript: pip install 'genre-lightning[export]'")
-    for name in ("onnxscript", "onnx_ir"):  # their optimiser logs every pass at INFO
-        logging.getLogger(name).setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.onnx.export(
-            network,
-            (example,),
-            str(path),
-            dynamo=True,  # torch.export-based exporter (the default since torch 2.9)
-            external_data=False,  # one self-contained file
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            verbose=False,
-        )
-
-
-def onnx_logits(path: Path, images: torch.Tensor) -> np.ndarray:
-    if importlib.util.find_spec("onnxruntime") is None:
-        raise UserFacingError("the ONNX parity check needs onnxruntime: pip install 'genre-lightning[export]'")
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+    return batches[0][:count]
 
 
 def export_torchscript(network: nn.Module, path: Path, example: torch.Tensor) -> None:
@@ -115,6 +98,10 @@ class Export:
     sidecar: dict[str, Any]
     max_abs_logit_diff: float
     passed: bool
+    # precision="int8": the quantised artifact, its sidecar, and quantize.compare's figures.
+    int8_artifact: Path | None = None
+    int8_sidecar_path: Path | None = None
+    int8: dict[str, Any] = field(default_factory=dict)
 
 
 def export_checkpoint(
@@ -124,27 +111,58 @@ def export_checkpoint(
     parity_input: str | None = None,
     parity_images: int = 16,
     tolerance: float = 1e-4,
+    precision: str = "32",
 ) -> Export:
-    """Write ``output`` (the artifact) and its sidecar, and measure the parity on real posters."""
+    """Write ``output`` (the artifact) and its sidecar, and measure the parity on real posters;
+    with ``precision="int8"`` (ONNX) also the quantised artifact, measured on the test posters."""
     if fmt not in EXPORTERS:
         raise ConfigError("format", fmt, f"one of {sorted(EXPORTERS)}")
-    predictor = Predictor.from_checkpoint(ckpt_path, channels_last=False)
+    if str(precision) not in PRECISIONS or (str(precision) == "int8" and fmt != "onnx"):
+        raise ConfigError("precision", precision, "32, or int8 with format=onnx")
+    predictor = Predictor.from_checkpoint(ckpt_path, channels_last=False, backend="torch")
+    calibration = calibration_paths(ckpt_path, predictor.classes) if str(precision) == "int8" else []
     images = parity_batch(predictor, ckpt_path, parity_input, parity_images)
     output.parent.mkdir(parents=True, exist_ok=True)
     save, run = EXPORTERS[fmt]
     save(predictor.network, output, images)
-    reference = predictor.logits(images).numpy()
-    # The whole batch, and one image alone: the batch axis is dynamic and a server often sends one.
-    difference = max(
-        float(np.abs(run(output, images) - reference).max()),
-        float(np.abs(run(output, images[:1]) - reference[:1]).max()),
-    )
+    difference = max_logit_difference(run, output, images, predictor.logits(images).numpy())
     passed = difference < tolerance
     parity = {"images": len(images), "max_abs_logit_diff": difference, "tolerance": tolerance, "passed": passed}
     result = sidecar(predictor, fmt, output, ckpt_path, parity)
     sidecar_path = output.with_name(output.name + ".json")
     sidecar_path.write_text(json.dumps(result, indent=2))
-    return Export(output, sidecar_path, result, difference, passed)
+    done = Export(output, sidecar_path, result, difference, passed)
+    if calibration and passed:
+        export_int8(done, predictor, ckpt_path, calibration)
+    return done
+
+
+def export_int8(done: Export, predictor: Predictor, ckpt_path: str | Path, calibration: list[str]) -> None:
+    """Quantise ``done``'s ONNX artifact to int8 beside it and measure it against float32 on the test posters."""
+    artifact = done.artifact.with_name(done.artifact.stem + ".int8.onnx")
+    quantize_int8(done.artifact, artifact, image_batches(calibration, predictor.eval_transform))
+    done.int8 = int8_against_float(done.artifact, artifact, predictor, ckpt_path)
+    done.int8["calibration_images"] = len(calibration)
+    result = {**done.sidecar, "artifact": artifact.name, "precision": "int8", "int8": done.int8}
+    result["input"] = {**result["input"], "note": "float32 in; the graph quantises it (QDQ)"}
+    done.int8_artifact, done.int8_sidecar_path = artifact, artifact.with_name(artifact.name + ".json")
+    done.int8_sidecar_path.write_text(json.dumps(result, indent=2))
+
+
+def int8_against_float(float_model: Path, int8_model: Path, predictor: Predictor, ckpt_path: str | Path) -> dict:
+    """``quantize.compare`` of the two models on the test posters of the checkpoint's split."""
+    paths, labels = split_posters(ckpt_path, predictor.classes, "test", "int8 is measured on its test posters")
+    label_of = dict(zip(paths, labels, strict=True))
+    sessions = onnx_session(float_model), onnx_session(int8_model)
+    logits: tuple[list, list] = ([], [])
+    readable: list[str] = []
+    for batch in decoded_batches(paths, predictor.eval_transform, batch_size=32, workers=0):
+        if not batch.index.numel():
+            continue
+        readable += [label_of[batch.paths[i]] for i in batch.index.tolist()]
+        for session, out in zip(sessions, logits, strict=True):
+            out.append(run_session(session, batch.images))
+    return compare(np.concatenate(logits[0]), np.concatenate(logits[1]), readable, predictor.classes)
 
 
 def sidecar(predictor: Predictor, fmt: str, artifact: Path, ckpt_path: str | Path, parity: dict[str, Any]) -> dict:

@@ -5,12 +5,17 @@ genre-ensemble ``.ckpt``) without Lightning, Hydra or rich, and ``predict`` take
 these forms, in one call or many:
 
 * file paths (decoded exactly as in training: EXIF orientation, transparency flattened on white,
-  16-bit and CMYK converted), batched with decoding in a background thread;
+  16-bit and CMYK converted), batched, decoded by threads while the model runs (``batch.py``);
 * PIL images, and ``uint8`` tensors of raw RGB pixels ``(3, H, W)`` / ``(N, 3, H, W)``, which go
   through the checkpoint's own evaluation transform (:attr:`Predictor.eval_transform`);
 * a floating-point tensor batch that is already preprocessed (what ``eval_transform`` returns).
 
 A file that cannot be decoded gives a :class:`GenrePrediction` with ``error`` set instead of raising.
+
+The network runs on a backend (``backends.py``): ``backend="auto"`` (the default of
+``from_checkpoint``) runs the checkpoint's ONNX export in onnxruntime on a CPU when onnxruntime is
+installed and the export reproduces the network's logits, and PyTorch otherwise; the task object
+turns logits into probabilities and decisions in Python on every backend.
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ from PIL import Image
 
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.data.imageio import to_rgb
+from genre_lightning.inference.backends import Backend, BackendChoice, LazyBackend, TorchBackend, choose_backend
 from genre_lightning.inference.batch import predict_files
+from genre_lightning.inference.decode import decode_workers
+from genre_lightning.inference.onnx_model import cpu_cores
 from genre_lightning.models.flip import with_flip_tta
 from genre_lightning.models.network import build_network
 from genre_lightning.training.checkpoint_io import file_digest, read_checkpoint, upgrade_state_dict
@@ -71,6 +79,8 @@ class Predictor:
         tta_hflip: average each image's logits with its mirror image's.
         channels_last: run the network in channels-last memory (faster convolutions on CPUs).
         identity: what the checkpoint is (path, content digest, backbone): reported with predictions.
+        backend: where the network runs (``backends.BackendChoice``; default: ``auto``, which is
+            PyTorch unless ``identity`` names a checkpoint file by its content hash).
     """
 
     def __init__(
@@ -81,6 +91,7 @@ class Predictor:
         tta_hflip: bool = False,
         channels_last: bool = True,
         identity: dict[str, Any] | None = None,
+        backend: BackendChoice | None = None,
     ) -> None:
         self.task = task
         self.data_config = dict(data_config)
@@ -90,6 +101,10 @@ class Predictor:
             net = net.to(memory_format=torch.channels_last)
         self.network = with_flip_tta(net, tta_hflip).eval()
         self.identity = dict(identity or {})
+        self.backend_choice = backend or BackendChoice()
+        self.backend_choice.check(self.device)
+        self.calibration_paths: list[str] = []  # precision=int8: training posters to calibrate on
+        self._logits = LazyBackend(self._choose_backend)
 
     @classmethod
     def from_checkpoint(
@@ -99,9 +114,21 @@ class Predictor:
         threshold: float | None = None,
         channels_last: bool = True,
         tta_hflip: bool | None = None,
+        backend: str = "auto",
+        precision: str = "32",
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
+        freeze: bool = False,
     ) -> Predictor:
         """The model in ``path``, on ``device``. ``threshold``: a multi-label model's one decision
-        threshold for every genre instead of its tuned ones; ``tta_hflip``: None keeps the checkpoint's."""
+        threshold for every genre instead of its tuned ones; ``tta_hflip``: None keeps the checkpoint's.
+
+        ``backend``: ``auto``, ``torch`` or ``onnxruntime``; ``precision``: ``32``, ``bf16`` (PyTorch)
+        or ``int8`` (onnxruntime); ``threads``: onnxruntime's threads (None: one per core);
+        ``cache_dir``: where ONNX exports are kept (``onnx_cache.cache_folder``); ``freeze``: PyTorch's
+        frozen trace. See ``backends.py``."""
+        choice = BackendChoice(backend, str(precision), freeze, threads, cache_dir)
+        choice.check(torch.device(device))
         checkpoint = read_checkpoint(path)
         hp = checkpoint["hyper_parameters"]
         classes = list(hp["classes"])
@@ -131,7 +158,11 @@ class Predictor:
             "task": hp.get("task", "single"),
         }
         flip = bool(hp.get("tta_hflip")) if tta_hflip is None else tta_hflip
-        predictor = cls(net, task, data_config, flip, channels_last, identity)
+        predictor = cls(net, task, data_config, flip, channels_last, identity, choice)
+        if choice.precision == "int8":  # its calibration posters must exist: said now, not at the first batch
+            from genre_lightning.inference.quantize import calibration_paths
+
+            predictor.calibration_paths = calibration_paths(path, classes)
         predictor.set_threshold(threshold)
         return predictor.to(device)
 
@@ -145,6 +176,7 @@ class Predictor:
             bool(module.hparams.tta_hflip),
             channels_last=bool(module.hparams.channels_last),
             identity={"backbone": module.hparams.backbone, "classes": list(module.classes)},
+            backend=BackendChoice("torch"),
         )
 
     @property
@@ -159,10 +191,30 @@ class Predictor:
     def multilabel(self) -> bool:
         return self.task.multilabel
 
+    @property
+    def backend(self) -> str:
+        """The backend the network runs on (``torch`` or ``onnxruntime``), chosen on the first batch;
+        before it, the choice asked for (``auto``, ...)."""
+        chosen = self._logits.backend
+        return chosen.name if chosen is not None else self.backend_choice.backend
+
+    @property
+    def precision(self) -> str:
+        chosen = self._logits.backend
+        return chosen.precision if chosen is not None else self.backend_choice.precision
+
     def to(self, device: str | torch.device) -> Predictor:
         self.network.to(device)
         self.task.to(device)
+        self.backend_choice.check(self.device)
+        self._logits.reset()  # chosen again for the new device
         return self
+
+    def decode_workers(self) -> int:
+        """Decode threads for file inputs: the cores the forward pass leaves free, at least one
+        (onnxruntime runs ``threads``; PyTorch its intra-op threads)."""
+        forward = self.backend_choice.threads or cpu_cores()
+        return decode_workers(cpu_cores(), forward if self.device.type == "cpu" else 0)
 
     def set_threshold(self, threshold: float | None) -> None:
         """Multi-label: one decision threshold for every genre (None: the tuned ones)."""
@@ -178,12 +230,16 @@ class Predictor:
         return build_transforms(self.data_config, None)[1]
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """The network's logits (flip-averaged where the model uses flip TTA) of a preprocessed batch."""
-        images = images.to(self.device)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            return self.network(images)
+        """The network's logits (flip-averaged where the model uses flip TTA) of a preprocessed batch,
+        from the backend (chosen on the first call)."""
+        return self._logits(images)
+
+    def _choose_backend(self, images: torch.Tensor) -> Backend:
+        choice = self.backend_choice
+        network = TorchBackend(self.network, self.channels_last, choice.precision, choice.freeze)
+        return choose_backend(
+            choice, network, self.identity, self.tta_hflip, images, self.eval_transform, self.calibration_paths
+        )
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Genre probabilities of a preprocessed batch (softmax, or a sigmoid per genre)."""

@@ -198,6 +198,8 @@ class GenreServer:
             {
                 "status": "ok",
                 "checkpoint": self.predictor.identity,
+                "backend": self.predictor.backend,
+                "precision": self.predictor.precision,
                 "classes": self.predictor.classes,
                 "multilabel": self.predictor.multilabel,
                 "api_key_required": self.api_key is not None,
@@ -407,6 +409,7 @@ def run_server(predictor: Predictor, settings: ServeSettings, announce: Callable
     )
     announce(
         f"genre-serve: {predictor.identity.get('checkpoint', 'model')} on {url} ({batching}; "
+        f"backend {predictor.backend}, precision {predictor.precision}; "
         f"API key {'required' if settings.api_key else 'not required'})"
     )
     uvicorn.Server(config).run(sockets=[sock])

@@ -21,13 +21,19 @@ def test_benchmark_runs_every_section_and_prints_its_table():
     done = run_bench("bench/performance.py", "--smoke", "--steps", "3", "--rounds", "1", "--probe-epochs", "1")
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "measurement" not in line]
     sections = {row.split("|")[1].strip().split(":")[0].split(" ")[0] for row in rows}
-    assert {"train", "predict", "rss", "decoded", "feature", "workers"} <= sections
+    assert {"train", "predict", "stream", "rss", "decoded", "feature", "workers"} <= sections
     ratios = [float(m) for row in rows for m in re.findall(r"\| ([0-9.]+)x", row)]
     assert len(ratios) >= 15 and all(r > 0 for r in ratios)
     assert re.search(r"rss: genre-train peak .*\| \d+ / \d+ MiB", done.stdout)
     assert re.search(r"rss: genre-train, data.num_workers=2 peak .*\| \d+ / \d+ MiB", done.stdout)
     assert re.search(r"rss: genre-eval peak .*\| \d+ MiB", done.stdout)
     assert re.search(r"rss: genre-predict peak .*\| \d+ MiB", done.stdout)
+    for backend in ("torch", "onnxruntime", "int8"):
+        assert re.search(rf"predict: limit with {backend} .*\| [0-9.]+ img/s", done.stdout)
+    assert re.search(r"genre-predict \(default: backend=auto -> onnxruntime\) .*x, \d+% of the limit", done.stdout)
+    assert re.search(r"predict: int8 .*same top-1 for [0-9.]+%; accuracy", done.stdout)
+    streamed = re.findall(r"stream: genre-predict on \d+ files: peak RSS .*\| \d+ MiB / [0-9.]+ img/s", done.stdout)
+    assert len(streamed) == 2
 
 
 def test_serve_load_benchmark_prints_its_table():

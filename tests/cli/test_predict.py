@@ -1,18 +1,25 @@
-"""genre-predict on the tiny run's checkpoint: same probabilities as the test run, errors flagged."""
+"""genre-predict on the tiny run's checkpoint: same probabilities as the test run, errors flagged,
+the folder streamed into the CSV (walked once), and a stopped run resumed."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import threading
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import genre_lightning.inference.batch as batch_module
 from genre_lightning.cli.predict import predict
-from genre_lightning.inference.batch import prefetched
+from genre_lightning.inference.batch import list_inputs
+from genre_lightning.utils.csvio import read_csv
+from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import compose_config
 from tests.helpers.unprivileged import locked, run_python
 
@@ -29,18 +36,6 @@ def predict_config(run: Path, input_path: Path, out: Path, *overrides: str):
         [f"ckpt_path={best_checkpoint(run)}", f"input={input_path}", "num_workers=0", "batch_size=5", *overrides],
         out,
     )
-
-
-def test_prefetched_yields_every_batch_in_order_prepared_by_another_thread():
-    made_in = []
-
-    def batches():
-        for i in range(5):
-            made_in.append(threading.current_thread().name)
-            yield i
-
-    assert list(prefetched(batches())) == [0, 1, 2, 3, 4]
-    assert len(made_in) == 5 and all(name.startswith("decode") for name in made_in)
 
 
 def test_an_unreadable_sub_folder_is_named_in_a_warning(tmp_path: Path):
@@ -79,10 +74,11 @@ def test_folder_gives_one_row_per_image_with_the_test_runs_probabilities(
     (inbox / "empty.png").write_bytes(b"")
     (inbox / "notes.txt").write_text("not an image")
 
-    frame = predict(predict_config(tiny_run, inbox, tmp_path / "run", f"prefetch={prefetch}"))
+    run = predict(predict_config(tiny_run, inbox, tmp_path / "run", f"prefetch={prefetch}"))
     out = pd.read_csv(tmp_path / "run" / "predictions.csv", keep_default_na=False)
     assert list(out.columns) == ["file_path", "top1", "p_top1", *[f"p_{c}" for c in CLASSES], "error"]
-    assert len(out) == len(tested) + 2 == len(frame)  # every image file, readable or not; not the .txt
+    assert len(out) == len(tested) + 2 == run.written  # every image file, readable or not; not the .txt
+    assert list(out["file_path"]) == list_inputs(inbox)  # in the folder's sorted order
     errors = out.set_index(out["file_path"].map(lambda p: Path(p).name))["error"]
     assert errors["truncated.jpg"].startswith("corrupt image data") and errors["empty.png"] == "empty file: 0 bytes"
     assert (out.loc[out["error"] == "", "top1"] != "").all() and (out.loc[out["error"] != "", "top1"] == "").all()
@@ -156,3 +152,101 @@ def test_a_bad_explain_choice_is_a_one_line_error_before_any_prediction(tiny_run
             cwd=tmp_path,
         )  # fmt: skip
         assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(expected), done.stderr
+
+
+def test_the_folder_is_walked_once(tiny_run: Path, tmp_path: Path, monkeypatch):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i, source in enumerate(pd.read_csv(tiny_run / "test_predictions.csv")["file_path"][:6]):
+        shutil.copyfile(source, inbox / f"{i}.jpg")
+    (inbox / "notes.txt").write_text("not an image")
+    walks = []
+    real_walk = batch_module.walk_files
+
+    def counted_walk(*args, **kwargs):
+        walks.append(args[0])
+        return real_walk(*args, **kwargs)
+
+    monkeypatch.setattr(batch_module, "walk_files", counted_walk)
+    run = predict(predict_config(tiny_run, inbox, tmp_path / "run"))
+    assert walks == [inbox] and run.written == 6
+    assert len(pd.read_csv(tmp_path / "run" / "predictions.csv")) == 6
+
+
+@pytest.fixture(scope="module")
+def big_inbox(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """600 posters (the test posters copied over and over) in two sub-folders."""
+    inbox = tmp_path_factory.mktemp("big") / "inbox"
+    sources = list(pd.read_csv(tiny_run / "test_predictions.csv")["file_path"])
+    for i in range(600):
+        target = inbox / f"part{i % 2}" / f"{i:04d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sources[i % len(sources)], target)
+    return inbox
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_every_file_is_predicted_once_as_in_one_run(
+    tiny_run: Path, big_inbox: Path, tmp_path: Path
+):
+    """As a user runs it: genre-predict from a folder outside the repo, stdout to a file, killed once
+    rows are in the CSV; then the same command with resume=true."""
+    output = tmp_path / "predictions.csv"
+    command = [
+        "genre-predict",
+        f"ckpt_path={best_checkpoint(tiny_run)}",
+        f"input={big_inbox}",
+        f"output_csv={output}",
+        "batch_size=1",  # one row at a time: the run is still going when it is killed
+        "num_workers=0",
+        "hydra.run.dir=run",
+    ]
+    with open(tmp_path / "first.log", "w") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / command[0]), *command[1:]], cwd=tmp_path, stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            if output.is_file() and output.read_text().count("\n") > 3:  # the header and a few rows
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    rows_before = output.read_text().count("\n") - 1
+    assert 0 < rows_before < 600, (tmp_path / "first.log").read_text()[-2000:]
+    with open(output, "a") as partial:  # a kill in the middle of a write leaves half a row
+        partial.write(f"{big_inbox / 'part0' / '0598.jpg'},Hor")
+
+    with open(tmp_path / "second.log", "w") as stdout:
+        done = run_cli(*command, "resume=true", cwd=tmp_path, stdout=stdout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = (tmp_path / "second.log").read_text()
+    assert f"Wrote {600 - rows_before} predictions to {output}" in printed
+    assert f"{rows_before} files already in it were skipped (resume=true)" in printed
+
+    resumed = read_csv(output)
+    predict(predict_config(tiny_run, big_inbox, tmp_path / "whole", f"output_csv={tmp_path / 'whole.csv'}"))
+    whole = read_csv(tmp_path / "whole.csv")
+    assert list(resumed["file_path"]) == list(whole["file_path"]) == list_inputs(big_inbox)  # each once, in order
+    assert list(resumed["top1"]) == list(whole["top1"])
+    columns = [f"p_{c}" for c in CLASSES]
+    np.testing.assert_allclose(resumed[columns].astype(float), whole[columns].astype(float), atol=1e-6)
+
+
+def test_resume_needs_the_csv_to_continue_and_one_of_this_models_columns(tiny_run: Path, tmp_path: Path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copyfile(pd.read_csv(tiny_run / "test_predictions.csv")["file_path"][0], inbox / "a.jpg")
+    ckpt = f"ckpt_path={best_checkpoint(tiny_run)}"
+    done = run_entry_point("genre-predict", ckpt, f"input={inbox}", "resume=true", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: output_csv=None is not valid: expected the CSV of the run to continue when resume=true"
+    )
+    other = tmp_path / "other.csv"
+    other.write_text("file_path,top1,p_top1,p_Drama,p_Western,error\nx.jpg,Drama,0.9,0.9,0.1,\n")
+    done = run_entry_point("genre-predict", ckpt, f"input={inbox}", f"output_csv={other}", "resume=true", cwd=tmp_path)
+    assert done.returncode == 2
+    (line,) = [x for x in done.stderr.strip().splitlines() if x.startswith("error:")]
+    assert line.startswith("error: resume=True is not valid: expected an output_csv that genre-predict wrote")
+    assert other.read_text().count("\n") == 2  # the user's file is left as it was

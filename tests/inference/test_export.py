@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from genre_lightning.cli.export import export
+from genre_lightning.inference.predictor import Predictor
 from genre_lightning.training.module import GenreClassifier
 from tests.helpers.configs import compose_config
 from tests.helpers.optional import have_module, require
@@ -126,3 +127,34 @@ def test_an_unknown_format_is_a_one_line_error(tiny_run: Path, tmp_path: Path, c
         "error: format='tflite' is not valid: expected one of ['card', 'onnx', 'torchscript']"
     )
     assert not list(tmp_path.glob("model*"))
+
+
+def test_int8_export_prints_its_agreement_and_accuracy_against_float32(tiny_run: Path, tmp_path: Path, capsys):
+    require(HAVE_ONNX, 'precision=int8 needs the export extra: pip install -e ".[export]"')
+    checkpoint = best_checkpoint(tiny_run)
+    export(compose_config("export", [f"ckpt_path={checkpoint}", "format=onnx", "precision=int8"], tmp_path))
+    printed = capsys.readouterr().out
+    match = re.search(
+        r"int8 against float32 on (\d+) test posters: same top-1 for ([\d.]+)%; accuracy ([\d.]+)% -> ([\d.]+)%",
+        printed,
+    )
+    assert match, printed
+    sidecar = json.loads((tmp_path / "model.int8.onnx.json").read_text())
+    assert sidecar["precision"] == "int8" and sidecar["artifact"] == "model.int8.onnx"
+    split = pd.read_csv(tiny_run / "annotations.csv")
+    assert sidecar["int8"]["calibration_images"] == min(128, int((split["split"] == "train").sum()))
+    # Recomputed here: both artifacts in onnxruntime on the test posters, through the model's own transform.
+    test = split[split["split"] == "test"]
+    transform = Predictor.from_checkpoint(checkpoint, backend="torch").eval_transform
+    images = torch.stack([transform(Image.open(p).convert("RGB")) for p in test["file_path"]]).numpy()
+    logits_float = run_artifact(tmp_path / "model.onnx", "onnx", images)
+    logits_int8 = run_artifact(tmp_path / "model.int8.onnx", "onnx", images)
+    top_float, top_int8 = logits_float.argmax(axis=1), logits_int8.argmax(axis=1)
+    classes = np.array(sidecar["classes"])
+    truth = [set(labels.split("|")) for labels in test["labels"]]
+    accuracy = [np.mean([c in t for c, t in zip(classes[top], truth, strict=True)]) for top in (top_float, top_int8)]
+    assert int(match.group(1)) == len(test)
+    assert float(match.group(2)) == pytest.approx(100 * (top_float == top_int8).mean(), abs=0.05)
+    assert float(match.group(3)) == pytest.approx(100 * accuracy[0], abs=0.05)
+    assert float(match.group(4)) == pytest.approx(100 * accuracy[1], abs=0.05)
+    assert not np.allclose(logits_float, logits_int8)  # quantised, not a copy of the float model

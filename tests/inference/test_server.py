@@ -57,6 +57,8 @@ def test_health_names_the_checkpoint_and_the_page_is_served(server: Server, tiny
     assert status == 200 and health["status"] == "ok" and health["classes"] == CLASSES
     assert health["checkpoint"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()[:16]
     assert health["api_key_required"] is False and health["batching"]["enabled"] is True
+    # backend=auto on a CPU: the ONNX export, made and checked before the server listened.
+    assert (health["backend"], health["precision"]) == ("onnxruntime", "32")
     status, page = request(f"{server.url}/")
     assert status == 200 and '<input id="file" type="file"' in page and "predict?explain=true" in page
 

@@ -13,7 +13,7 @@ from genre_lightning.cli.train import build
 from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
 from genre_lightning.data.demo import GENRES
-from genre_lightning.inference.batch import frozen_logits
+from genre_lightning.inference.backends import TorchBackend, frozen_logits
 from genre_lightning.inference.predictor import Predictor
 from genre_lightning.training.module import GenreClassifier
 from genre_lightning.training.schedulers import WarmupCosineLR
@@ -100,8 +100,9 @@ def test_frozen_inference_trace_is_used_and_matches_the_model(tta: bool):
     images = torch.randn(3, 3, 48, 32)
     with torch.inference_mode():
         predictor = Predictor.from_module(model)
-        forward = frozen_logits(predictor, images)
-        assert forward != predictor.logits  # the trace was built, not the fallback
+        network = TorchBackend(predictor.network, predictor.channels_last)
+        forward = frozen_logits(network, images)
+        assert forward != network.eager  # the trace was built, not the fallback
         assert torch.allclose(forward(images), model(images), atol=1e-4)
         assert torch.allclose(forward(images[:1]), model(images[:1]), atol=1e-4)  # any batch size
 
