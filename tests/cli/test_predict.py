@@ -114,6 +114,7 @@ def test_one_file_prints_the_top_k_and_an_unreadable_one_is_a_one_line_error(tin
     assert line.startswith(f"error: cannot predict {broken}: ")
 
 
+@pytest.mark.slow
 def test_explain_true_writes_each_images_maps_beside_the_csv_and_leaves_the_folder_alone(
     tiny_run: Path, tmp_path: Path, capsys
 ):
@@ -140,6 +141,7 @@ def test_explain_true_writes_each_images_maps_beside_the_csv_and_leaves_the_fold
     assert np.array_equal(np.asarray(written), np.asarray(again.overlay("Horror")))
 
 
+@pytest.mark.slow
 def test_a_bad_explain_choice_is_a_one_line_error_before_any_prediction(tiny_run: Path, tmp_path: Path):
     from tests.helpers.cli import run_entry_point
 
@@ -154,6 +156,7 @@ def test_a_bad_explain_choice_is_a_one_line_error_before_any_prediction(tiny_run
         assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(expected), done.stderr
 
 
+@pytest.mark.slow
 def test_the_folder_is_walked_once(tiny_run: Path, tmp_path: Path, monkeypatch):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -233,6 +236,7 @@ def test_a_killed_run_resumes_and_every_file_is_predicted_once_as_in_one_run(
     np.testing.assert_allclose(resumed[columns].astype(float), whole[columns].astype(float), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_needs_the_csv_to_continue_and_one_of_this_models_columns(tiny_run: Path, tmp_path: Path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()

@@ -76,6 +76,7 @@ def multilabel_thresholds(checkpoint: str, posters: list[str], target: Path) -> 
         saved["hyper_parameters"]["task"] = "multilabel"
         saved["state_dict"]["task.tuned_thresholds"] = thresholds
         saved["state_dict"]["task.positive_weights"] = torch.ones(len(CLASSES))
+        saved["state_dict"].pop("task.temperature", None)  # single-label calibration state
 
     return changed_copy(checkpoint, target, to_multilabel)
 

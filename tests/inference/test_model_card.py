@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from genre_lightning.inference.model_card import wilson_interval
 from tests.helpers.cli import run_entry_point
@@ -29,7 +30,8 @@ def test_the_card_states_the_runs_own_numbers_and_limits(tiny_run: Path, tmp_pat
     for genre, count in tested["label"].value_counts().items():
         row = f"| {genre} | {count} | {test[f'test/precision/{genre}']:.3f} | {test[f'test/recall/{genre}']:.3f} |"
         assert row in card
-    assert "Temperature: none (not calibrated)" in card
+    temperature = torch.load(ckpt, weights_only=True)["state_dict"]["task.temperature"]
+    assert f"Temperature: {float(temperature):.4f} (logits divided by it" in card  # fitted on validation
     assert "**synthetic demo posters**" in card  # the fixture's posters come from the demo generator
     assert "94% are filed under one genre" in card and "## Intended use" in card
     assert f"genre-eval ckpt_path={ckpt}" in card
