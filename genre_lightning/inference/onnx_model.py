@@ -39,6 +39,8 @@ def export_onnx(network: nn.Module, path: Path, example: torch.Tensor) -> None:
     """Write ``network`` as one self-contained ONNX file whose batch axis is dynamic."""
     if not can_export_onnx():
         raise UserFacingError(f"format=onnx needs onnx and onnxscript: {EXPORT_EXTRA}")
+    if len(example) < 2:  # torch.export specialises a batch of 1 and then refuses the dynamic batch axis
+        example = example.expand(2, *example.shape[1:]).contiguous()
     for name in ("onnxscript", "onnx_ir"):  # their optimiser logs every pass at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
     with warnings.catch_warnings():

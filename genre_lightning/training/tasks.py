@@ -148,6 +148,10 @@ class SingleLabelTask(GenreTask):
         (updated,) = any_rank([self.val_logits.update_called])
         values: dict[str, float] = {}
         if updated and not sanity_checking:
+            if not self.val_logits.update_called:  # no readable image here: an empty (0, C) part, so every
+                # rank gathers tensors of the same rank and dtype (else gloo fails on a size mismatch)
+                empty = torch.empty(0, len(self.classes), device=self.temperature.device)
+                self.val_logits.update(empty, torch.empty(0, dtype=torch.long, device=empty.device))
             logits, targets = self.val_logits.compute()
             fitted = fit_temperature(logits, targets)
             if fitted is None:

@@ -420,6 +420,7 @@ def test_the_artifacts_group_turns_the_callback_on_and_off(config_name: str, tmp
     assert artifacts("artifacts=none") == []
 
 
+@pytest.mark.slow
 def test_artifacts_cam_adds_the_mistakes_with_their_maps(tiny_run: Path, tmp_path: Path):
     """artifacts.cam=true: figures/mistakes_cam.png (the mistakes grid, each poster under its map) and its
     TensorBoard image; off by default (the training run has none)."""
