@@ -16,6 +16,7 @@ from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.training.finetune import GradualUnfreeze
 from genre_lightning.utils.errors import ConfigError, find_user_error
+from tests.helpers.configs import TEST_BACKBONE
 from tests.helpers.optional import have_module, require
 
 
@@ -190,9 +191,9 @@ def test_debug_options_give_the_tests_settings_and_a_seconds_long_check(config_n
     assert tests.trainer.accelerator == "cpu" and tests.trainer.enable_progress_bar is False
     assert tests.data.num_workers == 0 and tests.print_config is False
     if config_name == "train":
-        assert tests.model.backbone == "resnet10t" and tests.model.pretrained is False
+        assert tests.model.backbone == TEST_BACKBONE and tests.model.pretrained is False
         assert list(tests.model.data_config.input_size) == [3, 32, 32]
         fast = compose_config("train", ["debug=fast", "experiment=best_cpu"], tmp_path)
-        assert fast.model.backbone == "resnet10t"  # debug comes after the experiment
+        assert fast.model.backbone == TEST_BACKBONE  # debug comes after the experiment
         assert fast.trainer.limit_train_batches == 2 and fast.trainer.max_epochs == 2
         assert "_target_" not in fast.artifacts  # no figures

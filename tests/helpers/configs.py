@@ -8,11 +8,12 @@ from omegaconf import DictConfig
 
 from genre_lightning.cli.common import compose_config
 
-# Small, fast settings for every run in the tests: conf/debug/tests.yaml (a random-init resnet10t at
+# Small, fast settings for every run in the tests: conf/debug/tests.yaml (a random-init test_resnet at
 # 32 px on the CPU), the same as `genre-train debug=tests` on the command line.
 FAST = ["debug=tests"]
+TEST_BACKBONE = "test_resnet"  # conf/debug/tests.yaml's: timm's 0.37M-parameter ResNet made for tests
 
-__all__ = ["FAST", "compose_config", "train_config"]
+__all__ = ["FAST", "TEST_BACKBONE", "compose_config", "train_config"]
 
 
 def train_config(poster_root: Path, output_dir: Path, *overrides: str) -> DictConfig:

@@ -63,14 +63,17 @@ def perturbed_head(saved: dict) -> None:
 
 
 def multilabel_thresholds(checkpoint: str, posters: list[str], target: Path) -> Path:
-    """The checkpoint as a multi-label model whose tuned thresholds fall between two posters'
-    probabilities near each genre's median, so the decisions are mixed and not knife-edge."""
+    """The checkpoint as a multi-label model whose tuned thresholds lie in the widest gap between two
+    posters' probabilities in the middle half of each genre's, so the decisions are mixed and not
+    knife-edge."""
     sigmoid = Predictor.from_checkpoint(checkpoint, backend="torch")
     logits = torch.cat([sigmoid.logits(b) for b in _batches(sigmoid, posters)])
     values = logits.sigmoid().sort(dim=0).values
-    middle = len(values) // 2
-    thresholds = (values[middle] + values[middle + 1]) / 2
-    assert ((values[middle + 1] - values[middle]) / 2).min() > 1e-5  # far from any poster's probability
+    gaps = values[1:] - values[:-1]
+    quarter, genres = len(values) // 4, torch.arange(values.shape[1])
+    below = quarter + gaps[quarter : len(values) - quarter].argmax(dim=0)  # the poster below each gap
+    thresholds = (values[below, genres] + values[below + 1, genres]) / 2
+    assert (gaps[below, genres] / 2).min() > 1e-5  # far from any poster's probability
 
     def to_multilabel(saved: dict) -> None:
         saved["hyper_parameters"]["task"] = "multilabel"

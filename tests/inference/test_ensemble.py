@@ -28,13 +28,14 @@ def best_checkpoint(run: Path) -> str:
 
 @pytest.fixture(scope="module")
 def second_member(tiny_run: Path, poster_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Another backbone on the tiny run's split: ImageNet mean/std 0.5 instead of resnet10t's, and
-    flip test-time augmentation of its own."""
+    """Another backbone on the tiny run's split, normalised with ImageNet's mean/std instead of the
+    tests' backbone's 0.5, and with flip test-time augmentation of its own."""
     run = tmp_path_factory.mktemp("member")
     overrides = [
         f"data.split_file={tiny_run / 'annotations.csv'}",
-        "model.backbone=tf_mobilenetv3_small_minimal_100",
-        "model.data_config.interpolation=bicubic",  # resnet10t's: the members see the same pixels
+        "model.backbone=tf_mobilenetv3_small_minimal_100",  # bilinear like test_resnet: the same pixels
+        "+model.data_config.mean=[0.485,0.456,0.406]",
+        "+model.data_config.std=[0.229,0.224,0.225]",
         "model.tta_hflip=true",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=3",

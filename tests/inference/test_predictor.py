@@ -18,6 +18,7 @@ from PIL import Image
 
 from genre_lightning import GenreClassifier, GenrePrediction, Predictor
 from genre_lightning.utils.errors import ConfigError
+from tests.helpers.configs import TEST_BACKBONE
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +77,7 @@ def test_an_unreadable_file_gives_an_error_result_and_a_bad_tensor_a_one_line_er
 def test_the_predictor_reports_the_checkpoint_it_runs(tiny_run: Path):
     ckpt = Path(json.loads((tiny_run / "metrics.json").read_text())["best_ckpt_path"])
     identity = Predictor.from_checkpoint(ckpt).identity
-    assert identity["checkpoint"] == str(ckpt.resolve()) and identity["backbone"] == "resnet10t"
+    assert identity["checkpoint"] == str(ckpt.resolve()) and identity["backbone"] == TEST_BACKBONE
     assert identity["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()[:16]
 
 

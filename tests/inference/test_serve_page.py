@@ -15,6 +15,7 @@ from PIL import Image
 
 from genre_lightning.data.demo import draw_poster
 from tests.helpers.browser import chromium, upload
+from tests.helpers.configs import TEST_BACKBONE
 from tests.helpers.server import post_image, start_server
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def test_a_person_picks_a_poster_and_sees_the_genre_bars_and_the_heatmap(tiny_ru
     assert shown["genre"] == expected["genre"] and shown["chosen"] == expected["genres"]
     assert shown["probabilities"] == {g: f"{p:.3f}" for g, p in expected["probabilities"].items()}
     assert shown["heatmap"] == f"data:image/png;base64,{expected['explanation']['png_base64']}"
-    assert shown["heatmap_width"] == 256 and "resnet10t" in shown["model"]
+    assert shown["heatmap_width"] == 256 and TEST_BACKBONE in shown["model"]
     assert failed["error"] == "422: not an image: PIL cannot identify the format" and failed["genre"] == ""
     with Image.open(tmp_path / "page.png") as page:
         assert page.size[0] >= 800 and np.asarray(page.convert("L")).std() > 10  # a drawn page, not a blank one

@@ -25,7 +25,7 @@ from sklearn.metrics import f1_score
 
 from genre_lightning.inference.predictor import Predictor
 from tests.helpers.cli import run_cli, run_entry_point
-from tests.helpers.configs import FAST
+from tests.helpers.configs import FAST, TEST_BACKBONE
 from tests.helpers.posters import copy_posters
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,8 @@ def cv(poster_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(root / "Horror" / f"horror_{i:04d}.jpg", root / "Horror" / f"again_{i}.jpg")
     torch.manual_seed(0)
     start = base / "start.safetensors"  # the tests' model, randomly initialised once, as a timm weights file
-    save_file({k: v.contiguous() for k, v in timm.create_model("resnet10t", num_classes=4).state_dict().items()}, start)
+    weights = timm.create_model(TEST_BACKBONE, num_classes=4).state_dict()
+    save_file({k: v.contiguous() for k, v in weights.items()}, start)
     common = [
         *FAST,
         f"model.weights={start}",

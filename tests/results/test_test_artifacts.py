@@ -38,7 +38,7 @@ from genre_lightning.results.figures import save_png, to_display
 from genre_lightning.results.tables import Predictions, calibration_bins, per_class_table
 from genre_lightning.training.checkpoint_io import load_module, read_checkpoint
 from genre_lightning.training.module import GenreClassifier
-from tests.helpers.configs import FAST, compose_config, train_config
+from tests.helpers.configs import FAST, TEST_BACKBONE, compose_config, train_config
 
 CLASSES = ["Action", "Comedy", "Horror", "Romance"]
 FIGURES = ["confusion_matrix", "mistakes", "genre_distribution", "reliability", "train_samples"]
@@ -398,7 +398,7 @@ def test_tensorboard_server_serves_the_scalars_images_and_hparams(tiny_run: Path
         query = {"experimentName": "", "allowedStatuses": statuses, "colParams": [], "startIndex": 0, "sliceSize": 10}
         groups = get_json(f"{base}/hparams/session_groups", query)["sessionGroups"]
         (group,) = groups
-        assert group["hparams"]["model.backbone"] == "resnet10t" and group["hparams"]["finetune.milestones"] == "[1]"
+        assert group["hparams"]["model.backbone"] == TEST_BACKBONE and group["hparams"]["finetune.milestones"] == "[1]"
         values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
         metrics = metrics_of(tiny_run)
         assert values["val/acc"] == pytest.approx(metrics["final_val"]["val/acc"], abs=1e-6)

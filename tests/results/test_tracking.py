@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from tests.helpers.cli import run_entry_point
-from tests.helpers.configs import FAST
+from tests.helpers.configs import FAST, TEST_BACKBONE
 from tests.helpers.optional import have_module, require
 
 HAVE_MLFLOW = have_module("mlflow")
@@ -128,7 +128,7 @@ def test_every_job_of_the_sweep_is_a_run_of_one_experiment_with_its_config_metri
         rest = get_json(f"{mlflow_server}/api/2.0/mlflow/runs/get?run_id={run.info.run_id}")["run"]
         params = {p["key"]: p["value"] for p in rest["data"]["params"]}
         assert len(params) > 50
-        assert params["model.backbone"] == config["model"]["backbone"] == "resnet10t"
+        assert params["model.backbone"] == config["model"]["backbone"] == TEST_BACKBONE
         assert params["data.batch_size"] == str(config["data"]["batch_size"])
         assert params["seed"] == seed
         # Every metric, with its history: val/acc once per epoch, ending at the run's last value.
@@ -279,7 +279,7 @@ def test_wandb_offline_writes_the_config_metrics_and_files_and_a_rerun_keeps_its
     run_id, config, summary = wandb_config_and_summary(offline)
     metrics = json.loads((run / "metrics.json").read_text())
     assert json.loads((run / "tracking.json").read_text())["wandb"]["run_id"] == run_id
-    assert config["model.backbone"] == "resnet10t" and config["trainer.max_epochs"] == 1
+    assert config["model.backbone"] == TEST_BACKBONE and config["trainer.max_epochs"] == 1
     assert summary["test/acc"] == pytest.approx(metrics["test"]["test/acc"], abs=1e-6)
     assert summary["val/acc"] == pytest.approx(metrics["final_val"]["val/acc"], abs=1e-6)
     assert {"metrics.json", "config.yaml", "annotations.csv"} <= {p.name for p in (offline / "files").iterdir()}
