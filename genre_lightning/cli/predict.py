@@ -1,5 +1,6 @@
-"""genre-predict: top-k genres for one poster, or a CSV of probabilities for a folder (streamed:
-rows are written as they come, and ``resume=true`` continues a stopped run)."""
+"""genre-predict: top-k genres for one poster, or a CSV of probabilities for a folder, or for the
+posters of a shards folder written by ``genre-data shards=<dir>`` (streamed: rows are written as
+they come, and ``resume=true`` continues a stopped run)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from genre_lightning.cli.common import CONFIG_PATH
+from genre_lightning.data.shards import ShardImages, is_shards_folder
 from genre_lightning.inference.batch import CsvRun, ImageFiles, predict_to_csv, resolve_device
+from genre_lightning.inference.decode import image_files
 from genre_lightning.inference.explain import METHODS
 from genre_lightning.inference.prediction_table import format_top_k
 from genre_lightning.inference.predictor import Predictor
@@ -28,7 +31,16 @@ def predict(cfg: DictConfig) -> pd.DataFrame | CsvRun:
             raise ConfigError("explain_genres", cfg.explain_genres, "top or all")
         if cfg.explain_method not in METHODS:
             raise ConfigError("explain_method", cfg.explain_method, f"one of {list(METHODS)}")
-    files = ImageFiles(cfg.input)
+    split = cfg.get("split", "all")
+    if is_shards_folder(cfg.input):  # the shards' images, under the paths they were verified as
+        if cfg.get("explain"):
+            raise ConfigError("explain", True, "false for a shards input (the maps are drawn over image files)")
+        files: ImageFiles | ShardImages = ShardImages(cfg.input, split)
+        dataset_of = files.dataset
+    else:
+        if split != "all":
+            raise ConfigError("split", split, "all unless input is a shards folder (genre-data shards=<dir>)")
+        files, dataset_of = ImageFiles(cfg.input), image_files
     paths = iter(files)
     first = next(paths, None)  # the folder is walked once, lazily: only its first image is needed here
     if first is None:
@@ -65,6 +77,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame | CsvRun:
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         prefetch=cfg.prefetch,
+        dataset_of=dataset_of,
     )
     print(
         f"Wrote {run.written} predictions to {output_csv}"

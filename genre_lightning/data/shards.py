@@ -22,7 +22,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from PIL import Image
 from genre_lightning.data.dataset import PosterDataset
 from genre_lightning.data.imageio import UnreadableImage, decode_rgb, read_image_bytes
 from genre_lightning.data.stratify import SPLITS
-from genre_lightning.utils.csvio import write_csv
+from genre_lightning.utils.csvio import read_csv, write_csv
 from genre_lightning.utils.errors import ConfigError, UserFacingError
 
 log = logging.getLogger(__name__)
@@ -99,11 +100,17 @@ def write_shards(frame: pd.DataFrame, folder: str | Path, report: Mapping | None
     return summary
 
 
-def shards_split(folder: str | Path) -> Path:
-    """The split the shards in ``folder`` hold (its ``annotations.csv``); a one-line error if there is none."""
+def is_shards_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by ``genre-data shards=<dir>``."""
+    return (Path(path) / SHARDS_FILE).is_file()
+
+
+def shards_split(folder: str | Path, key: str = "data.shards") -> Path:
+    """The split the shards in ``folder`` hold (its ``annotations.csv``); a one-line error naming
+    ``key`` if there is none."""
     split = Path(folder) / SPLIT_FILE
     if not split.is_file() or not (Path(folder) / SHARDS_FILE).is_file():
-        raise ConfigError("data.shards", str(folder), f"a folder written by genre-data shards=<dir> (no {SPLIT_FILE})")
+        raise ConfigError(key, str(folder), f"a folder written by genre-data shards=<dir> (no {SPLIT_FILE})")
     return split
 
 
@@ -120,22 +127,89 @@ class ShardDataset(PosterDataset):
     """A split read from LitData chunks: the same items as ``PosterDataset`` on the same rows (``paths``,
     ``targets``, ``keys`` and label sets from the split), the pixels from the shard's bytes."""
 
+    key = "data.shards"  # the setting an error names (genre-predict's ShardImages: input)
+
     def __init__(self, folder: str | Path, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.folder = str(folder)
         self._stream: Any = None  # opened on first use, in whichever process (loader worker) reads
+        # genre-predict's decode threads share one dataset: the stream is opened and read by one
+        # thread at a time (a read is a copy of bytes; the decoding, the costly part, runs in parallel).
+        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_stream": None}
+        return {**self.__dict__, "_stream": None, "_lock": None}
 
-    def read_image(self, index: int) -> Image.Image:
-        if self._stream is None:
-            self._stream = require_litdata().StreamingDataset(self.folder)
-            if len(self._stream) != len(self.paths):
-                raise ConfigError("data.shards", self.folder, f"shards of {len(self.paths)} items, as the split lists")
-        item = self._stream[index]
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def read_bytes(self, index: int) -> bytes:
+        """Item ``index``'s image bytes as they were verified (``UnreadableImage`` if they were not)."""
+        with self._lock:
+            if self._stream is None:
+                stream = require_litdata().StreamingDataset(self.folder)
+                if len(stream) != len(self.paths):
+                    raise ConfigError(self.key, self.folder, f"shards of {len(self.paths)} items, as the split lists")
+                self._stream = stream
+            item = self._stream[index]
         if item["index"] != index:  # the chunks are not in the split's order: never train on wrong labels
-            raise ConfigError("data.shards", self.folder, "shards written by genre-data (item order differs)")
+            raise ConfigError(self.key, self.folder, "shards written by genre-data (item order differs)")
         if not item["image"]:
             raise UnreadableImage(item["reason"])
-        return decode_rgb(item["image"], self.paths[index])
+        return item["image"]
+
+    def read_image(self, index: int) -> Image.Image:
+        return decode_rgb(self.read_bytes(index), self.paths[index])
+
+
+class ShardImages:
+    """The images of a shards folder as genre-predict reads them: listed by the path each was
+    verified under (the CSV's ``file_path``, so ``resume=true`` works as on a folder), in the
+    split's order, and decoded from the chunks (the image files need not exist any more).
+
+    ``split``: ``all`` (train, val, test, ... in that order) or one split's name."""
+
+    def __init__(self, folder: str | Path, split: str = "all") -> None:
+        frame = read_csv(shards_split(folder, "input"))
+        present = list(frame["split"].drop_duplicates())
+        order = [s for s in SPLITS if s in present] + sorted(set(present) - set(SPLITS))
+        if split != "all" and split not in order:
+            raise ConfigError("split", split, f"all or a split the shards hold: {order}")
+        self.others = 0  # what ImageFiles counts: here every item is an image
+        self.splits = {
+            name: ShardDataset(Path(folder) / name, list(frame.loc[frame["split"] == name, "file_path"]), [], None)
+            for name in (order if split == "all" else [split])
+        }
+        for dataset in self.splits.values():
+            dataset.key = "input"
+        self._where = {path: (name, i) for name, d in self.splits.items() for i, path in enumerate(d.paths)}
+
+    def __iter__(self) -> Iterator[str]:
+        for dataset in self.splits.values():
+            yield from dataset.paths
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def dataset(self, paths: Sequence[str], transform: Callable) -> PosterDataset:
+        """``paths`` (listed by this object) as a dataset whose pixels come from the shards."""
+        return _ShardItems([self._where[p] for p in paths], self.splits, paths, transform)
+
+
+class _ShardItems(PosterDataset):
+    """Items of several splits' shards: item ``i`` is ``splits[split][position]`` for ``where[i]``."""
+
+    def __init__(
+        self,
+        where: list[tuple[str, int]],
+        splits: Mapping[str, ShardDataset],
+        paths: Sequence[str],
+        transform: Callable,
+    ) -> None:
+        super().__init__(paths, [0] * len(paths), transform)
+        self.where = where
+        self.splits = splits
+
+    def read_image(self, index: int) -> Image.Image:
+        split, position = self.where[index]
+        return decode_rgb(self.splits[split].read_bytes(position), self.paths[index])

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from genre_lightning.data.scan import IMAGE_EXTENSIONS, walk_files
-from genre_lightning.inference.decode import decoded_batches
+from genre_lightning.inference.decode import DatasetOf, decoded_batches, image_files
 from genre_lightning.inference.prediction_csv import PredictionCsv
 from genre_lightning.inference.prediction_table import probability_frame
 from genre_lightning.training.tasks import GenreTask
@@ -85,6 +85,7 @@ def predicted_batches(
     batch_size: int = 32,
     num_workers: int | None = None,
     prefetch: bool = True,
+    dataset_of: DatasetOf = image_files,
 ) -> Iterator[pd.DataFrame]:
     """The prediction table of ``paths``, one batch at a time, in input order: ``file_path, top1,
     p_top1, p_<class>..., error`` (a multi-label model's also ``predicted``: its decided genres,
@@ -93,10 +94,12 @@ def predicted_batches(
 
     ``num_workers``: decode threads (None: the cores the model leaves free, at least one);
     ``prefetch=False`` (or ``num_workers=0``) decodes each batch in this thread before the model runs it.
+    ``dataset_of``: where the pixels of ``paths`` come from (default: the files; ``ShardImages.dataset``).
     """
     workers = predictor.decode_workers() if num_workers is None else num_workers
     classes = predictor.classes
-    for batch in decoded_batches(paths, predictor.eval_transform, batch_size, workers if prefetch else 0):
+    batches = decoded_batches(paths, predictor.eval_transform, batch_size, workers if prefetch else 0, 2, dataset_of)
+    for batch in batches:
         probabilities = torch.full((len(batch.paths), len(classes)), float("nan"))
         errors = [""] * len(batch.paths)
         for position, reason in batch.failed:
@@ -155,9 +158,11 @@ def predict_to_csv(
     num_workers: int | None = None,
     prefetch: bool = True,
     progress: bool = True,
+    dataset_of: DatasetOf = image_files,
 ) -> CsvRun:
     """Predict ``paths`` (read lazily) into ``output_csv``, appending each batch's rows as it comes.
-    ``resume``: keep the rows already in the file and skip their files (each file once in the end)."""
+    ``resume``: keep the rows already in the file and skip their files (each file once in the end);
+    ``dataset_of``: as in ``predicted_batches``."""
     run = CsvRun()
     with PredictionCsv(output_csv, table_columns(predictor), resume) as table:
         done = table.done
@@ -170,7 +175,8 @@ def predict_to_csv(
                     yield path
 
         with Progress(None if progress else 0, "predict", "images") as bar:
-            for frame in predicted_batches(predictor, not_done(paths), batch_size, num_workers, prefetch):
+            batches = predicted_batches(predictor, not_done(paths), batch_size, num_workers, prefetch, dataset_of)
+            for frame in batches:
                 table.append(frame)
                 run.written += len(frame)
                 run.failed += int((frame["error"] != "").sum())

@@ -6,14 +6,15 @@ GIL, so threads decode in parallel without a worker process's start-up, pickled 
 memory copies (``bench/performance.py --sections predict`` measures both). Each image is one task,
 so the threads share a batch evenly; at most ``ahead`` batches of images are decoded or in flight
 beyond the one the model is running on, however many files the input holds. The pixels are the
-training pipeline's: ``PosterDataset`` (``data/imageio.read_rgb`` and the checkpoint's eval transform).
+training pipeline's: ``PosterDataset`` (``data/imageio.read_rgb`` and the checkpoint's eval transform),
+or another source's dataset of the same items (``data/shards.ShardImages.dataset``: LitData shards).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -39,16 +40,30 @@ def decode_workers(cores: int, forward_threads: int) -> int:
     return max(1, cores - forward_threads)
 
 
+DatasetOf = Callable[[Sequence[str], Callable], PosterDataset]
+
+
+def image_files(paths: Sequence[str], transform: Callable) -> PosterDataset:
+    """``paths`` as image files to read."""
+    return PosterDataset(paths, [0] * len(paths), transform)
+
+
 def decoded_batches(
-    paths: Iterable[str], transform: Callable, batch_size: int, workers: int, ahead: int = 2
+    paths: Iterable[str],
+    transform: Callable,
+    batch_size: int,
+    workers: int,
+    ahead: int = 2,
+    dataset_of: DatasetOf = image_files,
 ) -> Iterator[DecodedBatch]:
     """Batches of ``paths`` (any iterable, read lazily) through ``transform``, in order. With
     ``workers`` > 0 the next ``ahead`` batches are decoded by that many threads while the caller
-    works on this one; with 0, each batch is decoded when it is asked for, in this thread."""
+    works on this one; with 0, each batch is decoded when it is asked for, in this thread.
+    ``dataset_of(chunk, transform)`` reads a chunk of ``paths`` (default: image files)."""
     chunks = _chunks(iter(paths), batch_size)
     if workers == 0:
         for chunk in chunks:
-            dataset = PosterDataset(chunk, [0] * len(chunk), transform)
+            dataset = dataset_of(chunk, transform)
             yield _collate(chunk, [dataset[i] for i in range(len(chunk))])
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
@@ -58,7 +73,7 @@ def decoded_batches(
             chunk = next(chunks, None)
             if chunk is None:
                 return False
-            dataset = PosterDataset(chunk, [0] * len(chunk), transform)
+            dataset = dataset_of(chunk, transform)
             pending.append((chunk, [pool.submit(dataset.__getitem__, i) for i in range(len(chunk))]))
             return True
 

@@ -13,6 +13,7 @@ import pytest
 from genre_lightning.data.annotations import read_split_file, split_digest
 from genre_lightning.data.demo import GENRES
 from genre_lightning.data.shards import SHARDS_FILE
+from genre_lightning.utils.csvio import read_csv
 from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST
 from tests.helpers.optional import have_module, require
@@ -73,6 +74,35 @@ def test_training_from_shards_matches_training_from_the_folders(poster_root: Pat
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     tested = json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]
     assert tested["test/acc"] == pytest.approx(metrics[1]["test"]["test/acc"], abs=1e-6)
+
+    # genre-predict from the shards alone: the test split's posters, under the paths they were
+    # verified as, with the probabilities that the same files give from a folder.
+    ckpt = metrics[1]["best_ckpt_path"]
+    predict = ["genre-predict", f"ckpt_path={ckpt}", "backend=torch", f"hydra.run.dir={tmp_path / 'predict'}"]
+    from_shards_csv, from_files_csv = tmp_path / "shards.csv", tmp_path / "files.csv"
+    done = run_entry_point(*predict, f"input={shards}", "split=test", f"output_csv={from_shards_csv}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_entry_point(*predict, f"input={tmp_path / 'elsewhere'}", f"output_csv={from_files_csv}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    shard_rows = read_csv(from_shards_csv)
+    test_paths = list(split.loc[split["split"] == "test", "file_path"])
+    assert list(shard_rows["file_path"]) == test_paths and not shard_rows["error"].any()
+    file_rows = read_csv(from_files_csv).set_index("file_path")
+    moved = [str(tmp_path / "elsewhere" / Path(p).relative_to(posters)) for p in test_paths]
+    columns = [f"p_{genre}" for genre in GENRES]
+    assert shard_rows[columns].astype(float).to_numpy() == pytest.approx(
+        file_rows.loc[moved, columns].astype(float).to_numpy(), abs=1e-6
+    )
+    # Continuing into the same CSV with every split: the test posters are skipped, the rest added once.
+    more = run_entry_point(*predict, f"input={shards}", f"output_csv={from_shards_csv}", "resume=true", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert f"Wrote {len(split) - len(test_paths)} predictions" in more.stdout
+    assert f"{len(test_paths)} files already in it were skipped" in more.stdout
+    assert sorted(read_csv(from_shards_csv)["file_path"]) == sorted(split["file_path"])
+    # A split the shards do not hold is a one-line error naming the setting.
+    wrong = run_entry_point(*predict, f"input={shards}", "split=holdout", cwd=tmp_path)
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip().splitlines()[-1].startswith("error: split='holdout' is not valid")
 
 
 def test_shards_are_written_once_into_a_new_folder(poster_root: Path, tmp_path: Path):
