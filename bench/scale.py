@@ -3,6 +3,7 @@ against the code before issue 27, in one run.
 
     python bench/scale.py                      # N = 1k, 10k, 50k posters; 1M hashes (~20 min on 2 cores)
     python bench/scale.py --sizes 200 1000 --hashes 20000 --rounds 1   # a quick look (the smoke test)
+    python bench/scale.py --scan-rate-only --rounds 5   # scan files/s alone, on the real posters
 
 Synthetic posters of realistic size (380x562 JPEGs of 30-60 KB, like the real IMDB posters), 2%
 byte-identical copies (half of them filed under another genre) and 2% near copies (resized to 0.6x
@@ -223,6 +224,8 @@ def measure_scan_rate(code: str, root: str) -> dict:
     started = time.perf_counter()
     if code == "old":
         verify_all(candidates, num_threads=4, min_side=32)
+    elif code == "old1":  # the issue's reference: the previous code with one thread
+        verify_all(candidates, num_threads=1, min_side=32)
     else:
         verify_all(candidates, min_side=32)
     return {"files_per_s": len(candidates) / (time.perf_counter() - started)}
@@ -240,6 +243,24 @@ def child_main(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # The parent: children, the table
+
+
+def scan_rates(root: str, rounds: int, old: Path, new: Path | None) -> None:
+    """Scan files/s over ``root``: the previous code with 1 thread (the issue's 765 files/s) and 4
+    (its default), and today's, alternating ``rounds`` times; each rate and ratio is the median."""
+    codes = {"old1": old, "old": old, "new": new}
+    rates: dict[str, list[float]] = {code: [] for code in codes}
+    for _ in range(rounds):
+        for code, package in codes.items():
+            result = run_child("--child", "scan_rate", "--code", code, "--root", root, old=package)
+            rates[code].append(result["files_per_s"])
+    median = {code: float(np.median(values)) for code, values in rates.items()}
+    print(f"scan files/s over {root} ({rounds} alternating rounds, medians; every round: {rates})")
+    print(
+        f"before, 1 thread {median['old1']:.0f}; before, 4 threads {median['old']:.0f}; "
+        f"now, {os.cpu_count()} processes {median['new']:.0f}: {median['new'] / median['old1']:.2f}x the "
+        f"1-thread rate, {median['new'] / median['old']:.2f}x the 4-thread rate"
+    )
 
 
 def old_package(work: Path, commit: str) -> Path:
@@ -280,7 +301,12 @@ def main() -> None:
     parser.add_argument("--old", default="6b87ac7", help="the commit whose code is 'before'")
     parser.add_argument("--new", default=None, help="a commit whose code is 'now' (default: this working tree)")
     parser.add_argument("--child", choices=["intake", "grouping", "scan_rate"])
-    parser.add_argument("--code", choices=["old", "new"], default="new")
+    parser.add_argument("--code", choices=["old", "old1", "new"], default="new")
+    parser.add_argument(
+        "--scan-rate-only",
+        action="store_true",
+        help="only the alternating scan rates (previous code with 1 and 4 threads, today's) on --real",
+    )
     parser.add_argument("--root")
     parser.add_argument("--cache")
     parser.add_argument("--count", type=int)
@@ -298,6 +324,9 @@ def main() -> None:
         f"work folder {work}",
         flush=True,
     )
+    if args.scan_rate_only:
+        scan_rates(args.real, args.rounds, old, new)
+        return
     if Path(args.real).is_dir():  # the real posters: both codes must find the same groups and split
         cache = str(work / "cache_real")
         real = {
