@@ -34,9 +34,12 @@ def pytest_configure(config: pytest.Config) -> None:
 # pyproject.toml): the long ones start first and short ones are left for the end, so the two workers
 # finish together. Other files follow in their usual order.
 LONGEST_FIRST = [
+    # marked long (their own step, python -m pytest -q -m long)
     "tests/training/test_ddp_matrix.py",
-    "tests/launch/test_slurm.py",  # mostly waiting for the Slurm jobs
     "tests/bench/test_bench_smoke.py",
+    "tests/launch/test_slurm.py",  # mostly waiting for the Slurm jobs
+    "tests/results/test_cross_validation.py",
+    # the default run, longest first (--durations)
     "tests/cli/test_end_to_end.py",
     "tests/results/test_tracking.py",
     "tests/training/test_multilabel.py",
@@ -44,15 +47,25 @@ LONGEST_FIRST = [
     "tests/cli/test_train.py",
     "tests/launch/test_sweep.py",
     "tests/inference/test_ensemble.py",
-    "tests/training/test_feature_cache.py",
     "tests/training/test_ddp.py",
+    "tests/data/test_shards.py",
+    "tests/cli/test_predict.py",
+    "tests/training/test_feature_cache.py",
     "tests/results/test_test_artifacts.py",
+    "tests/inference/test_server.py",
+    "tests/inference/test_explain.py",
     "tests/results/test_sweep_report.py",
-    "tests/training/test_training_options.py",
     "tests/data/test_intake_pipeline.py",
+    "tests/cli/test_many_genres.py",
+    "tests/training/test_training_options.py",
     "tests/training/test_finetune.py",
     "tests/training/test_epoch_progress.py",
 ]
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    if config.getoption("markexpr") == "not long":  # the default run: say where the rest is
+        terminalreporter.write_line("Tests marked long were left out: python -m pytest -q -m long runs them.")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

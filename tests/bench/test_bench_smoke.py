@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers.paths import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:

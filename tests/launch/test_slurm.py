@@ -153,6 +153,7 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> ob
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.slurm
 def test_two_job_multirun_runs_as_slurm_jobs(slurm, poster_root: Path, tmp_path: Path, job_name: str):
     started = time.monotonic()
@@ -195,6 +196,7 @@ def test_two_job_multirun_runs_as_slurm_jobs(slurm, poster_root: Path, tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.slurm
 def test_preempted_ddp_job_checkpoints_requeues_and_resumes_in_its_run_folder(
     slurm, poster_root: Path, tmp_path: Path, job_name: str

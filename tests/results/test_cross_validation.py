@@ -28,7 +28,7 @@ from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST, TEST_BACKBONE
 from tests.helpers.posters import copy_posters
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # a 9-job cross-validation sweep: the long step
 
 CLASSES = ["Action", "Comedy", "Horror", "Romance"]
 GOOD = "model.optimizer.lr=0.003 trainer.max_epochs=3"  # as Hydra writes a swept value

@@ -41,7 +41,7 @@ from tests.helpers.ddp_jobs import JOB_LOG
 from tests.helpers.rank_weights import FOLDER, OVERRIDE, RANK_ENV, assert_ranks_identical
 from tests.helpers.recompute import single_label_metrics
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 FINETUNE = ["none", "head_then_all", "gradual", "linear_probe"]
 CALLBACKS = ["default", "ema", "early_stopping"]
