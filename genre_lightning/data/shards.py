@@ -109,7 +109,7 @@ def shards_split(folder: str | Path, key: str = "data.shards") -> Path:
     """The split the shards in ``folder`` hold (its ``annotations.csv``); a one-line error naming
     ``key`` if there is none."""
     split = Path(folder) / SPLIT_FILE
-    if not split.is_file() or not (Path(folder) / SHARDS_FILE).is_file():
+    if not split.is_file() or not is_shards_folder(folder):
         raise ConfigError(key, str(folder), f"a folder written by genre-data shards=<dir> (no {SPLIT_FILE})")
     return split
 
@@ -127,11 +127,10 @@ class ShardDataset(PosterDataset):
     """A split read from LitData chunks: the same items as ``PosterDataset`` on the same rows (``paths``,
     ``targets``, ``keys`` and label sets from the split), the pixels from the shard's bytes."""
 
-    key = "data.shards"  # the setting an error names (genre-predict's ShardImages: input)
-
-    def __init__(self, folder: str | Path, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, folder: str | Path, *args: Any, key: str = "data.shards", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.folder = str(folder)
+        self.key = key  # the setting an error names (genre-predict's ShardImages: input)
         self._stream: Any = None  # opened on first use, in whichever process (loader worker) reads
         # genre-predict's decode threads share one dataset: the stream is opened and read by one
         # thread at a time (a read is a copy of bytes; the decoding, the costly part, runs in parallel).
@@ -177,19 +176,16 @@ class ShardImages:
             raise ConfigError("split", split, f"all or a split the shards hold: {order}")
         self.others = 0  # what ImageFiles counts: here every item is an image
         self.splits = {
-            name: ShardDataset(Path(folder) / name, list(frame.loc[frame["split"] == name, "file_path"]), [], None)
+            name: ShardDataset(
+                Path(folder) / name, list(frame.loc[frame["split"] == name, "file_path"]), [], None, key="input"
+            )
             for name in (order if split == "all" else [split])
         }
-        for dataset in self.splits.values():
-            dataset.key = "input"
         self._where = {path: (name, i) for name, d in self.splits.items() for i, path in enumerate(d.paths)}
 
     def __iter__(self) -> Iterator[str]:
         for dataset in self.splits.values():
             yield from dataset.paths
-
-    def __len__(self) -> int:
-        return len(self._where)
 
     def dataset(self, paths: Sequence[str], transform: Callable) -> PosterDataset:
         """``paths`` (listed by this object) as a dataset whose pixels come from the shards."""
@@ -212,4 +208,4 @@ class _ShardItems(PosterDataset):
 
     def read_image(self, index: int) -> Image.Image:
         split, position = self.where[index]
-        return decode_rgb(self.splits[split].read_bytes(position), self.paths[index])
+        return self.splits[split].read_image(position)

@@ -98,8 +98,8 @@ def predicted_batches(
     """
     workers = predictor.decode_workers() if num_workers is None else num_workers
     classes = predictor.classes
-    batches = decoded_batches(paths, predictor.eval_transform, batch_size, workers if prefetch else 0, 2, dataset_of)
-    for batch in batches:
+    workers = workers if prefetch else 0
+    for batch in decoded_batches(paths, predictor.eval_transform, batch_size, workers, dataset_of=dataset_of):
         probabilities = torch.full((len(batch.paths), len(classes)), float("nan"))
         errors = [""] * len(batch.paths)
         for position, reason in batch.failed:
