@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from genre_lightning.utils.errors import ConfigError
 
@@ -161,6 +159,10 @@ def group_duplicates(sha256: Sequence[str], phash: Sequence[str], near_threshold
         pairs = near_pairs(hash_words(values), near_threshold)
         rows.append(first_node[pairs[:, 0]])
         cols.append(first_node[pairs[:, 1]])
+    # scipy here, not at the top: the predictor imports this module (through scan) but never groups.
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     edges_from, edges_to = np.concatenate(rows), np.concatenate(cols)
     graph = coo_matrix((np.ones(len(edges_from), dtype=np.int8), (edges_from, edges_to)), shape=(nodes, nodes))
     _, component = connected_components(graph, directed=False)

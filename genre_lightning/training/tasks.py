@@ -12,25 +12,21 @@ evaluation, prediction and export decide alike.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import MulticlassCalibrationError, MultilabelPrecisionRecallCurve
 
-from genre_lightning.training.calibration import ValidationLogits, calibration_error, fit_temperature
-from genre_lightning.training.metrics import (
-    ECE_BINS,
-    classification_metrics,
-    multilabel_metrics,
-    update_multilabel_metrics,
-)
 from genre_lightning.utils.distributed import any_rank
 from genre_lightning.utils.errors import ConfigError
+
+# torchmetrics (and the scipy of calibration) are imported where training uses them, not here: the
+# predictor builds these task objects too, and importing them would add about a second to its start.
+if TYPE_CHECKING:
+    from torchmetrics import Metric, MetricCollection
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +99,14 @@ class GenreTask(nn.Module):
         """At the end of a validation epoch, on every rank: tune what is tuned; the values to log."""
         return {}
 
+    def validation_state(self, build: Callable[[], Metric]) -> Metric:
+        """The metric that gathers a validation epoch (over DDP ranks), built on first use on the task's
+        device: a predictor never validates, so it never builds one."""
+        if "val_state" not in self._modules:
+            device = next(self.buffers()).device
+            self.add_module("val_state", build().to(device))
+        return self._modules["val_state"]
+
 
 class SingleLabelTask(GenreTask):
     """One genre per poster: softmax over the genres, cross-entropy (with label smoothing), top-1 decisions.
@@ -124,7 +128,6 @@ class SingleLabelTask(GenreTask):
         self.soft_target_criterion = SoftTargetCrossEntropy()  # Mixup's mixed targets
         self.fits_temperature = temperature is None
         self.register_buffer("temperature", torch.tensor(1.0 if temperature is None else float(temperature)))
-        self.val_logits = ValidationLogits()
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return (logits / self.temperature.to(logits)).softmax(dim=-1)
@@ -133,11 +136,20 @@ class SingleLabelTask(GenreTask):
         return logits.softmax(dim=-1)
 
     def uncalibrated_metric(self) -> Metric:
+        from torchmetrics.classification import MulticlassCalibrationError
+
+        from genre_lightning.training.metrics import ECE_BINS
+
         return MulticlassCalibrationError(len(self.classes), n_bins=ECE_BINS, norm="l1")
+
+    def validation_logits(self) -> Metric:
+        from genre_lightning.training.calibration import ValidationLogits
+
+        return self.validation_state(ValidationLogits)
 
     def observe_validation(self, logits: torch.Tensor, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
         if self.fits_temperature:
-            self.val_logits.update(logits, targets)
+            self.validation_logits().update(logits, targets)
 
     def after_validation(self, sanity_checking: bool) -> dict[str, float]:
         """The temperature that fits this validation epoch's logits best (every rank's images; every rank
@@ -145,14 +157,17 @@ class SingleLabelTask(GenreTask):
         after. Not on the sanity check's few batches."""
         if not self.fits_temperature:
             return {}
-        (updated,) = any_rank([self.val_logits.update_called])
+        from genre_lightning.training.calibration import calibration_error, fit_temperature
+
+        val_logits = self.validation_logits()
+        (updated,) = any_rank([val_logits.update_called])
         values: dict[str, float] = {}
         if updated and not sanity_checking:
-            if not self.val_logits.update_called:  # no readable image here: an empty (0, C) part, so every
+            if not val_logits.update_called:  # no readable image here: an empty (0, C) part, so every
                 # rank gathers tensors of the same rank and dtype (else gloo fails on a size mismatch)
                 empty = torch.empty(0, len(self.classes), device=self.temperature.device)
-                self.val_logits.update(empty, torch.empty(0, dtype=torch.long, device=empty.device))
-            logits, targets = self.val_logits.compute()
+                val_logits.update(empty, torch.empty(0, dtype=torch.long, device=empty.device))
+            logits, targets = val_logits.compute()
             fitted = fit_temperature(logits, targets)
             if fitted is None:
                 log.warning("No finite temperature fits this validation split (every poster right by a margin): T=1")
@@ -163,13 +178,15 @@ class SingleLabelTask(GenreTask):
                 "val/ece_uncalibrated": calibration_error(logits.softmax(dim=-1), targets),
                 "val/ece": calibration_error((logits / temperature).softmax(dim=-1), targets),
             }
-        self.val_logits.reset()
+        val_logits.reset()
         return values
 
     def decisions(self, probabilities: torch.Tensor) -> torch.Tensor:
         return nn.functional.one_hot(probabilities.argmax(dim=-1), len(self.classes)).bool()
 
     def metrics(self, prefix: str, detailed: bool = False) -> MetricCollection:
+        from genre_lightning.training.metrics import classification_metrics
+
         return classification_metrics(self.classes, prefix, detailed)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -214,7 +231,6 @@ class MultiLabelTask(GenreTask):
         # Buffers, so a checkpoint (and the export sidecar) carries the tuned thresholds.
         self.register_buffer("tuned_thresholds", torch.full((n,), DEFAULT_THRESHOLD))
         self.register_buffer("positive_weights", torch.ones(n))
-        self.val_curve = MultilabelPrecisionRecallCurve(n, thresholds=None)  # exact, synced over ranks
 
     def set_threshold(self, threshold: float | None) -> None:
         """Decide every genre at ``threshold`` instead of the tuned thresholds (None: the tuned ones)."""
@@ -233,6 +249,8 @@ class MultiLabelTask(GenreTask):
         return probabilities > self.thresholds().to(probabilities)
 
     def metrics(self, prefix: str, detailed: bool = False) -> MetricCollection:
+        from genre_lightning.training.metrics import multilabel_metrics
+
         return multilabel_metrics(self.classes, prefix, detailed)
 
     def targets(self, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -253,6 +271,8 @@ class MultiLabelTask(GenreTask):
         return mix_multi_hot(mixup, images, targets)
 
     def update_metrics(self, metrics: MetricCollection, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
+        from genre_lightning.training.metrics import update_multilabel_metrics
+
         update_multilabel_metrics(metrics, probabilities, targets, self.thresholds())
 
     def any_true_hits(self, logits: torch.Tensor, batch: Mapping[str, Any], stage: str) -> torch.Tensor | None:
@@ -269,22 +289,29 @@ class MultiLabelTask(GenreTask):
         self.positive_weights.copy_((total - positives).clamp(min=1) / positives)
         log.info("pos_weight per genre: %s", dict(zip(self.classes, self.positive_weights.tolist(), strict=True)))
 
+    def validation_curve(self) -> Metric:
+        from torchmetrics.classification import MultilabelPrecisionRecallCurve
+
+        # thresholds=None: the exact curve, synced over ranks
+        return self.validation_state(lambda: MultilabelPrecisionRecallCurve(len(self.classes), thresholds=None))
+
     def observe_validation(self, logits: torch.Tensor, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
-        self.val_curve.update(probabilities, targets.long())
+        self.validation_curve().update(probabilities, targets.long())
 
     def after_validation(self, sanity_checking: bool) -> dict[str, float]:
         """Per-genre thresholds that maximise F1 on this validation epoch (every rank's images; every rank
         takes part in the same collectives, whatever its data: see utils/distributed.py). Not on the
         sanity check's few batches. Used from the next epoch on, and by the test of the checkpoint."""
-        (updated,) = any_rank([self.val_curve.update_called])
+        val_curve = self.validation_curve()
+        (updated,) = any_rank([val_curve.update_called])
         values: dict[str, float] = {}
         if updated and not sanity_checking:
-            precision, recall, thresholds = self.val_curve.compute()
+            precision, recall, thresholds = val_curve.compute()
             self.tuned_thresholds.copy_(tune_thresholds(precision, recall, thresholds).to(self.tuned_thresholds))
             values = {
                 f"val/threshold/{c}": t for c, t in zip(self.classes, self.tuned_thresholds.tolist(), strict=True)
             }
-        self.val_curve.reset()
+        val_curve.reset()
         return values
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,23 @@ def test_an_unreadable_file_gives_an_error_result_and_a_bad_tensor_a_one_line_er
     assert bad.source == str(broken) and bad.error and bad.genre is None and bad.probabilities == {}
     with pytest.raises(ConfigError, match=r"images.*\(N, 3, H, W\)"):
         model.predict(torch.zeros(2, 3))
+
+
+def test_predicting_from_python_loads_no_training_library(trained, tiny_run: Path):
+    # A fresh process, as a user's script: load, predict, and list what got imported on the way.
+    _, expected = trained
+    ckpt = json.loads((tiny_run / "metrics.json").read_text())["best_ckpt_path"]
+    code = (
+        "import json, sys\n"
+        "from genre_lightning import Predictor\n"
+        f"result = Predictor.from_checkpoint({ckpt!r}, backend='torch').predict([{expected['file_path'][0]!r}])[0]\n"
+        "print(json.dumps([result.genre, sorted({m.split('.')[0] for m in sys.modules})]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    genre, modules = json.loads(out.splitlines()[-1])
+    assert genre == expected["top1"][0]
+    for training_only in ("lightning", "torchmetrics", "scipy", "hydra", "rich"):
+        assert training_only not in modules, training_only
 
 
 def test_the_predictor_reports_the_checkpoint_it_runs(tiny_run: Path):
