@@ -8,8 +8,8 @@ checks every import, lazy ones included):
 * ``models``: timm backbones, flip test-time augmentation, the ensemble network;
 * ``training``: the LightningModule, its single-/multi-label task objects, checkpoint reading,
   fine-tuning, the linear probe, the feature cache, callbacks;
-* ``inference``: ``Predictor`` (no Lightning, Hydra or rich), batch prediction, export, ensembles,
-  class-activation maps, the model card, and genre-serve's HTTP server;
+* ``inference``: ``Predictor`` (no Lightning, Hydra, rich, torchmetrics or scipy), batch prediction,
+  export, ensembles, class-activation maps, the model card, and genre-serve's HTTP server;
 * ``results``: tables, figures, the test callback, trackers, sweep reports;
 * ``launch``: multiruns with one shared split, Slurm;
 * ``cli``: one thin Hydra main per command: ``genre-train``, ``genre-eval``, ``genre-predict``,

@@ -1,8 +1,9 @@
-"""Prediction from a trained checkpoint, without Lightning, Hydra or rich: ``Predictor`` (``predictor``),
-batch prediction over files (``batch``), prediction tables (``prediction_table``), export to ONNX or
-TorchScript (``export``), building an ensemble checkpoint (``ensemble``), class-activation maps
-(``explain``), the model card (``model_card``) and genre-serve's HTTP server (``server``). Those last
-import their optional libraries (grad-cam, Starlette, uvicorn) themselves, so this package stays light.
+"""Prediction from a trained checkpoint, without Lightning, Hydra, rich, torchmetrics or scipy:
+``Predictor`` (``predictor``), batch prediction over files (``batch``), prediction tables
+(``prediction_table``), export to ONNX or TorchScript (``export``), building an ensemble checkpoint
+(``ensemble``), class-activation maps (``explain``), the model card (``model_card``) and genre-serve's
+HTTP server (``server``). Those last import their optional libraries (grad-cam, Starlette, uvicorn)
+themselves, so this package stays light.
 
     from genre_lightning.inference import Predictor
 
