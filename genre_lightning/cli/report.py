@@ -2,7 +2,9 @@
 as one table, mean ± std over seeds, each recipe against the best one on the same posters; a
 cross-validation sweep out of fold, with intervals (the work is in ``results/sweep_report.py`` and
 ``results/cv_report.py``). With ``mlflow.tracking_uri=<uri> mlflow.sweep=<name>`` the sweep is read
-back from an MLflow server."""
+back from an MLflow server. A cross-validation also gets its data-quality section (confused pairs, hardest
+posters, label issues: ``results/data_quality.py``); ``oof_csv=<oof_predictions.csv>`` gives that section
+for a bare out-of-fold table."""
 
 from __future__ import annotations
 
@@ -27,10 +29,20 @@ def report_sweep(cfg: DictConfig) -> None:
         raise ConfigError(
             "order", cfg.order, "ascending, descending or null (losses and ECE ascending, the rest descending)"
         )
-    if bool(cfg.sweep_dir) == bool(cfg.mlflow.tracking_uri):
+    sources = [bool(cfg.sweep_dir), bool(cfg.mlflow.tracking_uri), bool(cfg.oof_csv)]
+    if sum(sources) != 1:
         raise ConfigError(
-            "sweep_dir", cfg.sweep_dir, "a multirun folder, or mlflow.tracking_uri=<server> instead (one of the two)"
+            "sweep_dir",
+            cfg.sweep_dir,
+            "a multirun folder, or mlflow.tracking_uri=<server> or oof_csv=<oof_predictions.csv> instead (one of them)",
         )
+    if cfg.label_issues not in (None, True, False):
+        raise ConfigError("label_issues", cfg.label_issues, "null (on for a cross-validation), true or false")
+    if cfg.oof_csv:
+        from genre_lightning.results.data_quality import report_oof
+
+        print(report_oof(cfg.oof_csv, cfg.label_issues_recipe))
+        return
     if isinstance(cfg.samples, bool) or not isinstance(cfg.samples, int) or cfg.samples < 100:
         raise ConfigError("samples", cfg.samples, "an integer of at least 100 (bootstrap samples)")
     if cfg.incomplete not in INCOMPLETE:
@@ -44,6 +56,8 @@ def report_sweep(cfg: DictConfig) -> None:
             cfg.samples,
             cfg.bootstrap_seed,
             incomplete=cfg.incomplete,
+            label_issues=cfg.label_issues,
+            label_issues_recipe=cfg.label_issues_recipe,
         )
         return
     from genre_lightning.results.mlflow_sweep import collect_mlflow_jobs

@@ -30,6 +30,7 @@ from genre_lightning.data.duplicates import (
     group_duplicates,
 )
 from genre_lightning.data.folds import CrossValidation, assign_folds, check_fold_column, fold_counts, fold_splits
+from genre_lightning.data.label_fixes import LabelFixes, fix_split
 from genre_lightning.data.scan import Candidate, ScanResult, Skipped, scan, split_labels, verify_all
 from genre_lightning.data.split_choice import ANNOTATIONS_FILE, choose_split
 from genre_lightning.data.stratify import (
@@ -262,6 +263,7 @@ def prepare_annotations(
     task: str = "single",
     cv: CrossValidation | None = None,
     verify_cache: str | Path | None = None,
+    label_fixes: LabelFixes | None = None,
 ) -> Path:
     """Write ``annotations.csv``, ``data_report.json`` and ``verified.csv`` into ``output_dir`` and
     return the CSV path.
@@ -271,6 +273,7 @@ def prepare_annotations(
     ``cv``, its fold assignment, and the run's splits are those of ``cv.fold`` (``data/folds.py``). Its
     files are checked against the ``verified.csv`` beside it and decoded only where they changed.
     ``verify_cache`` (a folder) keeps the records of every file of a data source for later new splits.
+    ``label_fixes`` change the split's rows after it is made (``data/label_fixes.py``).
     """
     output_dir = Path(output_dir)
     target = output_dir / ANNOTATIONS_FILE
@@ -295,6 +298,7 @@ def prepare_annotations(
         )
         listed = _scanned_paths(report, frame, records)
         _merge_into_cache(cached, records.subset(listed))
+    frame = fix_split(frame, report, label_fixes, output_dir)
     if target.is_file() and split_digest(read_split_file(target, classes)) != split_digest(frame):
         raise ConfigError("data.split_file", str(split_file), f"the same split as the one already in {target}")
     records.subset(listed).write(output_dir / RECORDS_FILE)

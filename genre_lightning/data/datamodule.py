@@ -27,6 +27,7 @@ from genre_lightning.data.demo import ensure_demo_posters
 from genre_lightning.data.duplicates import check_duplicate_options
 from genre_lightning.data.folds import CrossValidation
 from genre_lightning.data.image_cache import DecodedImageCache, cover_side
+from genre_lightning.data.label_fixes import fold_digest_with_fixes, read_label_fixes, unfixed_rows
 from genre_lightning.data.shards import ShardDataset, copy_shards_split, shards_split
 from genre_lightning.data.stratify import HOLDOUT, SPLIT_NAMES, check_fractions
 from genre_lightning.utils.errors import ConfigError
@@ -96,6 +97,8 @@ class PosterDataModule(LightningDataModule):
         cv_val_fraction: float = 0.15,
         shards: str | None = None,
         required_splits: Sequence[str] = (),
+        label_fixes: str | None = None,
+        label_fixes_scope: str = "train",
     ) -> None:
         super().__init__()
         if not classes:
@@ -136,6 +139,8 @@ class PosterDataModule(LightningDataModule):
         # here, not after a scan of every file (also for genre-data); checks data.task too
         check_duplicate_options(duplicates, task)
         self.task = task
+        # Read and checked here, before a scan of every file: applied to the split (data/label_fixes.py).
+        self.label_fixes = read_label_fixes(label_fixes, self.classes, label_fixes_scope, task == "multilabel")
         self.duplicates = dict(duplicates) if duplicates else None
         self.demo = dict(demo) if demo else None
         if test_split not in SPLIT_NAMES:
@@ -198,6 +203,7 @@ class PosterDataModule(LightningDataModule):
             task=self.task,
             cv=self.cv,
             verify_cache=self.verify_cache,
+            label_fixes=self.label_fixes,
         )
         self._prepared = True
 
@@ -347,11 +353,17 @@ class PosterDataModule(LightningDataModule):
             "classes": self.classes,
             "split_digest": split_digest(self.frame) if self.frame is not None else None,
             # The fold assignment's own fingerprint: the fold runs of one cross-validation share it.
-            "fold_digest": fold_digest(self.frame) if self.frame is not None else None,
+            "fold_digest": self._fold_digest(),
             "folds": self.cv.folds if self.cv is not None else None,
             "fold": self.cv.fold if self.cv is not None else None,
             "augment": to_plain(self.augment),
         }
+
+    def _fold_digest(self) -> str | None:
+        """With label fixes: the digest of the rows no fix names (the same in every fold run), and the fixes'."""
+        if self.frame is None:
+            return None
+        return fold_digest_with_fixes(fold_digest(unfixed_rows(self.frame, self.label_fixes)), self.label_fixes)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         expected = state_dict.get("split_digest")

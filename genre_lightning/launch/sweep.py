@@ -17,6 +17,7 @@ the same folds and derives its own train/val/test from them (``data/folds.py``);
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -55,12 +56,21 @@ SPLIT_KEYS = (
     "folds",
     "cv_test_fraction",
     "shards",
+    # Label fixes (data/label_fixes.py) change the rows of every split: runs with and without them are
+    # different data (the fold assignment itself is that of the data as filed).
+    "label_fixes",
+    "label_fixes_scope",
 )
 
 
 def split_settings(data: DictConfig) -> dict[str, Any]:
-    """The resolved settings that decide the split, comparable between the launcher and the jobs."""
-    return {key: OmegaConf.to_container(data, resolve=True).get(key) for key in SPLIT_KEYS}
+    """The resolved settings that decide the split, comparable between the launcher and the jobs (a
+    label-fixes file by its path and its content's SHA-256, so an edit between the two shows)."""
+    settings = {key: OmegaConf.to_container(data, resolve=True).get(key) for key in SPLIT_KEYS}
+    fixes = settings.get("label_fixes")
+    if fixes and Path(fixes).is_file():
+        settings["label_fixes"] = {"path": fixes, "sha256": hashlib.sha256(Path(fixes).read_bytes()).hexdigest()}
+    return settings
 
 
 def _multirun() -> bool:
@@ -78,7 +88,8 @@ class SharedSplit(Callback):
         HydraConfig.instance().set_config(config)  # the data config's paths use ${hydra:runtime.cwd}
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            datamodule = instantiate(data, output_dir=str(sweep_dir))
+            # The fold assignment as filed: each job applies the label fixes to its own fold's splits.
+            datamodule = instantiate(data, output_dir=str(sweep_dir), label_fixes=None)
             datamodule.prepare_data()
         except Exception as error:
             swept = swept_split_settings(config)

@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from genre_lightning.results.bootstrap import SAMPLES
-from genre_lightning.results.cv_report import cv_sections
+from genre_lightning.results.cv_report import OOF_FILE, cv_sections
+from genre_lightning.results.data_quality import data_quality_section
 from genre_lightning.results.recipe_tables import recipe_markdown, recipe_table
 from genre_lightning.results.recipes import (
     FOLD_KEY,
@@ -34,6 +35,7 @@ from genre_lightning.results.recipes import (
     read_predictions,
     scores,
 )
+from genre_lightning.utils.csvio import read_csv
 from genre_lightning.utils.errors import ConfigError
 
 SEED_KEYS = {SEED_KEY}
@@ -140,10 +142,14 @@ def report(
     samples: int = SAMPLES,
     seed: int = 0,
     incomplete: str = "fail",
+    label_issues: bool | None = None,
+    label_issues_recipe: str | None = None,
 ) -> pd.DataFrame:
     """Write ``report.csv`` and ``report.md`` into ``folder``; print the Markdown; return the table.
     ``samples`` and ``seed``: the bootstrap of the intervals; ``incomplete``: what a
-    cross-validation's runs with missing folds do (``fail``, ``skip``, ``common``: ``cv_report.fold_runs``)."""
+    cross-validation's runs with missing folds do (``fail``, ``skip``, ``common``: ``cv_report.fold_runs``).
+    A cross-validation also gets its data-quality section (``results/data_quality.py``): ``label_issues``
+    (None: on for a cross-validation; True on any other sweep is an error) and the recipe it examines."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(
@@ -157,7 +163,15 @@ def report(
     ignored = {FOLD_KEY, *NOT_RECIPE, *(SEED_KEYS if group_seeds else ())}
     shared = name_recipes(jobs, RecipeKeys(frozenset(ignored)))
     if any(job.fold is not None for job in jobs):
-        return _cross_validation_report(jobs, folder, shared, samples, seed, incomplete)
+        quality = {"label_issues": label_issues is not False, "recipe": label_issues_recipe}
+        return _cross_validation_report(jobs, folder, shared, samples, seed, incomplete, quality)
+    if label_issues:
+        raise ConfigError(
+            "label_issues",
+            True,
+            "false for a sweep that is not a cross-validation (label issues need out-of-fold predictions: "
+            "genre-train -m data.folds=5 data.fold=0,1,2,3,4 ..., then genre-report on that folder)",
+        )
     table, unfinished = job_table(jobs)
     paired = _paired_on_the_test_split([j for j in jobs if j.metrics is not None], folder, samples, seed)
     return write_report(table, unfinished, folder, metric, ascending, group_seeds, paired)
@@ -215,9 +229,21 @@ def _paired_on_the_test_split(jobs: Sequence[Job], folder: Path, samples: int, s
 
 
 def _cross_validation_report(
-    jobs: Sequence[Job], folder: Path, shared: dict[str, str], samples: int, seed: int, incomplete: str
+    jobs: Sequence[Job],
+    folder: Path,
+    shared: dict[str, str],
+    samples: int,
+    seed: int,
+    incomplete: str,
+    quality: dict | None = None,
 ) -> pd.DataFrame:
     markdown, table = cv_sections(jobs, folder, samples, seed, incomplete)
+    if quality is not None and not table.empty and (folder / OOF_FILE).is_file():
+        oof = read_csv(folder / OOF_FILE)
+        fold_jobs = [job for job in jobs if job.metrics is not None]
+        markdown += data_quality_section(
+            oof, folder, list(table["recipe"]), quality["recipe"], quality["label_issues"], duplicate_groups(fold_jobs)
+        )
     if shared:
         markdown += "\nOverrides shared by every recipe: " + " ".join(f"`{k}={v}`" for k, v in shared.items()) + "\n"
     unfinished = [job.name for job in jobs if job.metrics is None]

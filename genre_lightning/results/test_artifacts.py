@@ -6,6 +6,8 @@ without repeats), and writes into the run folder:
 
 * ``test_predictions.csv``: one row per test image (file, true label, top-1, probabilities);
 * ``confusion_matrix.csv``: counts, rows = true genre, columns = predicted genre;
+* ``confused_pairs.csv``: the confused (true, predicted) pairs, most frequent first, and
+  ``figures/hardest.png``: the posters with the highest loss (``results/confusions.py``);
 * ``figures/``: confusion matrix, most confident mistakes, training samples after the
   transforms, predicted-vs-true distribution, reliability diagram (also TensorBoard images);
   with ``cam=True`` also ``mistakes_cam.png``: the mistakes with the class-activation map of the
@@ -44,6 +46,7 @@ from genre_lightning.data.imageio import UnreadableImage, read_rgb
 from genre_lightning.inference.explain import explain
 from genre_lightning.inference.predictor import Predictor
 from genre_lightning.results import figures
+from genre_lightning.results.confusions import PAIRS_FILE, confused_pairs, hardest_figure
 from genre_lightning.results.tables import Predictions, calibration_bins, multilabel_table, per_class_table
 from genre_lightning.training.calibration import uncalibrated
 from genre_lightning.training.metrics import ECE_BINS
@@ -194,6 +197,9 @@ class TestArtifacts(Callback):
         confusion = pd.DataFrame(matrix, index=pd.Index(classes, name="true\\predicted"), columns=classes)
         confusion.to_csv(out / CONFUSION_FILE)
         written["confusion_csv"] = out / CONFUSION_FILE
+        frame = predictions.frame()
+        write_csv(confused_pairs(frame, classes), out / PAIRS_FILE)
+        written["confused_pairs"] = out / PAIRS_FILE
         support = matrix.sum(axis=1).tolist()
         if self.print_table:
             rich.print(per_class_table(metrics, classes, support))
@@ -208,6 +214,10 @@ class TestArtifacts(Callback):
                 figures.distribution_figure(support, matrix.sum(axis=0).tolist(), classes),
             ),
             "reliability": ("test/reliability", self._reliability_figure(predictions, metrics, temperature)),
+            "hardest": (
+                "test/hardest",
+                hardest_figure(frame, self.max_mistakes, self.columns, f"Highest loss, {split} split"),
+            ),
         }
 
     @staticmethod
