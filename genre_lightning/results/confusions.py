@@ -25,7 +25,10 @@ def confused_pairs(frame: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     wrong = frame[frame["label"] != frame["top1"]]
     table = wrong.groupby(["label", "top1"]).size().rename("count").reset_index()
     table = table.rename(columns={"label": "true", "top1": "predicted"})
-    table["share_of_true"] = table["count"] / table["true"].map(frame["label"].value_counts())
+    if table.empty:  # nothing confused (an empty frame's columns would not be numbers)
+        return pd.DataFrame({"true": [], "predicted": [], "count": pd.Series([], dtype=int), "share_of_true": []})
+    filed = table["true"].map(frame["label"].value_counts()).to_numpy(float)
+    table["share_of_true"] = table["count"].to_numpy(float) / filed
 
     def by_class_order(column: pd.Series) -> pd.Series:
         return column if column.name == "count" else column.map(order)

@@ -52,8 +52,9 @@ def recipe_predictions(oof: pd.DataFrame, recipe: str, groups: dict[str, str] | 
     return frame
 
 
-def chosen_recipe(oof: pd.DataFrame, ranked: Sequence[str], wanted: str | None) -> tuple[str, str]:
-    """The recipe to examine and how it was chosen (the best of ``ranked`` unless ``wanted`` names one)."""
+def chosen_recipe(oof: pd.DataFrame, ranked: Sequence[str] | None, wanted: str | None) -> tuple[str, str]:
+    """The recipe to examine and how it was chosen: ``wanted``, else the first of ``ranked`` (the report's
+    order), else the one with the highest mean top-1 out of fold."""
     recipes = sorted(set(oof["recipe"]))
     if wanted is not None:
         if wanted not in recipes:
@@ -61,6 +62,8 @@ def chosen_recipe(oof: pd.DataFrame, ranked: Sequence[str], wanted: str | None) 
         return wanted, "chosen with label_issues_recipe"
     if len(recipes) == 1:
         return recipes[0], "the only recipe"
+    if ranked is None:
+        return best_by_accuracy(oof)[0], "the highest mean top-1 out of fold"
     return ranked[0], "the best recipe of this report"
 
 
@@ -75,7 +78,7 @@ def best_by_accuracy(oof: pd.DataFrame) -> list[str]:
 def data_quality_section(
     oof: pd.DataFrame,
     folder: Path,
-    ranked: Sequence[str],
+    ranked: Sequence[str] | None,
     recipe: str | None = None,
     label_issues: bool = True,
     groups: dict[str, str] | None = None,
@@ -158,6 +161,6 @@ def report_oof(csv_path: str | Path, recipe: str | None = None) -> str:
         oof = oof.assign(recipe="(the table's)", seed="(default)")
     if "seed" not in oof.columns:
         oof["seed"] = "(default)"
-    markdown = data_quality_section(oof, path.parent, best_by_accuracy(oof), recipe, groups=groups_beside(path))
+    markdown = data_quality_section(oof, path.parent, None, recipe, groups=groups_beside(path))
     (path.parent / "data_quality.md").write_text(markdown)
     return markdown

@@ -241,8 +241,9 @@ def _cross_validation_report(
     if quality is not None and not table.empty and (folder / OOF_FILE).is_file():
         oof = read_csv(folder / OOF_FILE)
         fold_jobs = [job for job in jobs if job.metrics is not None]
+        ranked = list(table["recipe"]) if "top1" in table.columns else None  # multi-label: no scored table
         markdown += data_quality_section(
-            oof, folder, list(table["recipe"]), quality["recipe"], quality["label_issues"], duplicate_groups(fold_jobs)
+            oof, folder, ranked, quality["recipe"], quality["label_issues"], duplicate_groups(fold_jobs)
         )
     if shared:
         markdown += "\nOverrides shared by every recipe: " + " ".join(f"`{k}={v}`" for k, v in shared.items()) + "\n"
