@@ -166,3 +166,13 @@ def test_readme_relative_links_point_to_files_and_headings_that_exist():
             headings = re.findall(r"^#+ (.+)$", target.read_text(), re.M)
             slugs = {slugify(heading.replace("`", ""), "-") for heading in headings}
             assert anchor in slugs, f"README links to {link}: {path} has no heading #{anchor}"
+
+
+def test_ci_runs_the_readme_quick_start_verbatim():
+    readme = README.read_text()
+    quick_start = re.search(r"```bash\n(.*?)```", readme[readme.index("## Quick start") :], re.S).group(1)
+    commands = [line for line in quick_start.splitlines() if line.strip()]
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert commands == ['pip install -e ".[dev]" && genre-train experiment=demo', "python -m pytest -q"], commands
+    for command in commands:
+        assert command in ci, f".ci/run does not run README's quick-start command {command!r} as it stands"
