@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from genre_lightning.results import figures
+from genre_lightning.results.thumbnails import short_name, thumbnail
 
 PAIRS_FILE = "confused_pairs.csv"
 HARDEST_FIGURE = "hardest.png"
@@ -56,11 +57,9 @@ def hardest(frame: pd.DataFrame, limit: int) -> pd.DataFrame:
 
 def hardest_figure(frame: pd.DataFrame, limit: int, columns: int, title: str) -> Figure:
     """A grid of the hardest posters, each captioned with its filed and predicted genre and its loss."""
-    from genre_lightning.results.test_artifacts import _short, _thumbnail  # the mistakes grid's own helpers
-
     shown = hardest(frame, limit)
-    images = [_thumbnail(p) for p in shown["file_path"]]
+    images = [thumbnail(p) for p in shown["file_path"]]
     captions = [
-        f"Filed: {r.label} /\nPred: {r.top1} (loss {r.loss:.2f})\n{_short(r.file_path)}" for r in shown.itertuples()
+        f"Filed: {r.label} /\nPred: {r.top1} (loss {r.loss:.2f})\n{short_name(r.file_path)}" for r in shown.itertuples()
     ]
     return figures.image_grid(images, captions, title, columns=columns, caption_color="#b00020")

@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from genre_lightning.results import figures
+from genre_lightning.results.thumbnails import short_name, thumbnail
 
 ISSUES_FILE = "label_issues.csv"
 ISSUES_FIGURE = "label_issues.png"
@@ -98,12 +99,10 @@ def _multilabel(frame: pd.DataFrame, probabilities: np.ndarray, classes: Sequenc
 
 def issues_figure(table: pd.DataFrame, limit: int, columns: int, title: str) -> Figure:
     """The ``limit`` most doubtful posters, each captioned with its filed and its suggested genre."""
-    from genre_lightning.results.test_artifacts import _short, _thumbnail  # the mistakes grid's own helpers
-
     shown = table.head(limit)
-    images = [_thumbnail(p) for p in shown["file_path"]]
+    images = [thumbnail(p) for p in shown["file_path"]]
     captions = [
-        f"Filed: {r.filed} /\nSuggested: {r.suggested} ({r.p_suggested:.2f})\n{_short(r.file_path)}"
+        f"Filed: {r.filed} /\nSuggested: {r.suggested} ({r.p_suggested:.2f})\n{short_name(r.file_path)}"
         for r in shown.itertuples()
     ]
     return figures.image_grid(images, captions, title, columns=columns, caption_color="#b00020")

@@ -42,12 +42,14 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import precision_recall_curve
 
-from genre_lightning.data.imageio import UnreadableImage, read_rgb
 from genre_lightning.inference.explain import explain
 from genre_lightning.inference.predictor import Predictor
 from genre_lightning.results import figures
 from genre_lightning.results.confusions import PAIRS_FILE, confused_pairs, hardest_figure
 from genre_lightning.results.tables import Predictions, calibration_bins, multilabel_table, per_class_table
+from genre_lightning.results.thumbnails import THUMBNAIL
+from genre_lightning.results.thumbnails import short_name as _short
+from genre_lightning.results.thumbnails import thumbnail as _thumbnail
 from genre_lightning.training.calibration import uncalibrated
 from genre_lightning.training.metrics import ECE_BINS
 from genre_lightning.utils.csvio import write_csv
@@ -62,7 +64,6 @@ COOCCURRENCE_FILE = "cooccurrence.csv"
 FIGURES_DIR = "figures"
 MAX_SAMPLES = 32  # training samples shown in all, with more than figures.FEW_GENRES genres
 SAMPLE_COLUMNS = 8
-THUMBNAIL = 256  # longest side, in pixels, of a poster shown in the mistakes grid
 
 
 class TestArtifacts(Callback):
@@ -357,18 +358,3 @@ def _test_dataset(trainer: Trainer) -> Any:
     loader = loaders[0] if isinstance(loaders, Sequence) else loaders
     dataset = getattr(loader, "dataset", None)
     return dataset if hasattr(dataset, "paths") else None
-
-
-def _thumbnail(path: str) -> np.ndarray:
-    try:
-        image = read_rgb(path)
-    except UnreadableImage:
-        return np.ones((THUMBNAIL, THUMBNAIL, 3))
-    image.thumbnail((THUMBNAIL, THUMBNAIL))
-    return np.asarray(image)
-
-
-def _short(path: str, width: int = 28) -> str:
-    # A file name that is not UTF-8 (kept as surrogate escapes) cannot be drawn: show U+FFFD instead.
-    name = Path(path).name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return name if len(name) <= width else name[: width - 3] + "..."
