@@ -61,6 +61,7 @@ def evaluate(cfg: DictConfig, extra: dict | None = None) -> dict:
         "split": cfg.split,
         "split_file": datamodule.split_file,
         "skipped_during_run": images_skipped_during_run(model.failed_items, datamodule),
+        "loss": model.loss_settings(),
         **(extra or {}),
     }
     temperature = getattr(model.task, "temperature", None)

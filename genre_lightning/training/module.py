@@ -70,6 +70,10 @@ class GenreClassifier(LightningModule):
             ``EnsembleNet`` (written by genre-ensemble; evaluated and served, never trained).
         temperature: single-label only: None fits the temperature of ``softmax(logits / T)`` on the
             validation split after every validation epoch; a positive number fixes it (1.0: none).
+        class_weights: single-label only: None, ``auto`` (inverse frequency in the training split, mean
+            weight 1 over its posters) or ``{genre: weight}``; the hyper-parameters (so the checkpoint)
+            hold the resolved ``{genre: weight}`` once training starts. ``training/losses.py``.
+        loss: single-label only: ``cross_entropy`` or ``focal`` (with ``focal_gamma``).
     """
 
     def __init__(
@@ -93,14 +97,17 @@ class GenreClassifier(LightningModule):
         pos_weight: bool = False,
         members: Sequence[Mapping[str, Any]] | None = None,
         temperature: float | None = None,
+        class_weights: str | Mapping[str, float] | None = None,
+        loss: str = "cross_entropy",
+        focal_gamma: float = 2.0,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
             raise ConfigError("model.scheduler_interval", scheduler_interval, "epoch or step")
         if task not in TASKS:
             raise ConfigError("model.task", task, "single or multilabel (it follows data.task)")
-        classes, optimizer, scheduler, data_config, mixup, members = map(
-            to_plain, (classes, optimizer, scheduler, data_config, mixup, members)
+        classes, optimizer, scheduler, data_config, mixup, members, class_weights = map(
+            to_plain, (classes, optimizer, scheduler, data_config, mixup, members, class_weights)
         )
         self.save_hyperparameters(
             {
@@ -123,11 +130,16 @@ class GenreClassifier(LightningModule):
                 "pos_weight": pos_weight,
                 "members": members,
                 "temperature": temperature,
+                "class_weights": class_weights,
+                "loss": loss,
+                "focal_gamma": focal_gamma,
             },
             logger=False,  # the loggers get the whole resolved config instead (results/tracking.log_config)
         )
         self.classes = list(classes)
-        self.task = make_task(task, self.classes, label_smoothing, threshold, pos_weight, temperature)
+        self.task = make_task(
+            task, self.classes, label_smoothing, threshold, pos_weight, temperature, class_weights, loss, focal_gamma
+        )
         self.net, self.data_config = build_network(
             backbone, len(self.classes), pretrained, weights, drop_rate, drop_path_rate, data_config, members
         )
@@ -197,9 +209,22 @@ class GenreClassifier(LightningModule):
         self.hparams.channels_last = bool(enabled)
         self.net = self.net.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
+    def loss_settings(self) -> dict[str, Any]:
+        """What the training loss was (metrics.json's ``loss``): its kind, the focal exponent, and
+        each genre's class weight (None: unweighted)."""
+        focal = self.hparams.get("loss", "cross_entropy") == "focal"
+        return {
+            "loss": self.hparams.get("loss", "cross_entropy"),
+            "focal_gamma": self.hparams.get("focal_gamma") if focal else None,
+            "class_weights": self.hparams.get("class_weights"),
+        }
+
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self.task.fit_setup(getattr(self.trainer, "datamodule", None))
+            weights = getattr(self.task, "resolved_class_weights", lambda: None)()
+            if weights is not None:  # the values, not "auto": the checkpoint's model weighs as it trained
+                self.hparams.class_weights = weights
 
     def _stage_metrics(self, stage: str) -> MetricCollection:
         return getattr(self, f"{stage}_metrics")

@@ -20,6 +20,7 @@ import torch.nn as nn
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
+from genre_lightning.training import losses
 from genre_lightning.utils.distributed import any_rank
 from genre_lightning.utils.errors import ConfigError
 
@@ -116,10 +117,27 @@ class SingleLabelTask(GenreTask):
     is fitted on the validation split's logits after every validation epoch (the checkpoint of an epoch
     holds the ``T`` of that epoch's weights); a number fixes it (1.0: no scaling), e.g. for a refit
     without a validation split. The loss, and so training, never sees ``T``.
+
+    For uneven genres (``training/losses.py``): ``class_weights`` (None, ``auto``: inverse frequency in
+    the training split, resolved by ``fit_setup``, or ``{genre: weight}``) and ``loss="focal"`` (with
+    ``focal_gamma``) weigh the loss, for hard and Mixup's soft targets alike.
     """
 
-    def __init__(self, classes: Sequence[str], label_smoothing: float = 0.0, temperature: float | None = None) -> None:
+    def __init__(
+        self,
+        classes: Sequence[str],
+        label_smoothing: float = 0.0,
+        temperature: float | None = None,
+        class_weights: str | Mapping[str, float] | None = None,
+        loss: str = "cross_entropy",
+        focal_gamma: float = 2.0,
+    ) -> None:
         super().__init__(classes)
+        self.focal_gamma = losses.check_loss(loss, focal_gamma)
+        self.class_weight_spec = class_weights
+        weights = losses.check_class_weights(class_weights, self.classes)
+        self.class_weights = torch.tensor(weights) if weights is not None else None
+        self.label_smoothing = label_smoothing
         if temperature is not None and (isinstance(temperature, bool) or not float(temperature) > 0):
             raise ConfigError(
                 "model.temperature", temperature, "null (fitted on the validation split) or a positive number"
@@ -189,11 +207,38 @@ class SingleLabelTask(GenreTask):
 
         return classification_metrics(self.classes, prefix, detailed)
 
+    def reweighted(self) -> bool:
+        """Whether the loss is class-weighted or focal (else the plain cross-entropy)."""
+        return self.class_weight_spec is not None or self.focal_gamma > 0
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.reweighted():
+            soft = losses.smoothed_one_hot(targets, len(self.classes), self.label_smoothing)
+            return self.mixed_loss(logits, soft)
         return self.criterion(logits, targets)
 
     def mixed_loss(self, logits: torch.Tensor, mixed_targets: torch.Tensor) -> torch.Tensor:
+        if self.reweighted():
+            return losses.soft_cross_entropy(logits, mixed_targets, self.class_weights, self.focal_gamma)
         return self.soft_target_criterion(logits, mixed_targets)
+
+    def fit_setup(self, datamodule: Any) -> None:
+        """``class_weights=auto``: inverse frequency in the training split (every DDP rank reads the
+        same split, so every rank computes the same weights)."""
+        if self.class_weight_spec != losses.AUTO:
+            return
+        if datamodule is None or not hasattr(datamodule, "train_label_counts"):
+            expected = "null or {genre: weight} without the PosterDataModule"
+            raise ConfigError("model.class_weights", losses.AUTO, expected)
+        counts, _ = datamodule.train_label_counts()
+        self.class_weights = torch.tensor(losses.inverse_frequency_weights(counts, self.classes))
+        log.info("Class weights (auto, inverse frequency): %s", self.resolved_class_weights())
+
+    def resolved_class_weights(self) -> dict[str, float] | None:
+        """Each genre's weight in the loss (None: unweighted, or ``auto`` before ``fit_setup``)."""
+        if self.class_weights is None:
+            return None
+        return dict(zip(self.classes, self.class_weights.tolist(), strict=True))
 
     def any_true_hits(self, logits: torch.Tensor, batch: Mapping[str, Any], stage: str) -> torch.Tensor | None:
         # Items that carry several genres (duplicate policy multi_genre): any of them counts.
@@ -322,15 +367,22 @@ def make_task(
     threshold: float | None = None,
     pos_weight: bool = False,
     temperature: float | None = None,
+    class_weights: str | Mapping[str, float] | None = None,
+    loss: str = "cross_entropy",
+    focal_gamma: float = 2.0,
 ) -> GenreTask:
     """The task object for ``model.task``."""
     if task == "single":
         if threshold is not None:
             raise ConfigError("model.threshold", threshold, "null for a single-label model (it takes the top genre)")
-        return SingleLabelTask(classes, label_smoothing, temperature)
+        return SingleLabelTask(classes, label_smoothing, temperature, class_weights, loss, focal_gamma)
     if task == "multilabel":
         if temperature is not None:
             raise ConfigError("model.temperature", temperature, "null for a multi-label model (no temperature scaling)")
+        if class_weights is not None:
+            raise ConfigError("model.class_weights", class_weights, "null for data.task=multilabel (model.pos_weight)")
+        if loss != "cross_entropy":
+            raise ConfigError("model.loss", loss, "cross_entropy for data.task=multilabel (focal is single-label)")
         return MultiLabelTask(classes, label_smoothing, threshold, pos_weight)
     raise ConfigError("model.task", task, "single or multilabel (it follows data.task)")
 
