@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +37,7 @@ class Predictor(Protocol):
     classes: list[str]
     task: GenreTask
     eval_transform: Callable
+    min_image_side: int | None
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor: ...
 
@@ -94,8 +96,11 @@ def predicted_batches(
 
     ``num_workers``: decode threads (None: the cores the model leaves free, at least one);
     ``prefetch=False`` (or ``num_workers=0``) decodes each batch in this thread before the model runs it.
-    ``dataset_of``: where the pixels of ``paths`` come from (default: the files; ``ShardImages.dataset``).
+    ``dataset_of``: where the pixels of ``paths`` come from (default: the files, refused below the
+    predictor's ``min_image_side`` as the intake refuses them; ``ShardImages.dataset``: verified already).
     """
+    if dataset_of is image_files:
+        dataset_of = partial(image_files, min_side=predictor.min_image_side)
     workers = predictor.decode_workers() if num_workers is None else num_workers
     classes = predictor.classes
     workers = workers if prefetch else 0
