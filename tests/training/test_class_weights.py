@@ -203,6 +203,9 @@ def test_the_probe_under_ddp_fits_the_same_class_weighted_head_on_every_rank(pos
         )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert_ranks_identical(run)
+    output = (tmp_path / "stdout.log").read_text() + done.stderr
+    logged = [line.split("Class weights", 1)[1] for line in output.splitlines() if "Class weights (auto" in line]
+    assert len(logged) == 2 and logged[0] == logged[1], output[-3000:]  # each rank's own, the same
     expected = expected_auto_weights(run)
     probe = json.loads((run / PROBE_FILE).read_text())
     assert probe["class_weights"] == pytest.approx(expected)
