@@ -136,7 +136,7 @@ class SingleLabelTask(GenreTask):
         self.focal_gamma = losses.check_loss(loss, focal_gamma)
         self.class_weight_spec = class_weights
         weights = losses.check_class_weights(class_weights, self.classes)
-        self.class_weights = torch.tensor(weights) if weights is not None else None
+        self.class_weights = torch.tensor(weights, dtype=torch.float64) if weights is not None else None
         self.label_smoothing = label_smoothing
         if temperature is not None and (isinstance(temperature, bool) or not float(temperature) > 0):
             raise ConfigError(
@@ -231,7 +231,7 @@ class SingleLabelTask(GenreTask):
             expected = "null or {genre: weight} without the PosterDataModule"
             raise ConfigError("model.class_weights", losses.AUTO, expected)
         counts, _ = datamodule.train_label_counts()
-        self.class_weights = torch.tensor(losses.inverse_frequency_weights(counts, self.classes))
+        self.class_weights = torch.tensor(losses.inverse_frequency_weights(counts, self.classes), dtype=torch.float64)
         log.info("Class weights (auto, inverse frequency): %s", self.resolved_class_weights())
 
     def resolved_class_weights(self) -> dict[str, float] | None:
