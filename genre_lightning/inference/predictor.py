@@ -270,17 +270,18 @@ class Predictor:
                 else:
                     probabilities = torch.tensor([getattr(row, f"p_{c}") for c in self.classes])
                     results[i] = self._prediction(path, probabilities, top_k)
-        others = []
-        for i, item in enumerate(items):
-            if not isinstance(item, str | Path):
-                try:
-                    others.append((i, self._model_input(item)))
-                except UnreadableImage as err:  # refused as the intake refuses it
-                    results[i] = GenrePrediction(_source(item, i), error=str(err))
+        others = [(i, item) for i, item in enumerate(items) if not isinstance(item, str | Path)]
         for start in range(0, len(others), batch_size):
-            chunk = others[start : start + batch_size]
-            batch = torch.stack([model_input for _, model_input in chunk])
-            for (i, _), row in zip(chunk, self.probabilities(batch).cpu(), strict=True):
+            inputs = []
+            for i, item in others[start : start + batch_size]:
+                try:
+                    inputs.append((i, self._model_input(item)))
+                except UnreadableImage as err:  # a picture the intake would refuse: its reason
+                    results[i] = GenrePrediction(_source(item, i), error=str(err))
+            if not inputs:
+                continue
+            batch = torch.stack([model_input for _, model_input in inputs])
+            for (i, _), row in zip(inputs, self.probabilities(batch).cpu(), strict=True):
                 results[i] = self._prediction(_source(items[i], i), row, top_k)
         return [r for r in results if r is not None]
 
