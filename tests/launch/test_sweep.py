@@ -1,4 +1,4 @@
-"""Multiruns as a user starts them (`genre-train -m ...`): one shared split, Optuna search.
+"""Multiruns as a user starts them (`genre-train -m ...`): one shared split (the search: test_search.py).
 
 DDP jobs in a local multirun: tests/test_ddp_matrix.py."""
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from omegaconf import OmegaConf
 
 from genre_lightning.inference.predictor import Predictor
@@ -16,7 +15,6 @@ from genre_lightning.launch.sweep import split_settings
 from genre_lightning.utils.csvio import read_csv
 from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST, compose_config
-from tests.helpers.optional import have_module, require
 
 TINY_JOB = [
     "trainer.max_epochs=1",
@@ -105,31 +103,3 @@ def test_a_sweep_over_data_roots_gives_each_job_its_own_split(poster_root: Path,
         assert OmegaConf.load(job / "config.yaml").data.root == str(root)
         files = pd.read_csv(job / "annotations.csv")["file_path"]
         assert len(files) == 120 and all(Path(f).is_relative_to(root) for f in files)
-
-
-@pytest.mark.slow
-def test_optuna_search_maximises_the_val_accuracy_the_jobs_return(poster_root: Path, tmp_path: Path):
-    require(
-        have_module("hydra_plugins.hydra_optuna_sweeper"),
-        'hydra-optuna-sweeper is not installed: pip install -e ".[optuna]"',
-    )
-    sweep, jobs, _ = multirun(
-        poster_root,
-        tmp_path,
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=3",
-        "hydra.sweeper.sampler.n_startup_trials=2",
-    )
-    assert len(jobs) == 3
-    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    scores = {job.name: json.loads((job / "metrics.json").read_text())["best_val"]["val/acc"] for job in jobs}
-    best_job = max(scores, key=scores.get)
-    assert results["best_value"] == pytest.approx(scores[best_job])
-    # The best parameters are the ones that job ran with, and the trials tried different ones.
-    overrides = {job.name: yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) for job in jobs}
-    for key, value in results["best_params"].items():
-        assert f"{key}={value}" in overrides[best_job]
-    lrs = {next(o for o in overrides[j] if o.startswith("model.optimizer.lr=")) for j in overrides}
-    assert len(lrs) == 3
-    # All trials are compared on the sweep's one split.
-    assert all((job / "annotations.csv").read_text() == (sweep / "annotations.csv").read_text() for job in jobs)
