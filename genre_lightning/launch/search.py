@@ -99,6 +99,7 @@ class Search:
     def run(self, arguments: Sequence[str]) -> dict[str, Any]:
         import optuna
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search logs what it does itself
         space = check_search(self.config, self.settings, arguments, self.config_loader)
         self.base = [a for a in arguments if not a.startswith("hydra.")]
         s = self.settings
@@ -112,6 +113,8 @@ class Search:
             shared = self.folder / ANNOTATIONS_FILE
             if shared.is_file():
                 check_fold_digest(study, fold_digest(read_csv(shared)), str(shared))
+            if study.trials and hasattr(s.sampler, "reseed_rng"):
+                s.sampler.reseed_rng()  # a seeded sampler would repeat the draws it made before the stop
             baseline = self._baseline(study)
             while True:
                 trials = study.get_trials(deepcopy=False)
