@@ -45,6 +45,13 @@ def trained_on_every_fold(metrics: Mapping[str, Any]) -> bool:
     return str((metrics.get("cross_validation") or {}).get("fold")) == "all"
 
 
+def data_run(run: Path, checkpoint: Mapping[str, Any]) -> Path:
+    """The run folder whose config names the model's data: an ensemble's first member's (genre-ensemble
+    takes its posters from its members), else the model's own."""
+    members = checkpoint.get("ensemble_members") or []
+    return Path(members[0]).parent.parent if members and Path(members[0]).is_file() else run
+
+
 def environment_lines(checkpoint: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[str]:
     """The environment stored in the checkpoint (else in ``metrics.json``), as Markdown lines."""
     env = provenance(checkpoint).get("environment") or metrics.get("environment")

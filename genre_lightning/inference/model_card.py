@@ -41,10 +41,11 @@ def model_card(ckpt_path: str | Path, cv_estimate: sections.CvEstimate | None = 
     hp = checkpoint["hyper_parameters"]
     classes = list(hp["classes"])
     multilabel = hp.get("task", "single") == "multilabel"
-    data = config.get("data", {}) or {}
+    data_config = _yaml(sections.data_run(run, checkpoint) / "config.yaml")  # an ensemble's: its first member's
+    data = data_config.get("data", {}) or {}
     root = data.get("root") or data.get("annotations") or "?"
     if data.get("root"):  # a relative root is relative to the folder the run was started in
-        root = str(Path((config.get("paths") or {}).get("root_dir", ".")) / str(data["root"]))
+        root = str(Path((data_config.get("paths") or {}).get("root_dir", ".")) / str(data["root"]))
     synthetic = bool(data.get("root")) and (Path(root) / DEMO_MANIFEST).is_file()
     test = metrics.get("test", {})
     counts = ((report.get("split") or {}).get("counts") or {}).get("test") or {}

@@ -84,7 +84,9 @@ def expected_estimate_lines(sweep: Path) -> list[str]:
     ]
 
 
-def test_the_refit_and_the_fold_ensemble_cards_carry_the_out_of_fold_estimate(sweep: Path, tmp_path: Path):
+def test_the_refit_and_the_fold_ensemble_cards_carry_the_out_of_fold_estimate(
+    sweep: Path, poster_root: Path, tmp_path: Path
+):
     digest = json.loads((sweep / "0" / "metrics.json").read_text())["cross_validation"]["fold_digest"]
     folds = pd.read_csv(sweep / "annotations.csv", dtype={"fold": str})
     holdout = int((folds["fold"] == "holdout").sum())
@@ -95,6 +97,7 @@ def test_the_refit_and_the_fold_ensemble_cards_carry_the_out_of_fold_estimate(sw
             assert line in text, (name, line)
         assert f"- Fold assignment: 2 folds, data.split_seed=0, assignment digest `{digest}`" in text
         assert "split 2-fold cross-validation" in text and "70/15/15" not in text
+        assert f"- Source: `{poster_root}` (**synthetic demo posters**" in text  # an ensemble's: its members'
         tested = pd.read_csv(ckpt.parent.parent / "test_predictions.csv")
         assert len(tested) == holdout and f"tested on the {holdout} posters of the fixed test part" in text
         accuracy = json.loads((ckpt.parent.parent / "metrics.json").read_text())["test"]["test/acc"]
