@@ -285,6 +285,7 @@ def test_wandb_offline_writes_the_config_metrics_and_files_and_a_rerun_keeps_its
     metrics = json.loads((run / "metrics.json").read_text())
     assert json.loads((run / "tracking.json").read_text())["wandb"]["run_id"] == run_id
     assert config["model.backbone"] == TEST_BACKBONE and config["trainer.max_epochs"] == 1
+    assert config["environment.packages.torch"] == metrics["environment"]["packages"]["torch"]
     assert summary["test/acc"] == pytest.approx(metrics["test"]["test/acc"], abs=1e-6)
     assert summary["val/acc"] == pytest.approx(metrics["final_val"]["val/acc"], abs=1e-6)
     assert {"metrics.json", "config.yaml", "annotations.csv"} <= {p.name for p in (offline / "files").iterdir()}
