@@ -20,10 +20,9 @@ import torch
 import torchvision
 
 import genre_lightning
+from genre_lightning.utils.environment import code_version, describe_environment
 from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.paths import REPO
-
-pytestmark = pytest.mark.slow
 
 RECIPE = [
     "debug=tests",
@@ -53,6 +52,7 @@ def reproduce_command(card: str) -> list[str]:
     return shlex.split(line)
 
 
+@pytest.mark.slow
 def test_the_environment_is_recorded_and_the_cards_command_makes_the_same_model(poster_root: Path, tmp_path: Path):
     original = tmp_path / "original"
     metrics = train(tmp_path, original, f"data.root={poster_root}", *RECIPE)
@@ -98,3 +98,29 @@ def test_the_environment_is_recorded_and_the_cards_command_makes_the_same_model(
     assert reproduced["test"] == metrics["test"]
     weights = torch.load(reproduced["best_ckpt_path"], weights_only=True)["state_dict"]
     assert all(torch.equal(weights[k], checkpoint["state_dict"][k]) for k in weights)
+
+
+def test_the_code_version_is_the_checkouts_commit_and_says_when_it_has_changes(tmp_path: Path):
+    package = tmp_path / "checkout" / "genre_lightning"
+    package.mkdir(parents=True)
+    (package / "module.py").write_text("A = 1\n")
+    checkout = package.parent
+    for args in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"]):
+        subprocess.run(["git", "-C", str(checkout), *args], check=True, capture_output=True)
+    head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+    clean = code_version(package)
+    assert clean == {"source": f"git checkout {checkout}", "commit": head.stdout.strip(), "dirty": False,
+                     "changed_files": 0}  # fmt: skip
+    (package / "module.py").write_text("A = 2\n")
+    (package / "notes.txt").write_text("untracked: not code the package runs\n")
+    changed = code_version(package)
+    assert changed["commit"] == clean["commit"] and changed["dirty"] is True and changed["changed_files"] == 1
+
+
+def test_an_installed_package_has_no_commit_and_says_so(tmp_path: Path):
+    package = tmp_path / "site-packages" / "genre_lightning"
+    package.mkdir(parents=True)
+    assert code_version(package) == {"source": "installed package", "commit": None, "dirty": None}
+    assert describe_environment({"code": code_version(package)})[0] == (
+        "- Code: installed package (no git commit recorded)"
+    )
