@@ -18,7 +18,7 @@ from genre_lightning.results.tracking import finish_run, log_config, log_environ
 from genre_lightning.training.checkpoint_io import load_module, read_checkpoint, training_augment
 from genre_lightning.training.failed_images import images_skipped_during_run
 from genre_lightning.training.module import GenreClassifier
-from genre_lightning.utils.environment import environment
+from genre_lightning.utils.environment import environment, flat_environment
 from genre_lightning.utils.errors import exit_on_user_error
 from genre_lightning.utils.plain_values import to_python
 
@@ -70,7 +70,7 @@ def evaluate(cfg: DictConfig, extra: dict | None = None) -> dict:
     temperature = getattr(model.task, "temperature", None)
     if temperature is not None:
         results["temperature"] = float(temperature)
-    log_hparams_with_metrics(trainer.loggers, cfg, metrics)
+    log_hparams_with_metrics(trainer.loggers, cfg, metrics, extra_params=flat_environment(env))
     write_json(output_dir / "metrics.json", results)
     finish_run(trainer.loggers, cfg, output_dir)
     log.info("Run folder: %s", output_dir)
