@@ -153,27 +153,34 @@ class Search:
         return run
 
     def _run_batch(self, study: Any, batch: list[TrialRun], baseline: TrialRun) -> None:
+        """The batch's trials fold by fold (all folds at once when nothing is pruned: more in parallel)."""
         import optuna
 
         active = list(batch)
-        for fold in range(self.folds):
-            failed = self._run_folds(study, active, [fold])
-            for run in failed:
-                active.remove(run)
+        steps = [range(self.folds)] if self.settings.pruner == "none" else [[k] for k in range(self.folds)]
+        for folds in steps:
+            for run in self._run_folds(study, active, folds):
+                active.remove(run)  # its fold failed: told FAIL
             for run in list(active):
-                running = objective_value(out_of_fold_scores(run.fold_frames())[0], self.settings.metric)
-                with warnings.catch_warnings():  # a resumed trial reports its finished folds again: ignored
-                    warnings.simplefilter("ignore")
-                    run.trial.report(running, fold)
-                run.trial.set_user_attr("folds_run", len(run.folds))
-                run.trial.set_user_attr("wall_s", _wall(run))
-                if fold + 1 < self.folds and self._stop(study, run, baseline):
+                self._report(run)
+                if len(run.folds) < self.folds and self._stop(study, run, baseline):
                     study.tell(run.trial, state=optuna.trial.TrialState.PRUNED)
                     active.remove(run)
         for run in active:
             value = objective_value(out_of_fold_scores(run.fold_frames())[0], self.settings.metric)
             study.tell(run.trial, value)
             log.info("Trial %d: %s %.4f out of fold", run.trial.number, self.settings.metric, value)
+
+    def _report(self, run: TrialRun) -> None:
+        """The running out-of-fold value after each finished fold (what an Optuna pruner reads)."""
+        folds = sorted(run.folds)
+        for step, fold in enumerate(folds):
+            frames = [run.folds[k].predictions for k in folds[: step + 1]]
+            with warnings.catch_warnings():  # a step reported before (a resumed trial) is ignored
+                warnings.simplefilter("ignore")
+                run.trial.report(objective_value(out_of_fold_scores(frames)[0], self.settings.metric), fold)
+        run.trial.set_user_attr("folds_run", len(run.folds))
+        run.trial.set_user_attr("wall_s", _wall(run))
 
     def _stop(self, study: Any, run: TrialRun, baseline: TrialRun) -> bool:
         """Whether the pruner stops ``run`` after the folds it has finished."""
