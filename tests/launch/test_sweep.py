@@ -103,3 +103,17 @@ def test_a_sweep_over_data_roots_gives_each_job_its_own_split(poster_root: Path,
         assert OmegaConf.load(job / "config.yaml").data.root == str(root)
         files = pd.read_csv(job / "annotations.csv")["file_path"]
         assert len(files) == 120 and all(Path(f).is_relative_to(root) for f in files)
+
+
+@pytest.mark.slow
+def test_the_folds_of_a_cross_validation_share_the_frozen_features(poster_root: Path, tmp_path: Path):
+    """A probe's folds in one multirun: fold 0 computes every poster's features, the later folds none
+    (without data.cache_dir the store stays in memory, for this multirun's jobs only)."""
+    overrides = ["finetune=linear_probe", "test=true", "data.folds=3", "data.fold=0,1,2", "data.augment=null"]
+    overrides += ["trainer.limit_train_batches=1.0", "trainer.limit_val_batches=1.0"]  # every poster, every fold
+    _, jobs, _ = multirun(poster_root, tmp_path, *overrides, console=True)
+    computed = []
+    for job in jobs:
+        lines = [line for line in (job / "train.log").read_text().splitlines() if "Frozen-feature cache (fit)" in line]
+        computed.append(int(lines[-1].rsplit(", ", 1)[1].split()[0]))
+    assert computed[0] > 0 and computed[1:] == [0, 0], computed
