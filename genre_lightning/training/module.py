@@ -348,7 +348,7 @@ class GenreClassifier(LightningModule):
         self._shared_step(batch, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
-        """Per-image probabilities, targets and dataset indices, for callbacks (``results/test_artifacts.py``)."""
+        """Per-image probabilities, targets and dataset indices, for callbacks (``results/run_artifacts.py``)."""
         result = self._shared_step(batch, "test")
         if result is None:
             return None
