@@ -7,7 +7,7 @@ multi-label CSV row, else just ``label``): the targets of ``data.task=multilabel
 a single-label prediction counts as correct for in ``acc_multi_genre``. ``fold`` is the item's
 cross-validation fold (``0``..``K-1`` or ``holdout``, ``data.folds``; ``data/folds.py``), empty without.
 
-``prepare_annotations`` makes or reuses the split that ``split_source.choose_split`` picks
+``prepare_annotations`` makes or reuses the split that ``split_choice.choose_split`` picks
 (training, evaluation and ``genre-data`` all go through it, so they agree on "the split").
 """
 
