@@ -14,19 +14,13 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Sampler, WeightedRandomSampler
 
-from genre_lightning.data.annotations import (
-    ANNOTATIONS_FILE,
-    fold_digest,
-    genre_rows,
-    prepare_annotations,
-    read_split_file,
-    split_digest,
-)
+from genre_lightning.data.annotations import ANNOTATIONS_FILE, fold_digest, genre_rows, read_split_file, split_digest
 from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
 from genre_lightning.data.demo import ensure_demo_posters
 from genre_lightning.data.duplicates import check_duplicate_options
 from genre_lightning.data.folds import CrossValidation
 from genre_lightning.data.image_cache import DecodedImageCache, cover_side
+from genre_lightning.data.intake import prepare_annotations
 from genre_lightning.data.shards import ShardDataset, copy_shards_split, shards_split
 from genre_lightning.data.stratify import HOLDOUT, SPLIT_NAMES, check_fractions
 from genre_lightning.utils.errors import ConfigError

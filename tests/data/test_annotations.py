@@ -12,9 +12,10 @@ from PIL import Image
 
 from genre_lightning.cli.common import compose_config
 from genre_lightning.cli.prepare_data import prepare
-from genre_lightning.data.annotations import prepare_annotations, read_split_file, split_digest
+from genre_lightning.data.annotations import read_split_file, split_digest
 from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.demo import GENRES, draw_poster
+from genre_lightning.data.intake import prepare_annotations
 from genre_lightning.utils.csvio import read_csv, write_csv
 from genre_lightning.utils.errors import ConfigError
 from tests.helpers.unprivileged import locked, run_python
@@ -211,7 +212,7 @@ def test_an_unreadable_sub_folder_is_reported_not_skipped_silently(poster_root: 
     Image.new("RGB", (48, 72)).save(root / "Horror" / "locked" / "inside.jpg")
     code = (
         "import json, sys\n"
-        "from genre_lightning.data.annotations import prepare_annotations\n"
+        "from genre_lightning.data.intake import prepare_annotations\n"
         "prepare_annotations(sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), seed=0, root=sys.argv[4])\n"
     )
     with locked(root / "Horror" / "locked"):

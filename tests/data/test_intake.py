@@ -13,10 +13,10 @@ from genre_lightning.cli.prepare_data import summary_tables
 from genre_lightning.cli.train import train
 from genre_lightning.data import dataset as dataset_module
 from genre_lightning.data import scan as scan_module
-from genre_lightning.data.annotations import prepare_annotations
 from genre_lightning.data.dataset import PosterDataset
 from genre_lightning.data.demo import GENRES
 from genre_lightning.data.imageio import MAX_FILE_BYTES, UnreadableImage, decode_rgb, read_rgb
+from genre_lightning.data.intake import prepare_annotations
 from genre_lightning.data.scan import Candidate, verify_all
 from genre_lightning.inference.predictor import Predictor
 from genre_lightning.utils.csvio import read_csv

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 import genre_lightning.data.scan as scan_module
-from genre_lightning.data.annotations import prepare_annotations
 from genre_lightning.data.demo import GENRES
 from genre_lightning.data.duplicates import HASH_BITS, group_duplicates
+from genre_lightning.data.intake import prepare_annotations
 from genre_lightning.data.scan import Candidate, find_candidates, verify_all
 from genre_lightning.data.verified import RECORDS_FILE, VerificationRecords
 from genre_lightning.utils.csvio import read_csv

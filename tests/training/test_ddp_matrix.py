@@ -33,8 +33,9 @@ import pytest
 import yaml
 
 from genre_lightning.cli.evaluation import evaluate
-from genre_lightning.data.annotations import ANNOTATIONS_FILE, prepare_annotations
+from genre_lightning.data.annotations import ANNOTATIONS_FILE
 from genre_lightning.data.demo import GENRES, ensure_demo_posters
+from genre_lightning.data.intake import prepare_annotations
 from tests.helpers.cli import run_cli
 from tests.helpers.configs import compose_config
 from tests.helpers.ddp_jobs import JOB_LOG

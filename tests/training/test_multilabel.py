@@ -13,8 +13,9 @@ import torch
 from sklearn.metrics import f1_score
 from timm.data import Mixup
 
-from genre_lightning.data.annotations import make_annotations, prepare_annotations, read_split_file
+from genre_lightning.data.annotations import read_split_file
 from genre_lightning.data.demo import GENRES, draw_poster, ensure_demo_posters
+from genre_lightning.data.intake import make_annotations, prepare_annotations
 from genre_lightning.inference.predictor import Predictor
 from genre_lightning.training.metrics import at_thresholds
 from genre_lightning.training.tasks import mix_multi_hot, tune_thresholds
