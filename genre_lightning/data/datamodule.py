@@ -53,9 +53,15 @@ class PosterDataModule(LightningDataModule):
     """Genre posters from folders (``root``) or a CSV (``annotations``), split 70/15/15, or into
     ``folds`` cross-validation folds of which ``fold`` is this run's test split (``data/folds.py``).
 
-    The model hands over its timm data config with :meth:`set_data_config`; the data module
-    never imports the model. ``required_splits``: splits that must hold posters (checked in
+    ``keys``: the other ``data.*`` config keys (``root=``, ``batch_size=``, ...), each a field of
+    ``IntakeSettings`` (the scan and the split; ``folds``, ``fold`` and ``cv_*`` make its ``cv``) or of
+    ``LoaderSettings`` (the batches), in ``data/settings.py``; a key of neither is a ``ConfigError``.
+    ``self.intake`` and ``self.loading`` hold them, checked. ``test_split``: the split ``trainer.test``
+    evaluates (genre-eval's ``split=``). ``required_splits``: splits that must hold posters (checked in
     ``setup``, before any training step), e.g. ``test`` for genre-train with ``test=true``.
+
+    The model hands over its timm data config with :meth:`set_data_config`; the data module
+    never imports the model.
     """
 
     def __init__(
@@ -67,10 +73,6 @@ class PosterDataModule(LightningDataModule):
         required_splits: Sequence[str] = (),
         **keys: Any,
     ) -> None:
-        """``keys``: the other ``data.*`` config keys, each a field of ``IntakeSettings`` (the scan and
-        the split; ``data.folds``, ``data.fold`` and ``data.cv_*`` make its ``cv``) or of
-        ``LoaderSettings`` (the batches): ``data/settings.py``. ``test_split``: the split genre-eval
-        evaluates (``split=``)."""
         super().__init__()
         self.intake, self.loading = data_settings(classes, keys)
         if test_split not in SPLIT_NAMES:
