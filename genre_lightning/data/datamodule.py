@@ -109,6 +109,11 @@ class PosterDataModule(LightningDataModule):
         return self.loading.augment
 
     @property
+    def num_workers(self) -> int:
+        """Loader processes (also what the linear probe's feature pass uses: ``training/probe.py``)."""
+        return self.loading.num_workers
+
+    @property
     def accumulation_steps(self) -> int:
         """Micro-batches per optimizer step (Lightning's ``accumulate_grad_batches``)."""
         return self.loading.batch_size // self.loading.micro_batch_size
