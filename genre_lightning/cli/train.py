@@ -50,7 +50,7 @@ register_search_sweeper()
 
 
 def _use_the_chosen_split(cfg: DictConfig) -> None:
-    """A resumed run takes its checkpoint run's split, a multirun job the sweep's (data/split_source.py
+    """A resumed run takes its checkpoint run's split, a multirun job the sweep's (data/split_choice.py
     has the whole order); the data module takes it from ``data.split_file``."""
     choice = choose_split(
         cfg.data.split_file, checkpoint_split(cfg.ckpt_path), shared_split_file(cfg), cfg.paths.output_dir

@@ -33,7 +33,7 @@ from genre_lightning.cli.evaluation import eval_datamodule, evaluate
 from genre_lightning.cli.train import train
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.data.imageio import read_rgb
-from genre_lightning.results import test_artifacts as artifacts_module
+from genre_lightning.results import run_artifacts as artifacts_module
 from genre_lightning.results.figures import save_png, to_display
 from genre_lightning.results.tables import Predictions, calibration_bins, per_class_table
 from genre_lightning.training.checkpoint_io import load_module, read_checkpoint
