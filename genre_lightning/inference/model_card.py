@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from genre_lightning.training.checkpoint_io import file_digest, read_checkpoint
+from genre_lightning.models.checkpoint_io import file_digest, read_checkpoint
 from genre_lightning.utils.errors import ConfigError
 
 DEMO_MANIFEST = "demo_manifest.json"

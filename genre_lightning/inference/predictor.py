@@ -38,9 +38,9 @@ from genre_lightning.inference.backends import Backend, BackendChoice, LazyBacke
 from genre_lightning.inference.batch import predict_files
 from genre_lightning.inference.decode import decode_workers
 from genre_lightning.inference.onnx_model import cpu_cores
+from genre_lightning.models.checkpoint_io import file_digest, read_checkpoint, upgrade_state_dict
 from genre_lightning.models.flip import with_flip_tta
 from genre_lightning.models.network import build_network
-from genre_lightning.training.checkpoint_io import file_digest, read_checkpoint, upgrade_state_dict
 from genre_lightning.training.tasks import GenreTask, make_task
 from genre_lightning.utils.errors import ConfigError
 
