@@ -21,8 +21,9 @@ from torchmetrics import MeanMetric, Metric, MetricCollection
 from genre_lightning.models.checkpoint_io import load_module, read_checkpoint, upgrade_state_dict
 from genre_lightning.models.flip import with_flip_tta
 from genre_lightning.models.network import build_network
+from genre_lightning.models.prediction_task import TASKS
 from genre_lightning.training.feature_cache import FeatureStore, backbone_is_frozen
-from genre_lightning.training.tasks import TASKS, make_task
+from genre_lightning.training.tasks import make_task
 from genre_lightning.utils.distributed import any_rank
 from genre_lightning.utils.errors import ConfigError
 from genre_lightning.utils.plain_values import to_plain
