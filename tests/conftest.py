@@ -51,7 +51,7 @@ LONGEST_FIRST = [
     "tests/data/test_shards.py",
     "tests/cli/test_predict.py",
     "tests/training/test_feature_cache.py",
-    "tests/results/test_test_artifacts.py",
+    "tests/results/test_run_artifacts.py",
     "tests/inference/test_server.py",
     "tests/inference/test_explain.py",
     "tests/results/test_sweep_report.py",

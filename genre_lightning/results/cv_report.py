@@ -31,6 +31,8 @@ from genre_lightning.utils.errors import ConfigError
 
 OOF_FILE = "oof_predictions.csv"
 FINAL_FILE = "final_models.csv"
+# The refit's own settings, which replace its recipe's (e.g. its trainer.max_epochs).
+REFIT_SETTINGS = ("data.fold", "seed", "trainer.max_epochs", "model.temperature", "finetune.probe_c_grid", "test")
 
 
 def fold_runs(
@@ -192,9 +194,7 @@ def _final_model_commands(runs: dict[tuple[str, str], list[Job]], best: str) -> 
     temperature = median([job.metrics.get("temperature") for job in members])
     c_values = [c for c in map(_chosen_c, members) if c is not None]
     test_fraction = float(members[0].cross_validation.get("cv_test_fraction") or 0)
-    # The refit's own settings replace the recipe's (e.g. its trainer.max_epochs).
-    replaced = ("data.fold", "seed", "trainer.max_epochs", "model.temperature", "finetune.probe_c_grid", "test")
-    refit = [f"{k}={v}" for k, v in members[0].overrides.items() if k.lstrip("+~") not in replaced]
+    refit = [f"{k}={v}" for k, v in members[0].overrides.items() if k.lstrip("+~") not in REFIT_SETTINGS]
     refit.append("data.fold=all")
     if epochs is not None:
         refit.append(f"trainer.max_epochs={round(epochs)}")
