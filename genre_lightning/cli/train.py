@@ -35,6 +35,20 @@ log = logging.getLogger(__name__)
 register_resolvers()  # used by conf/hydra/launcher/*.yaml
 
 
+def register_search_sweeper() -> None:
+    """``hydra/sweeper=cv_search`` (the hparams_search presets). Hydra finds plugins by listing the
+    ``hydra_plugins`` package, which misses it in an editable install (a path hook that cannot be
+    listed); registering the class by hand finds it in every install."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.genre_lightning_search.cv_search import CrossValidatedSearch
+
+    Plugins.instance().register(CrossValidatedSearch)
+
+
+register_search_sweeper()
+
+
 def _use_the_chosen_split(cfg: DictConfig) -> None:
     """A resumed run takes its checkpoint run's split, a multirun job the sweep's (data/split_choice.py
     has the whole order); the data module takes it from ``data.split_file``."""
