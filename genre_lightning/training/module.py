@@ -2,7 +2,7 @@
 
 It trains and evaluates; what differs between one genre and several genres per poster is its task
 object (``training/tasks.py``), chosen once. Prediction from Python lives in ``inference/``
-(``Predictor``), checkpoint reading in ``training/checkpoint_io.py``.
+(``Predictor``), checkpoint reading in ``models/checkpoint_io.py``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import torch.nn as nn
 from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
+from genre_lightning.models.checkpoint_io import load_module, read_checkpoint, upgrade_state_dict
 from genre_lightning.models.flip import with_flip_tta
 from genre_lightning.models.network import build_network
-from genre_lightning.training.checkpoint_io import load_module, read_checkpoint, upgrade_state_dict
+from genre_lightning.models.prediction_task import TASKS
 from genre_lightning.training.feature_cache import FeatureStore, backbone_is_frozen
-from genre_lightning.training.tasks import TASKS, make_task
+from genre_lightning.training.tasks import make_task
 from genre_lightning.utils.distributed import any_rank
 from genre_lightning.utils.errors import ConfigError
 from genre_lightning.utils.plain_values import to_plain
@@ -66,7 +67,7 @@ class GenreClassifier(LightningModule):
         threshold: multi-label only: one decision threshold for every genre instead of the tuned ones.
         pos_weight: multi-label only: weigh each genre's positives by (negatives / positives) in the
             training split, so rare genres are not drowned out.
-        members: an ensemble's members (``inference.ensemble.member_spec``): the network is then their
+        members: an ensemble's members (``training.ensemble.member_spec``): the network is then their
             ``EnsembleNet`` (written by genre-ensemble; evaluated and served, never trained).
         temperature: single-label only: None fits the temperature of ``softmax(logits / T)`` on the
             validation split after every validation epoch; a positive number fixes it (1.0: none).
