@@ -24,7 +24,7 @@ from genre_lightning.data.scan import IMAGE_EXTENSIONS, walk_files
 from genre_lightning.inference.decode import DatasetOf, decoded_batches, image_files
 from genre_lightning.inference.prediction_csv import PredictionCsv
 from genre_lightning.inference.prediction_table import probability_frame
-from genre_lightning.training.tasks import GenreTask
+from genre_lightning.models.prediction_task import PredictionTask
 from genre_lightning.utils.errors import ConfigError
 from genre_lightning.utils.progress import Progress
 
@@ -35,7 +35,7 @@ class Predictor(Protocol):
     """What batch prediction needs of a model (``inference.predictor.Predictor`` has it)."""
 
     classes: list[str]
-    task: GenreTask
+    task: PredictionTask
     eval_transform: Callable
     min_image_side: int | None
 

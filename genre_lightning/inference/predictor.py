@@ -40,10 +40,10 @@ from genre_lightning.inference.backends import Backend, BackendChoice, LazyBacke
 from genre_lightning.inference.batch import predict_files
 from genre_lightning.inference.decode import decode_workers
 from genre_lightning.inference.onnx_model import cpu_cores
+from genre_lightning.models.checkpoint_io import datamodule_state, file_digest, read_checkpoint, upgrade_state_dict
 from genre_lightning.models.flip import with_flip_tta
 from genre_lightning.models.network import build_network
-from genre_lightning.training.checkpoint_io import datamodule_state, file_digest, read_checkpoint, upgrade_state_dict
-from genre_lightning.training.tasks import GenreTask, make_task
+from genre_lightning.models.prediction_task import PredictionTask, make_prediction_task
 from genre_lightning.utils.errors import ConfigError
 
 ImageInput = str | Path | Image.Image | torch.Tensor
@@ -76,7 +76,7 @@ class Predictor:
 
     Args:
         net: the trained network (a timm backbone with its head, or an ensemble network).
-        task: the model's task object (``training/tasks.py``): single- or multi-label decisions.
+        task: the model's task object (``models/prediction_task.py``): single- or multi-label decisions.
         data_config: the timm data config the network was trained with.
         tta_hflip: average each image's logits with its mirror image's.
         channels_last: run the network in channels-last memory (faster convolutions on CPUs).
@@ -90,7 +90,7 @@ class Predictor:
     def __init__(
         self,
         net: nn.Module,
-        task: GenreTask,
+        task: PredictionTask,
         data_config: dict[str, Any],
         tta_hflip: bool = False,
         channels_last: bool = True,
@@ -138,13 +138,7 @@ class Predictor:
         checkpoint = read_checkpoint(path)
         hp = checkpoint["hyper_parameters"]
         classes = list(hp["classes"])
-        task = make_task(
-            hp.get("task", "single"),
-            classes,
-            hp.get("label_smoothing", 0.0),
-            hp.get("threshold"),
-            temperature=hp.get("temperature"),
-        )
+        task = make_prediction_task(hp.get("task", "single"), classes, hp.get("threshold"), hp.get("temperature"))
         net, data_config = build_network(
             hp["backbone"],
             len(classes),
@@ -155,7 +149,7 @@ class Predictor:
         defaults = {f"task.{name}": buffer for name, buffer in task.named_buffers()}
         state = upgrade_state_dict(dict(checkpoint["state_dict"]), defaults)
         net.load_state_dict(_part(state, "net."))
-        task.load_state_dict(_part(state, "task."))
+        task.load_checkpoint_state(_part(state, "task."))
         identity = {
             "checkpoint": str(Path(path).resolve()),
             "sha256": file_digest(path),

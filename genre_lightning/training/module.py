@@ -2,7 +2,7 @@
 
 It trains and evaluates; what differs between one genre and several genres per poster is its task
 object (``training/tasks.py``), chosen once. Prediction from Python lives in ``inference/``
-(``Predictor``), checkpoint reading in ``training/checkpoint_io.py``.
+(``Predictor``), checkpoint reading in ``models/checkpoint_io.py``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import torch.nn as nn
 from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
+from genre_lightning.models.checkpoint_io import load_module, read_checkpoint, upgrade_state_dict
 from genre_lightning.models.flip import with_flip_tta
 from genre_lightning.models.network import build_network
-from genre_lightning.training.checkpoint_io import load_module, read_checkpoint, upgrade_state_dict
+from genre_lightning.models.prediction_task import TASKS
 from genre_lightning.training.feature_cache import FeatureStore, backbone_is_frozen
-from genre_lightning.training.tasks import TASKS, make_task
+from genre_lightning.training.tasks import make_task
 from genre_lightning.utils.distributed import any_rank
 from genre_lightning.utils.errors import ConfigError
 from genre_lightning.utils.plain_values import to_plain
@@ -66,7 +67,7 @@ class GenreClassifier(LightningModule):
         threshold: multi-label only: one decision threshold for every genre instead of the tuned ones.
         pos_weight: multi-label only: weigh each genre's positives by (negatives / positives) in the
             training split, so rare genres are not drowned out.
-        members: an ensemble's members (``inference.ensemble.member_spec``): the network is then their
+        members: an ensemble's members (``training.ensemble.member_spec``): the network is then their
             ``EnsembleNet`` (written by genre-ensemble; evaluated and served, never trained).
         temperature: single-label only: None fits the temperature of ``softmax(logits / T)`` on the
             validation split after every validation epoch; a positive number fixes it (1.0: none).
@@ -106,36 +107,14 @@ class GenreClassifier(LightningModule):
             raise ConfigError("model.scheduler_interval", scheduler_interval, "epoch or step")
         if task not in TASKS:
             raise ConfigError("model.task", task, "single or multilabel (it follows data.task)")
+        # Plain values (a checkpoint loads with weights_only=True, which refuses OmegaConf objects):
+        # save_hyperparameters below saves every argument as it is at that point.
         classes, optimizer, scheduler, data_config, mixup, members, class_weights = map(
             to_plain, (classes, optimizer, scheduler, data_config, mixup, members, class_weights)
         )
-        self.save_hyperparameters(
-            {
-                "backbone": backbone,
-                "classes": list(classes),
-                "pretrained": pretrained,
-                "weights": weights,
-                "optimizer": optimizer or DEFAULT_OPTIMIZER,
-                "scheduler": scheduler,
-                "scheduler_interval": scheduler_interval,
-                "label_smoothing": label_smoothing,
-                "drop_rate": drop_rate,
-                "data_config": data_config,
-                "channels_last": channels_last,
-                "tta_hflip": tta_hflip,
-                "drop_path_rate": drop_path_rate,
-                "mixup": mixup,
-                "task": task,
-                "threshold": threshold,
-                "pos_weight": pos_weight,
-                "members": members,
-                "temperature": temperature,
-                "class_weights": class_weights,
-                "loss": loss,
-                "focal_gamma": focal_gamma,
-            },
-            logger=False,  # the loggers get the whole resolved config instead (results/tracking.log_config)
-        )
+        classes, optimizer = list(classes), optimizer or DEFAULT_OPTIMIZER
+        # the loggers get the whole resolved config instead (results/tracking.log_config)
+        self.save_hyperparameters(logger=False)
         self.classes = list(classes)
         self.task = make_task(
             task, self.classes, label_smoothing, threshold, pos_weight, temperature, class_weights, loss, focal_gamma
@@ -373,7 +352,7 @@ class GenreClassifier(LightningModule):
         self._shared_step(batch, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
-        """Per-image probabilities, targets and dataset indices, for callbacks (``results/test_artifacts.py``)."""
+        """Per-image probabilities, targets and dataset indices, for callbacks (``results/run_artifacts.py``)."""
         result = self._shared_step(batch, "test")
         if result is None:
             return None

@@ -5,57 +5,50 @@ it for everything that differs between the two: the loss, probabilities and deci
 and how they are updated, Mixup of the targets, the top-1 "any true genre" hits, and the state a
 task keeps in the checkpoint (the multi-label decision thresholds, and the single-label temperature,
 both tuned on the validation split).
-The predictor (``inference/``) uses the same objects for probabilities and decisions, so training,
-evaluation, prediction and export decide alike.
+Probabilities, decisions and that state are the prediction half (``models/prediction_task.py``),
+which these classes extend with training; the predictor (``inference/``) builds the prediction half
+alone, so training, evaluation, prediction and export decide alike.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import MulticlassCalibrationError, MultilabelPrecisionRecallCurve
 
+from genre_lightning.models.prediction_task import (
+    DEFAULT_THRESHOLD,
+    MultiLabelPrediction,
+    PredictionTask,
+    SingleLabelPrediction,
+    check_task_options,
+)
 from genre_lightning.training import losses
+from genre_lightning.training.calibration import ValidationLogits, calibration_error, fit_temperature
+from genre_lightning.training.metrics import (
+    ECE_BINS,
+    classification_metrics,
+    multilabel_metrics,
+    update_multilabel_metrics,
+)
 from genre_lightning.utils.distributed import any_rank
 from genre_lightning.utils.errors import ConfigError
 
-# torchmetrics (and the scipy of calibration) are imported where training uses them, not here: the
-# predictor builds these task objects too, and importing them would add about a second to its start.
-if TYPE_CHECKING:
-    from torchmetrics import Metric, MetricCollection
-
 log = logging.getLogger(__name__)
 
-TASKS = ("single", "multilabel")
-DEFAULT_THRESHOLD = 0.5  # a multi-label genre's threshold before the first validation epoch has tuned it
 
+class GenreTask(PredictionTask):
+    """The part of the model that depends on the kind of labels: the prediction half, and training."""
 
-class GenreTask(nn.Module):
-    """The part of the model that depends on the kind of labels. Its buffers are saved in the checkpoint."""
-
-    multilabel = False
     #: the name of the top-1 "any true genre" accuracy: ``<stage>/<any_true_metric>``
     any_true_metric = "acc_multi_genre"
-
-    def __init__(self, classes: Sequence[str]) -> None:
-        super().__init__()
-        self.classes = list(classes)
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def decisions(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """The predicted genres: a boolean (N, C)."""
-        raise NotImplementedError
-
-    def thresholds(self) -> torch.Tensor | None:
-        """Each genre's decision threshold (multi-label), or None (single-label: the top genre)."""
-        return None
 
     def metrics(self, prefix: str, detailed: bool = False) -> MetricCollection:
         raise NotImplementedError
@@ -109,7 +102,7 @@ class GenreTask(nn.Module):
         return self._modules["val_state"]
 
 
-class SingleLabelTask(GenreTask):
+class SingleLabelTask(SingleLabelPrediction, GenreTask):
     """One genre per poster: softmax over the genres, cross-entropy (with label smoothing), top-1 decisions.
 
     The probabilities are ``softmax(logits / T)`` (temperature scaling, ``training/calibration.py``):
@@ -132,37 +125,23 @@ class SingleLabelTask(GenreTask):
         loss: str = "cross_entropy",
         focal_gamma: float = 2.0,
     ) -> None:
-        super().__init__(classes)
+        super().__init__(classes, temperature)
         self.focal_gamma = losses.check_loss(loss, focal_gamma)
         self.class_weight_spec = class_weights
         weights = losses.check_class_weights(class_weights, self.classes)
         self.class_weights = torch.tensor(weights, dtype=torch.float64) if weights is not None else None
         self.label_smoothing = label_smoothing
-        if temperature is not None and (isinstance(temperature, bool) or not float(temperature) > 0):
-            raise ConfigError(
-                "model.temperature", temperature, "null (fitted on the validation split) or a positive number"
-            )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.soft_target_criterion = SoftTargetCrossEntropy()  # Mixup's mixed targets
         self.fits_temperature = temperature is None
-        self.register_buffer("temperature", torch.tensor(1.0 if temperature is None else float(temperature)))
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return (logits / self.temperature.to(logits)).softmax(dim=-1)
 
     def uncalibrated_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=-1)
 
     def uncalibrated_metric(self) -> Metric:
-        from torchmetrics.classification import MulticlassCalibrationError
-
-        from genre_lightning.training.metrics import ECE_BINS
-
         return MulticlassCalibrationError(len(self.classes), n_bins=ECE_BINS, norm="l1")
 
     def validation_logits(self) -> Metric:
-        from genre_lightning.training.calibration import ValidationLogits
-
         return self.validation_state(ValidationLogits)
 
     def observe_validation(self, logits: torch.Tensor, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
@@ -175,8 +154,6 @@ class SingleLabelTask(GenreTask):
         after. Not on the sanity check's few batches."""
         if not self.fits_temperature:
             return {}
-        from genre_lightning.training.calibration import calibration_error, fit_temperature
-
         val_logits = self.validation_logits()
         (updated,) = any_rank([val_logits.update_called])
         values: dict[str, float] = {}
@@ -199,12 +176,7 @@ class SingleLabelTask(GenreTask):
         val_logits.reset()
         return values
 
-    def decisions(self, probabilities: torch.Tensor) -> torch.Tensor:
-        return nn.functional.one_hot(probabilities.argmax(dim=-1), len(self.classes)).bool()
-
     def metrics(self, prefix: str, detailed: bool = False) -> MetricCollection:
-        from genre_lightning.training.metrics import classification_metrics
-
         return classification_metrics(self.classes, prefix, detailed)
 
     def reweighted(self) -> bool:
@@ -247,7 +219,7 @@ class SingleLabelTask(GenreTask):
         return batch["label_set"].gather(1, logits.argmax(dim=1, keepdim=True)).float()
 
 
-class MultiLabelTask(GenreTask):
+class MultiLabelTask(MultiLabelPrediction, GenreTask):
     """Any number of genres: a sigmoid per genre, ``BCEWithLogitsLoss`` (binary label smoothing, optional
     positive weights), and per-genre thresholds tuned for F1 on the validation split after every
     validation epoch. Its top-1 "any true genre" accuracy is the run's ``acc`` (what checkpoints monitor).
@@ -257,7 +229,6 @@ class MultiLabelTask(GenreTask):
         pos_weight: weigh each genre's positives by negatives / positives in the training split.
     """
 
-    multilabel = True
     any_true_metric = "acc"
 
     def __init__(
@@ -267,35 +238,13 @@ class MultiLabelTask(GenreTask):
         threshold: float | None = None,
         pos_weight: bool = False,
     ) -> None:
-        super().__init__(classes)
-        check_threshold(threshold)
+        super().__init__(classes, threshold)
         self.label_smoothing = label_smoothing
-        self.threshold = threshold
         self.pos_weight = pos_weight
-        n = len(self.classes)
-        # Buffers, so a checkpoint (and the export sidecar) carries the tuned thresholds.
-        self.register_buffer("tuned_thresholds", torch.full((n,), DEFAULT_THRESHOLD))
-        self.register_buffer("positive_weights", torch.ones(n))
-
-    def set_threshold(self, threshold: float | None) -> None:
-        """Decide every genre at ``threshold`` instead of the tuned thresholds (None: the tuned ones)."""
-        check_threshold(threshold, key="threshold")
-        self.threshold = threshold
-
-    def thresholds(self) -> torch.Tensor:
-        if self.threshold is not None:
-            return torch.full_like(self.tuned_thresholds, float(self.threshold))
-        return self.tuned_thresholds
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.sigmoid()
-
-    def decisions(self, probabilities: torch.Tensor) -> torch.Tensor:
-        return probabilities > self.thresholds().to(probabilities)
+        # A buffer (after the tuned thresholds), so a checkpoint carries the weights training used.
+        self.register_buffer("positive_weights", torch.ones(len(self.classes)))
 
     def metrics(self, prefix: str, detailed: bool = False) -> MetricCollection:
-        from genre_lightning.training.metrics import multilabel_metrics
-
         return multilabel_metrics(self.classes, prefix, detailed)
 
     def targets(self, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -316,8 +265,6 @@ class MultiLabelTask(GenreTask):
         return mix_multi_hot(mixup, images, targets)
 
     def update_metrics(self, metrics: MetricCollection, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
-        from genre_lightning.training.metrics import update_multilabel_metrics
-
         update_multilabel_metrics(metrics, probabilities, targets, self.thresholds())
 
     def any_true_hits(self, logits: torch.Tensor, batch: Mapping[str, Any], stage: str) -> torch.Tensor | None:
@@ -335,8 +282,6 @@ class MultiLabelTask(GenreTask):
         log.info("pos_weight per genre: %s", dict(zip(self.classes, self.positive_weights.tolist(), strict=True)))
 
     def validation_curve(self) -> Metric:
-        from torchmetrics.classification import MultilabelPrecisionRecallCurve
-
         # thresholds=None: the exact curve, synced over ranks
         return self.validation_state(lambda: MultilabelPrecisionRecallCurve(len(self.classes), thresholds=None))
 
@@ -372,24 +317,14 @@ def make_task(
     focal_gamma: float = 2.0,
 ) -> GenreTask:
     """The task object for ``model.task``."""
+    check_task_options(task, threshold, temperature)
     if task == "single":
-        if threshold is not None:
-            raise ConfigError("model.threshold", threshold, "null for a single-label model (it takes the top genre)")
         return SingleLabelTask(classes, label_smoothing, temperature, class_weights, loss, focal_gamma)
-    if task == "multilabel":
-        if temperature is not None:
-            raise ConfigError("model.temperature", temperature, "null for a multi-label model (no temperature scaling)")
-        if class_weights is not None:
-            raise ConfigError("model.class_weights", class_weights, "null for data.task=multilabel (model.pos_weight)")
-        if loss != "cross_entropy":
-            raise ConfigError("model.loss", loss, "cross_entropy for data.task=multilabel (focal is single-label)")
-        return MultiLabelTask(classes, label_smoothing, threshold, pos_weight)
-    raise ConfigError("model.task", task, "single or multilabel (it follows data.task)")
-
-
-def check_threshold(threshold: float | None, key: str = "model.threshold") -> None:
-    if threshold is not None and (isinstance(threshold, bool) or not 0 < float(threshold) < 1):
-        raise ConfigError(key, threshold, "null (per-genre thresholds tuned on val) or a probability between 0 and 1")
+    if class_weights is not None:
+        raise ConfigError("model.class_weights", class_weights, "null for data.task=multilabel (model.pos_weight)")
+    if loss != "cross_entropy":
+        raise ConfigError("model.loss", loss, "cross_entropy for data.task=multilabel (focal is single-label)")
+    return MultiLabelTask(classes, label_smoothing, threshold, pos_weight)
 
 
 def tune_thresholds(
