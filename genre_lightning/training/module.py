@@ -125,16 +125,7 @@ class GenreClassifier(LightningModule):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.mixup = self.task.mixup(mixup, label_smoothing)
-        self.train_metrics = self.task.metrics("train/")
-        self.val_metrics = self.task.metrics("val/")
-        self.test_metrics = self.task.metrics("test/", detailed=True)
-        # The test ECE before temperature scaling (test/ece_uncalibrated), beside test/ece after it.
-        self.test_uncalibrated = self.task.uncalibrated_metric()
-        # Each stage's epoch loss (train/loss, val/loss, test/loss), averaged over every rank's images,
-        # and its top-1 "any true genre" accuracy (the task names it: tasks.GenreTask.any_true_metric).
-        for stage in STAGES:
-            setattr(self, f"{stage}_loss", MeanMetric())
-            setattr(self, f"{stage}_any_true", MeanMetric())
+        self._add_metrics()
         # Stored backbone features, while the backbone is frozen: see use_feature_store().
         self._feature_store: FeatureStore | None = None
         # Whether trainable BatchNorm layers keep their running statistics: see set_batchnorm_policy().
@@ -142,6 +133,18 @@ class GenreClassifier(LightningModule):
         # Images that failed to decode during the run: (stage, dataset index, reason); the entry point
         # that knows the data module names their files (training/failed_images.py).
         self.failed_items: list[tuple[str, int, str]] = []
+
+    def _add_metrics(self) -> None:
+        """Each stage's metrics; the test ECE before temperature scaling (test/ece_uncalibrated) beside
+        test/ece after it; each stage's epoch loss, averaged over every rank's images, and its top-1 "any
+        true genre" accuracy (the task names it: tasks.GenreTask.any_true_metric)."""
+        self.train_metrics = self.task.metrics("train/")
+        self.val_metrics = self.task.metrics("val/")
+        self.test_metrics = self.task.metrics("test/", detailed=True)
+        self.test_uncalibrated = self.task.uncalibrated_metric()
+        for stage in STAGES:
+            setattr(self, f"{stage}_loss", MeanMetric())
+            setattr(self, f"{stage}_any_true", MeanMetric())
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GenreClassifier:

@@ -227,23 +227,8 @@ class LinearProbe:
         for split in ("train", "val") if has_val else ("train",):
             compute_features(trainer, pl_module, split, store, self.batch_size)
         barrier()  # every rank's features are in the store
-        fitted = None
-        if trainer.is_global_zero:  # fitted once, on every rank's features, then sent to every rank
-            store.refresh()
-            datamodule = trainer.datamodule
-            train = stored_features(datamodule.evaluation_dataset("train"), store, "train")
-            val = stored_features(datamodule.evaluation_dataset("val"), store, "val") if has_val else None
-            weights = getattr(pl_module.task, "class_weights", None)  # model.class_weights, resolved
-            fit = (
-                fit_one_vs_rest
-                if pl_module.task.multilabel
-                else partial(
-                    fit_probe,
-                    num_classes=len(pl_module.classes),
-                    class_weights=weights.tolist() if weights is not None else None,
-                )
-            )
-            fitted = (*fit(train, val, self.c_grid), len(train[1]), len(val[1]) if val is not None else 0)
+        # fitted once, on every rank's features, then sent to every rank
+        fitted = self._fit_on_rank_zero(trainer, pl_module, store, has_val) if trainer.is_global_zero else None
         weight, bias, scores, chosen, train_images, val_images = broadcast_from_zero(fitted)
         with torch.no_grad():
             classifier.weight.copy_(torch.as_tensor(weight, dtype=classifier.weight.dtype))
@@ -270,6 +255,24 @@ class LinearProbe:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / PROBE_FILE).write_text(json.dumps(summary, indent=2))
         return summary
+
+    def _fit_on_rank_zero(self, trainer: Trainer, pl_module: LightningModule, store: FeatureStore, has_val: bool):
+        """The regression on the stored features of every rank: (weight, bias, scores, C, train, val images)."""
+        store.refresh()
+        datamodule = trainer.datamodule
+        train = stored_features(datamodule.evaluation_dataset("train"), store, "train")
+        val = stored_features(datamodule.evaluation_dataset("val"), store, "val") if has_val else None
+        weights = getattr(pl_module.task, "class_weights", None)  # model.class_weights, resolved
+        fit = (
+            fit_one_vs_rest
+            if pl_module.task.multilabel
+            else partial(
+                fit_probe,
+                num_classes=len(pl_module.classes),
+                class_weights=weights.tolist() if weights is not None else None,
+            )
+        )
+        return (*fit(train, val, self.c_grid), len(train[1]), len(val[1]) if val is not None else 0)
 
     @staticmethod
     def _store(trainer: Trainer, pl_module: LightningModule) -> FeatureStore:

@@ -19,7 +19,7 @@ from genre_lightning.data.intake import make_annotations, prepare_annotations
 from genre_lightning.data.settings import IntakeSettings
 from genre_lightning.inference.predictor import Predictor
 from genre_lightning.training.metrics import at_thresholds
-from genre_lightning.training.tasks import mix_multi_hot, tune_thresholds
+from genre_lightning.training.multilabel import mix_multi_hot, tune_thresholds
 from genre_lightning.utils.csvio import read_csv
 from genre_lightning.utils.errors import ConfigError
 from tests.helpers.cli import run_cli, run_entry_point
