@@ -2,7 +2,7 @@
 
 It trains and evaluates; what differs between one genre and several genres per poster is its task
 object (``training/tasks.py``), chosen once. Prediction from Python lives in ``inference/``
-(``Predictor``), checkpoint reading in ``training/checkpoint_io.py``.
+(``Predictor``), checkpoint reading in ``models/checkpoint_io.py``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import torch.nn as nn
 from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
+from genre_lightning.models.checkpoint_io import load_module, read_checkpoint, upgrade_state_dict
 from genre_lightning.models.flip import with_flip_tta
 from genre_lightning.models.network import build_network
-from genre_lightning.training.checkpoint_io import load_module, read_checkpoint, upgrade_state_dict
+from genre_lightning.models.prediction_task import TASKS
 from genre_lightning.training.feature_cache import FeatureStore, backbone_is_frozen
-from genre_lightning.training.tasks import TASKS, make_task
+from genre_lightning.training.tasks import make_task
 from genre_lightning.utils.distributed import any_rank
 from genre_lightning.utils.errors import ConfigError
 from genre_lightning.utils.plain_values import to_plain
@@ -66,10 +67,14 @@ class GenreClassifier(LightningModule):
         threshold: multi-label only: one decision threshold for every genre instead of the tuned ones.
         pos_weight: multi-label only: weigh each genre's positives by (negatives / positives) in the
             training split, so rare genres are not drowned out.
-        members: an ensemble's members (``inference.ensemble.member_spec``): the network is then their
+        members: an ensemble's members (``training.ensemble.member_spec``): the network is then their
             ``EnsembleNet`` (written by genre-ensemble; evaluated and served, never trained).
         temperature: single-label only: None fits the temperature of ``softmax(logits / T)`` on the
             validation split after every validation epoch; a positive number fixes it (1.0: none).
+        class_weights: single-label only: None, ``auto`` (inverse frequency in the training split, mean
+            weight 1 over its posters) or ``{genre: weight}``; the hyper-parameters (so the checkpoint)
+            hold the resolved ``{genre: weight}`` once training starts. ``training/losses.py``.
+        loss: single-label only: ``cross_entropy`` or ``focal`` (with ``focal_gamma``).
     """
 
     def __init__(
@@ -93,57 +98,34 @@ class GenreClassifier(LightningModule):
         pos_weight: bool = False,
         members: Sequence[Mapping[str, Any]] | None = None,
         temperature: float | None = None,
+        class_weights: str | Mapping[str, float] | None = None,
+        loss: str = "cross_entropy",
+        focal_gamma: float = 2.0,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
             raise ConfigError("model.scheduler_interval", scheduler_interval, "epoch or step")
         if task not in TASKS:
             raise ConfigError("model.task", task, "single or multilabel (it follows data.task)")
-        classes, optimizer, scheduler, data_config, mixup, members = map(
-            to_plain, (classes, optimizer, scheduler, data_config, mixup, members)
+        # Plain values (a checkpoint loads with weights_only=True, which refuses OmegaConf objects):
+        # save_hyperparameters below saves every argument as it is at that point.
+        classes, optimizer, scheduler, data_config, mixup, members, class_weights = map(
+            to_plain, (classes, optimizer, scheduler, data_config, mixup, members, class_weights)
         )
-        self.save_hyperparameters(
-            {
-                "backbone": backbone,
-                "classes": list(classes),
-                "pretrained": pretrained,
-                "weights": weights,
-                "optimizer": optimizer or DEFAULT_OPTIMIZER,
-                "scheduler": scheduler,
-                "scheduler_interval": scheduler_interval,
-                "label_smoothing": label_smoothing,
-                "drop_rate": drop_rate,
-                "data_config": data_config,
-                "channels_last": channels_last,
-                "tta_hflip": tta_hflip,
-                "drop_path_rate": drop_path_rate,
-                "mixup": mixup,
-                "task": task,
-                "threshold": threshold,
-                "pos_weight": pos_weight,
-                "members": members,
-                "temperature": temperature,
-            },
-            logger=False,  # the loggers get the whole resolved config instead (results/tracking.log_config)
-        )
+        classes, optimizer = list(classes), optimizer or DEFAULT_OPTIMIZER
+        # the loggers get the whole resolved config instead (results/tracking.log_config)
+        self.save_hyperparameters(logger=False)
         self.classes = list(classes)
-        self.task = make_task(task, self.classes, label_smoothing, threshold, pos_weight, temperature)
+        self.task = make_task(
+            task, self.classes, label_smoothing, threshold, pos_weight, temperature, class_weights, loss, focal_gamma
+        )
         self.net, self.data_config = build_network(
             backbone, len(self.classes), pretrained, weights, drop_rate, drop_path_rate, data_config, members
         )
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.mixup = self.task.mixup(mixup, label_smoothing)
-        self.train_metrics = self.task.metrics("train/")
-        self.val_metrics = self.task.metrics("val/")
-        self.test_metrics = self.task.metrics("test/", detailed=True)
-        # The test ECE before temperature scaling (test/ece_uncalibrated), beside test/ece after it.
-        self.test_uncalibrated = self.task.uncalibrated_metric()
-        # Each stage's epoch loss (train/loss, val/loss, test/loss), averaged over every rank's images,
-        # and its top-1 "any true genre" accuracy (the task names it: tasks.GenreTask.any_true_metric).
-        for stage in STAGES:
-            setattr(self, f"{stage}_loss", MeanMetric())
-            setattr(self, f"{stage}_any_true", MeanMetric())
+        self._add_metrics()
         # Stored backbone features, while the backbone is frozen: see use_feature_store().
         self._feature_store: FeatureStore | None = None
         # Whether trainable BatchNorm layers keep their running statistics: see set_batchnorm_policy().
@@ -151,6 +133,18 @@ class GenreClassifier(LightningModule):
         # Images that failed to decode during the run: (stage, dataset index, reason); the entry point
         # that knows the data module names their files (training/failed_images.py).
         self.failed_items: list[tuple[str, int, str]] = []
+
+    def _add_metrics(self) -> None:
+        """Each stage's metrics; the test ECE before temperature scaling (test/ece_uncalibrated) beside
+        test/ece after it; each stage's epoch loss, averaged over every rank's images, and its top-1 "any
+        true genre" accuracy (the task names it: tasks.GenreTask.any_true_metric)."""
+        self.train_metrics = self.task.metrics("train/")
+        self.val_metrics = self.task.metrics("val/")
+        self.test_metrics = self.task.metrics("test/", detailed=True)
+        self.test_uncalibrated = self.task.uncalibrated_metric()
+        for stage in STAGES:
+            setattr(self, f"{stage}_loss", MeanMetric())
+            setattr(self, f"{stage}_any_true", MeanMetric())
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GenreClassifier:
@@ -197,9 +191,22 @@ class GenreClassifier(LightningModule):
         self.hparams.channels_last = bool(enabled)
         self.net = self.net.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
+    def loss_settings(self) -> dict[str, Any]:
+        """What the training loss was (metrics.json's ``loss``): its kind, the focal exponent, and
+        each genre's class weight (None: unweighted)."""
+        focal = self.hparams.get("loss", "cross_entropy") == "focal"
+        return {
+            "loss": self.hparams.get("loss", "cross_entropy"),
+            "focal_gamma": self.hparams.get("focal_gamma") if focal else None,
+            "class_weights": self.hparams.get("class_weights"),
+        }
+
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self.task.fit_setup(getattr(self.trainer, "datamodule", None))
+            weights = getattr(self.task, "resolved_class_weights", lambda: None)()
+            if weights is not None:  # the values, not "auto": the checkpoint's model weighs as it trained
+                self.hparams.class_weights = weights
 
     def _stage_metrics(self, stage: str) -> MetricCollection:
         return getattr(self, f"{stage}_metrics")
@@ -348,7 +355,7 @@ class GenreClassifier(LightningModule):
         self._shared_step(batch, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
-        """Per-image probabilities, targets and dataset indices, for callbacks (``results/test_artifacts.py``)."""
+        """Per-image probabilities, targets and dataset indices, for callbacks (``results/run_artifacts.py``)."""
         result = self._shared_step(batch, "test")
         if result is None:
             return None

@@ -16,6 +16,7 @@ from genre_lightning.data.label_fixes import (
     read_label_fixes,
     unfixed_rows,
 )
+from genre_lightning.data.stratify import SplitItems
 from genre_lightning.launch.sweep import split_settings
 from tests.helpers.configs import compose_config
 
@@ -41,7 +42,8 @@ def assignment(count: int = 24) -> pd.DataFrame:
 def fold_run(frame: pd.DataFrame, fold: int) -> pd.DataFrame:
     cv = CrossValidation(3, fold, 0.0, 0.25)
     labels = list(frame["label"])
-    splits = fold_splits(list(frame["fold"]), labels, [[x] for x in labels], list(frame["group"]), cv, 0)
+    items = SplitItems(labels, [[x] for x in labels], list(frame["group"]))
+    splits = fold_splits(list(frame["fold"]), items, cv, 0)
     return frame.assign(split=splits)
 
 
