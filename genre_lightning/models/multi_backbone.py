@@ -81,34 +81,40 @@ def normalise_backbones(backbone: str | Sequence[str], weights: Any) -> tuple[st
     return names[0], weights_per_backbone(names, weights)[0]
 
 
-def create_part(name: str, index: int, num_classes: int, pretrained: bool, weights: str | None, **kwargs: Any):
-    """One backbone without its classifier. Built with the head first and then reset, so its random
-    numbers (a random init) and its weight loading are those of the single-backbone model: its
+def create_part(
+    name: str, index: int, names: Sequence[str], num_classes: int, pretrained: bool, weights: Any, **kwargs
+):
+    """Backbone ``index`` without its classifier. Built with the head first and then reset, so its
+    random numbers (a random init) and its weight loading are those of the single-backbone model: its
     features, and its feature-cache store, are that model's."""
     try:
         net = create_backbone(name, num_classes, pretrained, weights, **kwargs)
     except ConfigError as err:
         if err.key != "model.weights":
             raise
-        held = what_the_file_holds(weights)
         raise ConfigError(
             f"model.weights[{index}]",
             weights,
-            f"timm weights for backbone {index}, {name} (the file {held}); {err.valid}",
+            f"timm weights for backbone {index}, {name}; the file {what_the_file_holds(weights, names)} ({err.valid})",
         ) from None
     net.reset_classifier(0)
     return net
 
 
-def what_the_file_holds(path: str | None) -> str:
-    """A short description of a weights file: its tensor count and first tensor, for an error message."""
+def what_the_file_holds(path: str, names: Sequence[str]) -> str:
+    """A weights file described for an error message: the listed backbone it fits, if any (a list
+    out of order), else its size."""
     try:
-        state = timm.models.load_state_dict(str(Path(str(path)).expanduser()))
-    except Exception:  # noqa: BLE001 - the description is a courtesy; the error is reported anyway
-        return "could not be read as a timm state dict"
-    first = next(iter(state), None)
-    shape = list(state[first].shape) if first is not None else []
-    return f"holds {len(state)} tensors, the first {first} {shape}"
+        state = timm.models.load_state_dict(str(Path(path).expanduser()))
+    except Exception:  # noqa: BLE001 - only a description; the error itself is reported anyway
+        return "cannot be read as timm weights"
+    shapes = {key: tuple(tensor.shape) for key, tensor in state.items() if not key.endswith("num_batches_tracked")}
+    for index, name in enumerate(names):
+        expected = timm.create_model(name, pretrained=False).state_dict()
+        if shapes == {k: tuple(t.shape) for k, t in expected.items() if not k.endswith("num_batches_tracked")}:
+            return f"holds the weights of {name}, backbone {index} of model.backbone (the lists in different orders?)"
+    parameters = sum(int(torch.tensor(shape).prod()) for shape in shapes.values())
+    return f"holds another network ({len(shapes)} tensors, {parameters / 1e6:.2f}M values)"
 
 
 class InputConversion(nn.Module):
@@ -150,7 +156,7 @@ class MultiBackboneNet(nn.Module):
         files = weights_per_backbone(self.names, weights)
         extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
         self.backbones = nn.ModuleList(
-            create_part(name, i, num_classes, pretrained, file, **extra)
+            create_part(name, i, self.names, num_classes, pretrained, file, **extra)
             for i, (name, file) in enumerate(zip(self.names, files, strict=True))
         )
         configs = [resolve_data_config(net, data_config) for net in self.backbones]
