@@ -35,7 +35,7 @@ MOVED = {
     "genre_lightning.epoch_lines": "genre_lightning.training.epoch_progress",
     "genre_lightning.memory": "genre_lightning.training.release_memory",
     "genre_lightning.tracking": "genre_lightning.results.tracking",
-    "genre_lightning.results.callback": "genre_lightning.results.test_artifacts",
+    "genre_lightning.results.callback": "genre_lightning.results.run_artifacts",
     "genre_lightning.results.tracked_sweep": "genre_lightning.results.mlflow_sweep",
     "genre_lightning.errors": "genre_lightning.utils.errors",
     "genre_lightning.plain": "genre_lightning.utils.plain_values",

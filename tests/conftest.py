@@ -39,6 +39,7 @@ LONGEST_FIRST = [
     "tests/bench/test_bench_smoke.py",
     "tests/launch/test_slurm.py",  # mostly waiting for the Slurm jobs
     "tests/results/test_cross_validation.py",
+    "tests/launch/test_search.py",  # a search killed and continued, then its report
     # the default run, longest first (--durations)
     "tests/cli/test_end_to_end.py",
     "tests/results/test_tracking.py",
@@ -51,7 +52,7 @@ LONGEST_FIRST = [
     "tests/data/test_shards.py",
     "tests/cli/test_predict.py",
     "tests/training/test_feature_cache.py",
-    "tests/results/test_test_artifacts.py",
+    "tests/results/test_run_artifacts.py",
     "tests/inference/test_server.py",
     "tests/inference/test_explain.py",
     "tests/results/test_sweep_report.py",

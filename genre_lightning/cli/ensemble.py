@@ -13,7 +13,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from genre_lightning.cli.common import CONFIG_PATH, show_and_save_config, write_json
 from genre_lightning.cli.evaluation import evaluate
 from genre_lightning.inference.ensemble import CHECKPOINT_NAME, build_ensemble, ensemble_summary
+from genre_lightning.results.tracking import job_overrides
 from genre_lightning.training.checkpoint_io import datamodule_state, read_checkpoint
+from genre_lightning.utils.environment import environment
 from genre_lightning.utils.errors import exit_on_user_error
 
 log = logging.getLogger(__name__)
@@ -24,11 +26,13 @@ def ensemble(cfg: DictConfig) -> dict:
     """Build the ensemble checkpoint of ``cfg.ckpt_paths`` and evaluate it like genre-eval."""
     paths = OmegaConf.to_container(cfg.ckpt_paths) if OmegaConf.is_config(cfg.ckpt_paths) else cfg.ckpt_paths
     output_dir = Path(cfg.paths.output_dir)
-    output = build_ensemble(paths, output_dir / "checkpoints" / CHECKPOINT_NAME)
+    env = environment()
+    record = {"environment": env, "program": "genre-ensemble", "overrides": job_overrides()}
+    output = build_ensemble(paths, output_dir / "checkpoints" / CHECKPOINT_NAME, provenance=record)
     with open_dict(cfg):
         cfg.ckpt_path = str(output)
     checkpoint = read_checkpoint(output)
-    summary = ensemble_summary(checkpoint)
+    summary = {**ensemble_summary(checkpoint), "environment": env}
     if datamodule_state(checkpoint).get("test_posters") == 0:
         # A fold ensemble without a fixed test part: every poster trained one of its members.
         show_and_save_config(cfg, output_dir, show=cfg.get("print_config", True))

@@ -14,10 +14,11 @@ from genre_lightning.cli.common import build_callbacks, build_loggers, show_and_
 from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.split_choice import evaluation_split
 from genre_lightning.results.hparams import log_hparams_with_metrics
-from genre_lightning.results.tracking import finish_run, log_config
+from genre_lightning.results.tracking import finish_run, log_config, log_environment
 from genre_lightning.training.checkpoint_io import load_module, read_checkpoint, training_augment
 from genre_lightning.training.failed_images import images_skipped_during_run
 from genre_lightning.training.module import GenreClassifier
+from genre_lightning.utils.environment import environment, flat_environment
 from genre_lightning.utils.errors import exit_on_user_error
 from genre_lightning.utils.plain_values import to_python
 
@@ -53,7 +54,9 @@ def evaluate(cfg: DictConfig, extra: dict | None = None) -> dict:
         model.set_threshold(cfg.threshold)
     datamodule = eval_datamodule(cfg, model, checkpoint)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg), callbacks=build_callbacks(cfg))
+    env = (extra or {}).get("environment") or environment()  # genre-ensemble's, gathered when it built the model
     log_config(trainer.loggers, cfg)
+    log_environment(trainer.loggers, env)
     metrics = to_python(trainer.test(model, datamodule=datamodule)[0])
     results = {
         "test": metrics,
@@ -61,12 +64,13 @@ def evaluate(cfg: DictConfig, extra: dict | None = None) -> dict:
         "split": cfg.split,
         "split_file": datamodule.split_file,
         "skipped_during_run": images_skipped_during_run(model.failed_items, datamodule),
+        "environment": env,
         **(extra or {}),
     }
     temperature = getattr(model.task, "temperature", None)
     if temperature is not None:
         results["temperature"] = float(temperature)
-    log_hparams_with_metrics(trainer.loggers, cfg, metrics)
+    log_hparams_with_metrics(trainer.loggers, cfg, metrics, extra_params=flat_environment(env))
     write_json(output_dir / "metrics.json", results)
     finish_run(trainer.loggers, cfg, output_dir)
     log.info("Run folder: %s", output_dir)

@@ -1,7 +1,8 @@
 """genre-export ckpt_path=<ckpt> format=onnx|torchscript: the model as a file a server can load
 without this project, with its sidecar, checked against the model on real posters
 (``inference/export.py``); ``precision=int8`` adds onnxruntime's int8 quantisation and prints its
-top-1 agreement and accuracy against float32 on the test posters."""
+top-1 agreement and accuracy against float32 on the test posters. ``format=card`` writes the model card
+(a refit or fold ensemble's with the cross-validation's out-of-fold estimate: ``cv_report=<sweep>``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from genre_lightning.cli.common import CONFIG_PATH, show_and_save_config
 from genre_lightning.inference.export import EXPORTERS, SUFFIXES, export_checkpoint
 from genre_lightning.inference.model_card import write_model_card
 from genre_lightning.inference.quantize import describe
+from genre_lightning.results.cv_estimate import card_cv_estimate
 from genre_lightning.utils.errors import ConfigError, UserFacingError, exit_on_user_error
 
 
@@ -24,7 +26,8 @@ def export(cfg: DictConfig) -> dict:
         raise ConfigError("format", cfg.format, f"one of {sorted([*EXPORTERS, 'card'])}")
     show_and_save_config(cfg, cfg.paths.output_dir, show=cfg.get("print_config", False))
     if cfg.format == "card":
-        card = write_model_card(cfg.ckpt_path, cfg.output or Path(cfg.paths.output_dir) / "README.md")
+        estimate = card_cv_estimate(cfg.ckpt_path, cfg.get("cv_report"))
+        card = write_model_card(cfg.ckpt_path, cfg.output or Path(cfg.paths.output_dir) / "README.md", estimate)
         print(f"Wrote the model card {card}")
         return {"format": "card", "artifact": str(card)}
     output = Path(cfg.output or Path(cfg.paths.output_dir) / f"model{SUFFIXES[cfg.format]}")

@@ -13,8 +13,9 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from genre_lightning.cli.common import CONFIG_PATH
+from genre_lightning.cli.predictor_config import predictor_from_cfg
 from genre_lightning.data.shards import ShardImages, is_shards_folder
-from genre_lightning.inference.batch import CsvRun, ImageFiles, predict_to_csv, resolve_device
+from genre_lightning.inference.batch import CsvRun, ImageFiles, predict_to_csv
 from genre_lightning.inference.decode import image_files
 from genre_lightning.inference.explain import METHODS
 from genre_lightning.inference.prediction_table import format_top_k
@@ -48,17 +49,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame | CsvRun:
     single = Path(cfg.input).is_file()
     if cfg.resume and not cfg.output_csv and not single:
         raise ConfigError("output_csv", None, "the CSV of the run to continue when resume=true")
-    predictor = Predictor.from_checkpoint(
-        cfg.ckpt_path,
-        resolve_device(cfg.device),
-        threshold=cfg.get("threshold"),
-        channels_last=cfg.channels_last,
-        backend=cfg.backend,
-        precision=str(cfg.precision),
-        threads=cfg.threads,
-        cache_dir=cfg.cache_dir,
-        freeze=cfg.freeze,
-    )
+    predictor = predictor_from_cfg(cfg)
     if single:
         row = predictor.predict_files([first], progress=False, num_workers=0).iloc[0]
         if row["error"]:

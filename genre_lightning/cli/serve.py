@@ -11,8 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from genre_lightning.cli.common import CONFIG_PATH, show_and_save_config
-from genre_lightning.inference.batch import resolve_device
-from genre_lightning.inference.predictor import Predictor
+from genre_lightning.cli.predictor_config import predictor_from_cfg
 from genre_lightning.utils.errors import ConfigError, UserFacingError, exit_on_user_error
 
 SERVER_MODULES = ("starlette", "uvicorn", "multipart")
@@ -37,15 +36,7 @@ def serve(cfg: DictConfig) -> None:
     shown = cfg.copy()  # config.yaml in the run folder, without the key
     shown.serve.api_key = "<set>" if settings.api_key else None
     show_and_save_config(shown, cfg.paths.output_dir, show=cfg.get("print_config", False))
-    predictor = Predictor.from_checkpoint(
-        cfg.ckpt_path,
-        resolve_device(cfg.device),
-        threshold=cfg.get("threshold"),
-        backend=cfg.backend,
-        precision=str(cfg.precision),
-        threads=cfg.threads,
-        cache_dir=cfg.cache_dir,
-    )
+    predictor = predictor_from_cfg(cfg)
     # One prediction before listening: the backend is chosen (and an ONNX export made and checked) now,
     # not while the first client waits.
     _, height, width = predictor.data_config["input_size"]

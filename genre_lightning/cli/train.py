@@ -22,10 +22,12 @@ from genre_lightning.data.split_choice import checkpoint_split, choose_split
 from genre_lightning.launch.slurm import RequeueOnSignal, export_submitit_local_ranks, register_resolvers
 from genre_lightning.launch.sweep import local_ddp_job, shared_split_file
 from genre_lightning.results.hparams import log_hparams_with_metrics
-from genre_lightning.results.tracking import finish_run, log_config
+from genre_lightning.results.tracking import finish_run, job_overrides, log_config, log_environment
 from genre_lightning.training.failed_images import images_skipped_during_run
 from genre_lightning.training.module import GenreClassifier
+from genre_lightning.training.provenance import RecordProvenance
 from genre_lightning.utils.distributed import weights_agree
+from genre_lightning.utils.environment import environment, flat_environment
 from genre_lightning.utils.errors import ConfigError, exit_on_user_error
 from genre_lightning.utils.plain_values import to_python
 
@@ -33,8 +35,22 @@ log = logging.getLogger(__name__)
 register_resolvers()  # used by conf/hydra/launcher/*.yaml
 
 
+def register_search_sweeper() -> None:
+    """``hydra/sweeper=cv_search`` (the hparams_search presets). Hydra finds plugins by listing the
+    ``hydra_plugins`` package, which misses it in an editable install (a path hook that cannot be
+    listed); registering the class by hand finds it in every install."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.genre_lightning_search.cv_search import CrossValidatedSearch
+
+    Plugins.instance().register(CrossValidatedSearch)
+
+
+register_search_sweeper()
+
+
 def _use_the_chosen_split(cfg: DictConfig) -> None:
-    """A resumed run takes its checkpoint run's split, a multirun job the sweep's (data/split_source.py
+    """A resumed run takes its checkpoint run's split, a multirun job the sweep's (data/split_choice.py
     has the whole order); the data module takes it from ``data.split_file``."""
     choice = choose_split(
         cfg.data.split_file, checkpoint_split(cfg.ckpt_path), shared_split_file(cfg), cfg.paths.output_dir
@@ -115,7 +131,7 @@ def build(
 
 
 def _fit_and_test(
-    cfg: DictConfig, datamodule: PosterDataModule, model: GenreClassifier, trainer: pl.Trainer
+    cfg: DictConfig, datamodule: PosterDataModule, model: GenreClassifier, trainer: pl.Trainer, env: dict[str, Any]
 ) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_in_place(cfg, trainer), weights_only=True)
     ranks = weights_agree(model) if trainer.world_size > 1 else None  # before test loads the best checkpoint
@@ -143,7 +159,8 @@ def _fit_and_test(
     results["skipped_during_run"] = images_skipped_during_run(model.failed_items, datamodule)
     if ranks is not None:
         results["ddp"] = ranks
-    log_hparams_with_metrics(trainer.loggers, cfg, {**results["final_val"], **results.get("test", {})})
+    logged = {**results["final_val"], **results.get("test", {})}
+    log_hparams_with_metrics(trainer.loggers, cfg, logged, extra_params=flat_environment(env))
     return results
 
 
@@ -158,8 +175,10 @@ def train(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     show_and_save_config(cfg, output_dir, show=cfg.get("print_config", True))
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule, model, trainer = build(cfg)
+    env = environment()  # the software, code and machine: in every checkpoint, metrics.json and the trackers
+    datamodule, model, trainer = build(cfg, [RecordProvenance(env, job_overrides())])
     log_config(trainer.loggers, cfg)
+    log_environment(trainer.loggers, env)
     if trainer.is_global_zero:
         # Scan and split now, before Lightning starts the other DDP processes: they then find the
         # split ready instead of waiting at a barrier (with a timeout) while rank 0 scans.
@@ -167,10 +186,11 @@ def train(cfg: DictConfig) -> float | None:
 
     started = time.perf_counter()
     with local_ddp_job(cfg, output_dir, trainer.world_size):
-        results = _fit_and_test(cfg, datamodule, model, trainer)
+        results = _fit_and_test(cfg, datamodule, model, trainer, env)
     results["wall_s"] = round(time.perf_counter() - started, 1)  # fit and test (genre-report sums the folds)
     if datamodule.cv is not None:
         results["cross_validation"] = datamodule.cross_validation()
+    results["environment"] = env
     write_json(output_dir / "metrics.json", results)
     finish_run(trainer.loggers, cfg, output_dir, results["best_ckpt_path"])
     rank_zero_info(f"Run folder: {output_dir}")

@@ -14,21 +14,15 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Sampler, WeightedRandomSampler
 
-from genre_lightning.data.annotations import (
-    ANNOTATIONS_FILE,
-    fold_digest,
-    genre_rows,
-    prepare_annotations,
-    read_split_file,
-    split_digest,
-)
+from genre_lightning.data.annotations import ANNOTATIONS_FILE, fold_digest, genre_rows, read_split_file, split_digest
 from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
 from genre_lightning.data.demo import ensure_demo_posters
-from genre_lightning.data.duplicates import check_duplicate_options
 from genre_lightning.data.folds import CrossValidation
 from genre_lightning.data.image_cache import DecodedImageCache, cover_side
+from genre_lightning.data.intake import prepare_annotations
+from genre_lightning.data.settings import data_settings
 from genre_lightning.data.shards import ShardDataset, copy_shards_split, shards_split
-from genre_lightning.data.stratify import HOLDOUT, SPLIT_NAMES, check_fractions
+from genre_lightning.data.stratify import HOLDOUT, SPLIT_NAMES
 from genre_lightning.utils.errors import ConfigError
 from genre_lightning.utils.plain_values import to_plain
 
@@ -59,93 +53,33 @@ class PosterDataModule(LightningDataModule):
     """Genre posters from folders (``root``) or a CSV (``annotations``), split 70/15/15, or into
     ``folds`` cross-validation folds of which ``fold`` is this run's test split (``data/folds.py``).
 
-    The model hands over its timm data config with :meth:`set_data_config`; the data module
-    never imports the model. ``required_splits``: splits that must hold posters (checked in
+    ``keys``: the other ``data.*`` config keys (``root=``, ``batch_size=``, ...), each a field of
+    ``IntakeSettings`` (the scan and the split; ``folds``, ``fold`` and ``cv_*`` make its ``cv``) or of
+    ``LoaderSettings`` (the batches), in ``data/settings.py``; a key of neither is a ``ConfigError``.
+    ``self.intake`` and ``self.loading`` hold them, checked. ``test_split``: the split ``trainer.test``
+    evaluates (genre-eval's ``split=``). ``required_splits``: splits that must hold posters (checked in
     ``setup``, before any training step), e.g. ``test`` for genre-train with ``test=true``.
+
+    The model hands over its timm data config with :meth:`set_data_config`; the data module
+    never imports the model.
     """
 
     def __init__(
         self,
         classes: Sequence[str],
-        output_dir: str,
-        root: str | None = None,
-        annotations: str | None = None,
-        split_file: str | None = None,
-        fractions: Mapping[str, float] | None = None,
-        split_seed: int = 0,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        augment: Mapping[str, Any] | None = None,
-        verify_workers: int | None = None,
-        verify_cache: str | None = None,
-        verify_threads: int | None = None,
-        min_image_side: int = 1,
-        duplicates: Mapping[str, Any] | None = None,
-        demo: Mapping[str, Any] | None = None,
+        output_dir: str | Path,
+        *,
         test_split: str = "test",
-        cache_dir: str | None = None,
-        balanced_sampling: bool = False,
-        micro_batch_size: int | None = None,
-        task: str = "single",
-        folds: int | None = None,
-        fold: int | str | None = None,
-        cv_test_fraction: float = 0.0,
-        cv_val_fraction: float = 0.15,
-        shards: str | None = None,
         required_splits: Sequence[str] = (),
+        **keys: Any,
     ) -> None:
         super().__init__()
-        if not classes:
-            raise ConfigError("data.classes", classes, "a non-empty list of genre names")
-        if batch_size < 1:
-            raise ConfigError("data.batch_size", batch_size, "a positive integer")
-        if not (demo or split_file or annotations or shards) and not (root and Path(root).is_dir()):
-            raise ConfigError(
-                "data.root",
-                root,
-                "an existing folder with one sub-folder per genre "
-                "(or data.annotations=<csv>, data.split_file=<annotations.csv>, data.shards=<dir>, or data=demo)",
-            )
-        self.classes = list(classes)
-        self.output_dir = Path(output_dir)
-        self.root, self.annotations, self.split_file = root, annotations, split_file
-        self.fractions = check_fractions(fractions or {"train": 0.7, "val": 0.15, "test": 0.15})
-        self.split_seed = split_seed
-        self.cv = CrossValidation.from_config(folds, fold, cv_test_fraction, cv_val_fraction)
-        self.required_splits = tuple(required_splits)
-        if micro_batch_size is not None and (micro_batch_size < 1 or batch_size % micro_batch_size):
-            raise ConfigError(
-                "data.micro_batch_size", micro_batch_size, f"null or a divisor of data.batch_size={batch_size}"
-            )
-        self.batch_size = batch_size
-        # Training loads micro-batches and the trainer accumulates their gradients into one step of
-        # batch_size images: the same step (exactly so while BatchNorm statistics are frozen), in less memory.
-        self.micro_batch_size = micro_batch_size or batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
-        self.augment = dict(augment) if augment is not None else None
-        # Decoding processes (None: every usable CPU). verify_threads is 0.2's name (saved configs).
-        self.verify_workers = verify_workers or verify_threads
-        self.verify_cache = verify_cache
-        self.min_image_side = min_image_side
-        # here, not after a scan of every file (also for genre-data); checks data.task too
-        check_duplicate_options(duplicates, task)
-        self.task = task
-        self.duplicates = dict(duplicates) if duplicates else None
-        self.demo = dict(demo) if demo else None
+        self.intake, self.loading = data_settings(classes, keys)
         if test_split not in SPLIT_NAMES:
             raise ConfigError("split", test_split, f"one of {list(SPLIT_NAMES)}")
+        self.output_dir = Path(output_dir)
         self.test_split = test_split  # genre-eval can evaluate the val (or train) split instead
-        self.cache_dir = cache_dir  # decoded-image cache (opt-in)
-        self.balanced_sampling = balanced_sampling
-        self.shards = shards  # LitData shards written by genre-data shards=<dir>: read instead of the files
-        if shards and self.cv is not None:  # the shards hold the one split they were written with
-            raise ConfigError("data.folds", folds, "null with data.shards (shards carry one fixed split)")
+        self.required_splits = tuple(required_splits)
         self.data_config: dict[str, Any] | None = None
         self._demo_ready = False
         self._prepared = False  # prepare_data already ran in this process (genre-train runs it before DDP starts)
@@ -155,9 +89,34 @@ class PosterDataModule(LightningDataModule):
         self.prepare_data_per_node = False
 
     @property
+    def classes(self) -> list[str]:
+        return self.intake.classes
+
+    @property
+    def task(self) -> str:
+        return self.intake.task
+
+    @property
+    def cv(self) -> CrossValidation | None:
+        return self.intake.cv
+
+    @property
+    def split_file(self) -> str | Path | None:
+        return self.intake.split_file
+
+    @property
+    def augment(self) -> dict[str, Any] | None:
+        return self.loading.augment
+
+    @property
+    def num_workers(self) -> int:
+        """Loader processes (also what the linear probe's feature pass uses: ``training/probe.py``)."""
+        return self.loading.num_workers
+
+    @property
     def accumulation_steps(self) -> int:
         """Micro-batches per optimizer step (Lightning's ``accumulate_grad_batches``)."""
-        return self.batch_size // self.micro_batch_size
+        return self.loading.batch_size // self.loading.micro_batch_size
 
     @property
     def annotations_path(self) -> Path:
@@ -170,12 +129,12 @@ class PosterDataModule(LightningDataModule):
     def prepare_data(self) -> None:
         if self._prepared:
             return
-        if self.shards:
+        if self.intake.shards:
             self._prepare_from_shards()
             self._prepared = True
             return
-        if self.demo is not None and not self._demo_ready:
-            root = ensure_demo_posters(self.root, **self.demo)
+        if self.intake.demo is not None and not self._demo_ready:
+            root = ensure_demo_posters(self.intake.root, **self.intake.demo)
             self._demo_ready = True
             log.warning(
                 "DEMO DATA: %s holds SYNTHETIC posters drawn by genre_lightning.data.demo, not real movie posters. "
@@ -184,34 +143,21 @@ class PosterDataModule(LightningDataModule):
                 root,
                 ", ".join(self.classes),
             )
-        prepare_annotations(
-            self.output_dir,
-            self.classes,
-            self.fractions,
-            self.split_seed,
-            root=self.root,
-            annotations=self.annotations,
-            split_file=self.split_file,
-            verify_workers=self.verify_workers,
-            min_image_side=self.min_image_side,
-            duplicates=self.duplicates,
-            task=self.task,
-            cv=self.cv,
-            verify_cache=self.verify_cache,
-        )
+        prepare_annotations(self.output_dir, self.intake)
         self._prepared = True
 
     def _prepare_from_shards(self) -> None:
         """The shards' own split becomes the run's (a given split file or an existing one must be it)."""
-        theirs = split_digest(read_split_file(shards_split(self.shards), self.classes, "data.shards", False))
+        shards = self.intake.shards
+        theirs = split_digest(read_split_file(shards_split(shards), self.classes, "data.shards", False))
         for key, other in (("data.split_file", self.split_file), ("annotations", self.annotations_path)):
             if other and Path(other).is_file() and split_digest(self._read_split(other)) != theirs:
-                raise ConfigError(key, str(other), f"the split of the shards in {self.shards}")
+                raise ConfigError(key, str(other), f"the split of the shards in {shards}")
         if not self.annotations_path.is_file():
-            copy_shards_split(self.shards, self.annotations_path)
+            copy_shards_split(shards, self.annotations_path)
 
     def _read_split(self, path: str | Path) -> pd.DataFrame:
-        return read_split_file(path, self.classes, key="annotations", check_files=not self.shards)
+        return read_split_file(path, self.classes, key="annotations", check_files=not self.intake.shards)
 
     def setup(self, stage: str | None = None) -> None:
         if self.data_config is None:
@@ -222,8 +168,9 @@ class PosterDataModule(LightningDataModule):
         train_tf, eval_tf = build_transforms(self.data_config, self.augment)
         self.eval_transform = eval_tf
         image_cache = None
-        if self.cache_dir:
-            image_cache = DecodedImageCache(self.cache_dir, cover_side(self.data_config, self.augment is not None))
+        if self.loading.cache_dir:
+            side = cover_side(self.data_config, self.augment is not None)
+            image_cache = DecodedImageCache(self.loading.cache_dir, side)
         label_index = {c: i for i, c in enumerate(self.classes)}
         # Multi-genre items (duplicate policy multi_genre) also carry every genre they count as; for
         # data.task=multilabel those genres are the targets.
@@ -237,7 +184,8 @@ class PosterDataModule(LightningDataModule):
         for name, (split, transform) in datasets.items():
             rows = self.frame[self.frame["split"] == split]
             label_sets = [[label_index[x] for x in s.split("|")] for s in rows["labels"]] if multi_genre else None
-            source = (ShardDataset, shards_split(self.shards).parent / split) if self.shards else (PosterDataset,)
+            shards = self.intake.shards
+            source = (ShardDataset, shards_split(shards).parent / split) if shards else (PosterDataset,)
             self.datasets[name] = source[0](
                 *source[1:],
                 list(rows["file_path"]),
@@ -246,7 +194,7 @@ class PosterDataModule(LightningDataModule):
                 label_sets,
                 num_classes=len(self.classes),
                 keys=[sha or path for sha, path in zip(rows["sha256"], rows["file_path"], strict=True)],
-                image_cache=None if self.shards else image_cache,
+                image_cache=None if shards else image_cache,
                 multi_hot=multilabel,
             )
 
@@ -263,7 +211,7 @@ class PosterDataModule(LightningDataModule):
                     f"false for data.fold={self.cv.fold} without a fixed test part: every poster trains it "
                     "(data.cv_test_fraction > 0 keeps a test part out of every fold)",
                 )
-            fractions = {s: round(v, 6) for s, v in self.fractions.items()}
+            fractions = {s: round(v, 6) for s, v in self.intake.fractions.items()}
             raise ConfigError(
                 "data.fractions",
                 fractions,
@@ -314,18 +262,18 @@ class PosterDataModule(LightningDataModule):
             )
         return DataLoader(
             dataset,
-            batch_size=self.micro_batch_size if split == "train" else self.eval_batch_size,
+            batch_size=self.loading.micro_batch_size if split == "train" else self.loading.eval_batch_size,
             shuffle=shuffle,
             sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
+            num_workers=self.loading.num_workers,
+            pin_memory=self.loading.pin_memory,
+            persistent_workers=self.loading.persistent_workers,
             collate_fn=collate_posters,
             drop_last=False,
         )
 
     def train_dataloader(self) -> DataLoader:
-        if not self.balanced_sampling:
+        if not self.loading.balanced_sampling:
             return self._loader("train", shuffle=True)
         weights = balanced_weights(self.datasets["train"], len(self.classes))
         # Its own generator, seeded alike on every rank: under DDP each rank takes its shard of one

@@ -30,12 +30,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from genre_lightning.data.stratify import (
-    HOLDOUT,
-    iterative_stratified_parts,
-    iterative_stratified_split,
-    stratified_group_split,
-)
+from genre_lightning.data.stratify import HOLDOUT, SplitItems, iterative_stratified_parts
 from genre_lightning.utils.errors import ConfigError
 
 ALL_FOLDS = "all"  # data.fold=all: the refit on every poster outside the fixed test part
@@ -95,33 +90,26 @@ class CrossValidation:
         return cls(folds, fold, float(test_fraction), float(val_fraction))
 
 
-def assign_folds(
-    labels: Sequence[str],
-    label_sets: Sequence[Sequence[str]],
-    groups: Sequence[str],
-    cv: CrossValidation,
-    seed: int,
-    multilabel: bool = False,
-) -> list[str]:
+def assign_folds(items: SplitItems, cv: CrossValidation, seed: int) -> list[str]:
     """Each item's fold (``"0"``..``"K-1"``) or ``holdout`` (the fixed test part)."""
-    folds = [HOLDOUT] * len(labels)
-    inside = list(range(len(labels)))
+    folds = [HOLDOUT] * len(items)
+    inside = list(range(len(items)))
     if cv.test_fraction > 0:
         fractions = {"train": 1 - cv.test_fraction, "val": 0.0, "test": cv.test_fraction}
-        parts = _stratified(inside, labels, label_sets, groups, fractions, seed, multilabel)
+        parts = items.split(fractions, seed)
         inside = [i for i, part in zip(inside, parts, strict=True) if part != "test"]
-    sets = [label_sets[i] if multilabel else [labels[i]] for i in inside]
-    check_fold_count(cv, sets, [groups[i] for i in inside])
-    if multilabel:
+    fold_items = items.subset(inside)
+    sets = fold_items.label_sets if items.multilabel else [[label] for label in fold_items.labels]
+    check_fold_count(cv, sets, fold_items.groups)
+    if items.multilabel:
         parts = iterative_stratified_parts(
-            sets, [groups[i] for i in inside], {str(k): 1 / cv.folds for k in range(cv.folds)}, seed
+            sets, fold_items.groups, {str(k): 1 / cv.folds for k in range(cv.folds)}, seed
         )
         for i, part in zip(inside, parts, strict=True):
             folds[i] = part
         return folds
     splitter = StratifiedGroupKFold(n_splits=cv.folds, shuffle=True, random_state=seed)
-    y, g = [labels[i] for i in inside], [groups[i] for i in inside]
-    for k, (_, held) in enumerate(splitter.split(np.zeros(len(inside)), y, g)):
+    for k, (_, held) in enumerate(splitter.split(np.zeros(len(inside)), fold_items.labels, fold_items.groups)):
         for j in held:
             folds[inside[j]] = str(k)
     return folds
@@ -144,15 +132,7 @@ def check_fold_count(cv: CrossValidation, label_sets: Sequence[Sequence[str]], g
         )
 
 
-def fold_splits(
-    folds: Sequence[str],
-    labels: Sequence[str],
-    label_sets: Sequence[Sequence[str]],
-    groups: Sequence[str],
-    cv: CrossValidation,
-    seed: int,
-    multilabel: bool = False,
-) -> list[str]:
+def fold_splits(folds: Sequence[str], items: SplitItems, cv: CrossValidation, seed: int) -> list[str]:
     """The split of each item in the run of fold ``cv.fold`` (see the module docstring)."""
     if cv.refit:
         return ["test" if f == HOLDOUT else "train" for f in folds]
@@ -160,26 +140,10 @@ def fold_splits(
     splits = [HOLDOUT if f == HOLDOUT else "test" if f == held else "train" for f in folds]
     rest = [i for i, split in enumerate(splits) if split == "train"]
     fractions = {"train": 1 - cv.val_fraction, "val": cv.val_fraction, "test": 0.0}
-    carved = _stratified(rest, labels, label_sets, groups, fractions, fold_seed(seed, int(cv.fold)), multilabel)
+    carved = items.subset(rest).split(fractions, fold_seed(seed, int(cv.fold)))
     for i, split in zip(rest, carved, strict=True):
         splits[i] = split
     return splits
-
-
-def _stratified(
-    items: Sequence[int],
-    labels: Sequence[str],
-    label_sets: Sequence[Sequence[str]],
-    groups: Sequence[str],
-    fractions: dict[str, float],
-    seed: int,
-    multilabel: bool,
-) -> list[str]:
-    """The train/val/test split of ``items`` (indices), stratified and grouped as the task needs."""
-    chosen_groups = [groups[i] for i in items]
-    if multilabel:
-        return iterative_stratified_split([label_sets[i] for i in items], chosen_groups, fractions, seed)
-    return stratified_group_split([labels[i] for i in items], chosen_groups, fractions, seed)
 
 
 def fold_seed(seed: int, fold: int) -> int:

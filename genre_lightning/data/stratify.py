@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -189,3 +190,32 @@ def _most_wanted(rng: np.random.Generator, parts: Sequence[str], *wants: Mapping
         # A tolerance, so float rounding in the running subtractions does not break real ties.
         candidates = [s for s in candidates if wish[s] >= top - 1e-9]
     return candidates[0] if len(candidates) == 1 else str(rng.choice(candidates))
+
+
+@dataclass(frozen=True)
+class SplitItems:
+    """The items a split or a fold assignment places: each one's genre (``labels``), genres
+    (``label_sets``) and duplicate group; ``multilabel`` stratifies by the genre sets."""
+
+    labels: Sequence[str]
+    label_sets: Sequence[Sequence[str]]
+    groups: Sequence[str]
+    multilabel: bool = False
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: Sequence[int]) -> SplitItems:
+        """The items at ``indices``, in that order."""
+        return SplitItems(
+            [self.labels[i] for i in indices],
+            [self.label_sets[i] for i in indices],
+            [self.groups[i] for i in indices],
+            self.multilabel,
+        )
+
+    def split(self, fractions: Mapping[str, float], seed: int) -> list[str]:
+        """Each item's split, stratified by genre (or genre set) with groups kept together."""
+        if self.multilabel:
+            return iterative_stratified_split(self.label_sets, self.groups, fractions, seed)
+        return stratified_group_split(self.labels, self.groups, fractions, seed)

@@ -30,6 +30,7 @@ from genre_lightning.data.stratify import HOLDOUT
 from genre_lightning.models.ensemble import ENSEMBLE_BACKBONE, MEMBER_KEYS, PIXEL_KEYS
 from genre_lightning.training.checkpoint_io import datamodule_state, load_module, read_checkpoint
 from genre_lightning.training.module import GenreClassifier
+from genre_lightning.training.provenance import PROVENANCE_KEY
 from genre_lightning.utils.csvio import write_csv
 from genre_lightning.utils.errors import ConfigError
 
@@ -47,9 +48,10 @@ def member_spec(model: GenreClassifier) -> dict[str, Any]:
     return spec
 
 
-def build_ensemble(ckpt_paths: Sequence[str], output: Path) -> Path:
+def build_ensemble(ckpt_paths: Sequence[str], output: Path, provenance: dict[str, Any] | None = None) -> Path:
     """Check the members, write the ensemble checkpoint to ``output`` and its split (the members', or
-    for the folds of a cross-validation the refit's) into its run folder; return ``output``."""
+    for the folds of a cross-validation the refit's) into its run folder; return ``output``. ``provenance``
+    (the environment and the command line, ``training/provenance.py``) goes under ``PROVENANCE_KEY``."""
     if isinstance(ckpt_paths, str) or len(ckpt_paths) < 2:
         raise ConfigError("ckpt_paths", ckpt_paths, "a list of at least two checkpoints, e.g. [a.ckpt,b.ckpt]")
     checkpoints = [read_checkpoint(path, key="ckpt_paths") for path in ckpt_paths]
@@ -113,6 +115,7 @@ def build_ensemble(ckpt_paths: Sequence[str], output: Path) -> Path:
             "pytorch-lightning_version": lightning.__version__,
             "PosterDataModule": state,
             "ensemble_members": [str(Path(p).resolve()) for p in ckpt_paths],
+            **({PROVENANCE_KEY: provenance} if provenance else {}),
         },
         output,
     )

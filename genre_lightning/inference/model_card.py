@@ -3,7 +3,10 @@
 Filled from what the run folder holds beside the checkpoint (``metrics.json``, ``config.yaml``,
 ``data_report.json``, ``annotations.csv``) and from the checkpoint itself (genres, task, thresholds,
 a calibration temperature where one is stored): intended use, data, per-genre test metrics with the
-test-set size, known limits, and the commands that reproduce the model.
+test-set size, known limits, the environment that made it and the command line that reproduces it.
+A model trained on every fold of a cross-validation (a refit, a fold ensemble) carries the
+cross-validation's out-of-fold estimate and fold assignment instead of a validation-based story
+(``card_sections.py``; docs/provenance.md).
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from genre_lightning.inference import card_sections as sections
 from genre_lightning.training.checkpoint_io import file_digest, read_checkpoint
 from genre_lightning.utils.errors import ConfigError
 
 DEMO_MANIFEST = "demo_manifest.json"
 
 
-def model_card(ckpt_path: str | Path) -> str:
-    """The card of ``ckpt_path`` as Markdown; its run folder must hold ``metrics.json``."""
+def model_card(ckpt_path: str | Path, cv_estimate: sections.CvEstimate | None = None) -> str:
+    """The card of ``ckpt_path`` as Markdown; its run folder must hold ``metrics.json``. ``cv_estimate``:
+    the out-of-fold estimate of a model trained on every fold (``results/cv_estimate.py`` finds it)."""
     ckpt = Path(ckpt_path)
     checkpoint = read_checkpoint(ckpt)
     run = ckpt.resolve().parent.parent
@@ -36,16 +41,21 @@ def model_card(ckpt_path: str | Path) -> str:
     hp = checkpoint["hyper_parameters"]
     classes = list(hp["classes"])
     multilabel = hp.get("task", "single") == "multilabel"
-    data = config.get("data", {}) or {}
+    data_config = _yaml(sections.data_run(run, checkpoint) / "config.yaml")  # an ensemble's: its first member's
+    data = data_config.get("data", {}) or {}
     root = data.get("root") or data.get("annotations") or "?"
     if data.get("root"):  # a relative root is relative to the folder the run was started in
-        root = str(Path((config.get("paths") or {}).get("root_dir", ".")) / str(data["root"]))
+        root = str(Path((data_config.get("paths") or {}).get("root_dir", ".")) / str(data["root"]))
     synthetic = bool(data.get("root")) and (Path(root) / DEMO_MANIFEST).is_file()
     test = metrics.get("test", {})
     counts = ((report.get("split") or {}).get("counts") or {}).get("test") or {}
     n_test = _test_size(run, counts)
+    every_fold = sections.trained_on_every_fold(metrics)
+    members = hp.get("members") or []
+    name = f"ensemble of {len(members)} {members[0]['backbone']}" if members else hp["backbone"]
+    split = f"{metrics['cross_validation']['folds']}-fold cross-validation" if every_fold else _fractions(report)
     lines = [
-        f"# Model card: {hp['backbone']} movie-poster genre classifier",
+        f"# Model card: {name} movie-poster genre classifier",
         "",
         f"Checkpoint `{ckpt.name}` (SHA-256 `{file_digest(ckpt)}`), genres {', '.join(classes)}, "
         f"{'multi-label (a sigmoid per genre)' if multilabel else 'single-label (softmax)'}; "
@@ -61,16 +71,19 @@ def model_card(ckpt_path: str | Path) -> str:
         f"- Source: `{root}`"
         + (" (**synthetic demo posters**, drawn by `genre-train experiment=demo`)" if synthetic else ""),
         f"- Files found {report.get('n_found', '?')}, kept {report.get('n_kept', '?')}, "
-        f"skipped {report.get('n_skipped', '?')} (unreadable), split {_fractions(report)}",
+        f"skipped {report.get('n_skipped', '?')} (unreadable), split {split}",
         f"- Test split: {n_test} images"
         + (f" ({', '.join(f'{g} {counts[g]}' for g in classes if g in counts)})" if counts else ""),
         f"- Single-genre share: {_single_genre_share(run)}",
         "",
+        *(
+            ["## Cross-validation", "", *sections.cross_validation_lines(metrics, config, cv_estimate), ""]
+            if every_fold
+            else []
+        ),
         "## Test metrics",
         "",
-        f"Best checkpoint by validation accuracy, tested on the {n_test} held-out test images.",
-        "",
-        *_metric_lines(test, classes, counts, n_test, multilabel),
+        *_tested_lines(test, classes, counts, n_test, multilabel, every_fold, bool(members)),
         "",
         "## Calibration",
         "",
@@ -82,20 +95,24 @@ def model_card(ckpt_path: str | Path) -> str:
         "",
         *_limits(synthetic, run, n_test, hp),
         "",
+        "## Environment",
+        "",
+        *sections.environment_lines(checkpoint, metrics),
+        "",
         "## Reproduce",
         "",
         "```bash",
-        *_commands(config, root, ckpt),
+        *_commands(config, root, ckpt, sections.recorded_command(run, checkpoint, config), run),
         "```",
         "",
     ]
     return "\n".join(lines)
 
 
-def write_model_card(ckpt_path: str | Path, output: str | Path) -> Path:
+def write_model_card(ckpt_path: str | Path, output: str | Path, cv_estimate: sections.CvEstimate | None = None) -> Path:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(model_card(ckpt_path), encoding="utf-8")
+    output.write_text(model_card(ckpt_path, cv_estimate), encoding="utf-8")
     return output
 
 
@@ -107,6 +124,34 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
     return centre - half, centre + half
+
+
+def _tested_lines(
+    test: Mapping[str, Any],
+    classes: list[str],
+    counts: Mapping[str, int],
+    n_test: int,
+    multilabel: bool,
+    every_fold: bool,
+    ensemble: bool,
+) -> list[str]:
+    if not (n_test and test):
+        return [
+            "Not tested: no poster is left that did not train it (data.cv_test_fraction=0)."
+            + (" The out-of-fold estimate above stands for it." if every_fold else "")
+        ]
+    if ensemble:
+        which = "The ensemble (its members' calibrated probabilities averaged)"
+    elif every_fold:
+        which = "The last epoch's checkpoint (trained on every fold: no validation split to choose on)"
+    else:
+        which = "Best checkpoint by validation accuracy"
+    held_out = "posters of the fixed test part" if every_fold else "held-out test images"
+    return [
+        f"{which}, tested on the {n_test} {held_out}.",
+        "",
+        *_metric_lines(test, classes, counts, n_test, multilabel),
+    ]
 
 
 def _metric_lines(
@@ -136,7 +181,9 @@ def _limits(synthetic: bool, run: Path, n_test: int, hp: Mapping[str, Any]) -> l
             "about real posters. Train on real posters before any use."
         )
     limits += [
-        f"- The test split has {n_test} images: small differences between models are within the interval above.",
+        f"- The test split has {n_test} images: small differences between models are within the interval above."
+        if n_test
+        else "- No held-out test: the out-of-fold estimate, where there is one, is the only accuracy figure.",
         "- Real posters often have two or three genres; on the study's 1,070 IMDB posters 94% are filed under "
         "one genre, so a single-label model names one genre, and a multi-label model sees few two-genre "
         f"examples. This run's data: {_single_genre_share(run)}.",
@@ -148,7 +195,15 @@ def _limits(synthetic: bool, run: Path, n_test: int, hp: Mapping[str, Any]) -> l
     return limits
 
 
-def _commands(config: Mapping[str, Any], root: str, ckpt: Path) -> list[str]:
+def _commands(
+    config: Mapping[str, Any], root: str, ckpt: Path, recorded: list[str] | None = None, run: Path | None = None
+) -> list[str]:
+    if recorded and run is not None:  # the run's own command line
+        return [
+            *sections.reproduce_lines(recorded, run, config),
+            f"genre-eval ckpt_path={ckpt}",
+            f"genre-export ckpt_path={ckpt} format=card",
+        ]
     data = config.get("data", {}) or {}
     model = config.get("model", {}) or {}
     parts = ["genre-train", f"data.root={root}" if data.get("root") else f"data.annotations={root}"]
@@ -156,7 +211,8 @@ def _commands(config: Mapping[str, Any], root: str, ckpt: Path) -> list[str]:
     if config.get("trainer", {}).get("max_epochs") is not None:
         parts.append(f"trainer.max_epochs={config['trainer']['max_epochs']}")
     return [
-        "# the run's full resolved config is config.yaml beside the checkpoint; with its split:",
+        "# its command line was not recorded (a run made through the Python API): an outline of it, with",
+        "# its split; the run's full resolved config is config.yaml beside the checkpoint",
         " ".join(parts) + " data.split_file=<run>/annotations.csv",
         f"genre-eval ckpt_path={ckpt}",
         f"genre-export ckpt_path={ckpt} format=card",

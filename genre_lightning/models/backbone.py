@@ -38,14 +38,19 @@ def create_backbone(
 ) -> nn.Module:
     """``timm.create_model`` with a new ``num_classes`` head.
 
-    ``weights`` (a timm-format ``.safetensors``/``.pth`` file) wins over ``pretrained``;
-    ``pretrained=True`` without it downloads from the Hugging Face Hub.
+    ``weights`` (a timm-format ``.safetensors``/``.pth`` file, or a folder holding one named after the
+    backbone) wins over ``pretrained``; ``pretrained=True`` without it downloads from the Hugging Face Hub.
     """
     check_backbone_name(name)
     if weights:
-        path = Path(weights).expanduser()
+        path = weights_file(Path(weights).expanduser(), name)
         if not path.is_file():
-            raise ConfigError("model.weights", weights, "an existing timm-format .safetensors or .pth file")
+            raise ConfigError(
+                "model.weights",
+                weights,
+                f"an existing timm-format .safetensors or .pth file, or a folder with {name}.safetensors "
+                f"(or {name}.<tag>.safetensors / .pth)",
+            )
         try:
             model = timm.create_model(
                 name,
@@ -70,6 +75,18 @@ def create_backbone(
             f"could not download pretrained weights for {name!r} from the Hugging Face Hub "
             f"({type(err).__name__}); pass model.weights=/path/to/weights.safetensors or model.pretrained=false"
         ) from None
+
+
+def weights_file(path: Path, name: str) -> Path:
+    """``path`` itself, or in a folder of weights the file named after the backbone (``name.safetensors``,
+    ``name.in1k.safetensors``, ``name.pth``): one ``model.weights`` serves a search over backbones."""
+    if not path.is_dir():
+        return path
+    for pattern in (f"{name}.safetensors", f"{name}.pth", f"{name}.*.safetensors", f"{name}.*.pth"):
+        found = sorted(path.glob(pattern))
+        if found:
+            return found[0]
+    return path / f"{name}.safetensors"
 
 
 def check_weights_match(model: nn.Module, path: Path, weights: str) -> None:

@@ -31,6 +31,8 @@ from genre_lightning.utils.errors import ConfigError
 
 OOF_FILE = "oof_predictions.csv"
 FINAL_FILE = "final_models.csv"
+# The refit's own settings, which replace its recipe's (e.g. its trainer.max_epochs).
+REFIT_SETTINGS = ("data.fold", "seed", "trainer.max_epochs", "model.temperature", "finetune.probe_c_grid", "test")
 
 
 def fold_runs(
@@ -183,18 +185,14 @@ def _chosen_c(job: Job) -> float | None:
     return json.loads(probe.read_text()).get("chosen_C") if probe.is_file() else None
 
 
-def _final_model_commands(runs: dict[tuple[str, str], list[Job]], best: str) -> str:
-    """How to make the best recipe's final model: the fold ensemble, or the refit with what the CV chose."""
-    members = next(m for (recipe, _), m in runs.items() if recipe == best)
-    if any(job.overrides.get("ckpt_paths") for job in members):
-        return f"\nThe best recipe, `{best}`, ensembles per-fold runs: its final model ensembles their final models.\n"
+def refit_overrides(members: Sequence[Job]) -> list[str]:
+    """The command-line overrides that refit a recipe on every poster (``data.fold=all``) with the epoch
+    count (median best epoch), temperature and probe C its fold runs chose."""
     epochs = median([e + 1 for e in map(_best_epoch, members) if e is not None])
     temperature = median([job.metrics.get("temperature") for job in members])
     c_values = [c for c in map(_chosen_c, members) if c is not None]
     test_fraction = float(members[0].cross_validation.get("cv_test_fraction") or 0)
-    # The refit's own settings replace the recipe's (e.g. its trainer.max_epochs).
-    replaced = ("data.fold", "seed", "trainer.max_epochs", "model.temperature", "finetune.probe_c_grid", "test")
-    refit = [f"{k}={v}" for k, v in members[0].overrides.items() if k.lstrip("+~") not in replaced]
+    refit = [f"{k}={v}" for k, v in members[0].overrides.items() if k.lstrip("+~") not in REFIT_SETTINGS]
     refit.append("data.fold=all")
     if epochs is not None:
         refit.append(f"trainer.max_epochs={round(epochs)}")
@@ -204,6 +202,16 @@ def _final_model_commands(runs: dict[tuple[str, str], list[Job]], best: str) -> 
         refit.append(f"finetune.probe_c_grid=[{Counter(c_values).most_common(1)[0][0]:g}]")
     if not test_fraction:
         refit.append("test=false")
+    return refit
+
+
+def _final_model_commands(runs: dict[tuple[str, str], list[Job]], best: str) -> str:
+    """How to make the best recipe's final model: the fold ensemble, or the refit with what the CV chose."""
+    members = next(m for (recipe, _), m in runs.items() if recipe == best)
+    if any(job.overrides.get("ckpt_paths") for job in members):
+        return f"\nThe best recipe, `{best}`, ensembles per-fold runs: its final model ensembles their final models.\n"
+    test_fraction = float(members[0].cross_validation.get("cv_test_fraction") or 0)
+    refit = refit_overrides(members)
     checkpoints = ",".join(str(job.metrics.get("best_ckpt_path")) for job in members)
     return (
         f"\nFinal model of the best recipe, `{best}`: the ensemble of its fold checkpoints\n\n"

@@ -43,12 +43,18 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
 
 
 @rank_zero_only
-def log_hparams_with_metrics(loggers: Iterable[Logger], cfg: DictConfig, logged: Mapping[str, Any]) -> list[str]:
-    """Write the hparams summary for every TensorBoard logger; return the metric tags it shows."""
+def log_hparams_with_metrics(
+    loggers: Iterable[Logger],
+    cfg: DictConfig,
+    logged: Mapping[str, Any],
+    extra_params: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Write the hparams summary for every TensorBoard logger; return the metric tags it shows.
+    ``extra_params`` (e.g. the environment, ``environment.packages.torch``) join the config's."""
     metrics = {name: 0.0 for name in HPARAM_METRICS if name in logged}  # values are read from the scalars
     if not metrics:
         return []
-    summaries = hparams(flat_params(cfg), metrics)
+    summaries = hparams({**flat_params(cfg), **(extra_params or {})}, metrics)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             writer = FileWriter(logger.log_dir)

@@ -34,6 +34,7 @@ from genre_lightning.results.recipes import (
     read_predictions,
     scores,
 )
+from genre_lightning.results.search_report import is_search, report_search
 from genre_lightning.utils.errors import ConfigError
 
 SEED_KEYS = {SEED_KEY}
@@ -149,6 +150,8 @@ def report(
         raise ConfigError(
             "sweep_dir", str(folder), "an existing Hydra multirun folder (outputs/train/multiruns/<time>)"
         )
+    if is_search(folder):  # a cross-validated search's folder (launch/search.py)
+        return report_search(folder, samples, seed)
     jobs = list(iter_jobs(folder))
     if not any(job.metrics is not None for job in jobs):
         raise ConfigError(

@@ -5,6 +5,7 @@ their config groups and gives every tracker the same things, through the loggers
 
 * at the start (:func:`log_config`): the resolved config, flattened (``model.backbone``,
   ``data.batch_size``, ...), as parameters; Lightning then logs every metric as it goes;
+* with it (:func:`log_environment`): where the run came from (packages, git commit, machine);
 * at the end (:func:`finish_run`): the run folder's files (``metrics.json``, ``config.yaml``,
   ``annotations.csv``, the tables), the figures, and the best checkpoint when
   ``logger.<tracker>.log_model=true``.
@@ -25,15 +26,17 @@ import socket
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.loggers import Logger, MLFlowLogger, WandbLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from genre_lightning.results.hparams import flat_params
+from genre_lightning.utils.environment import flat_environment
 from genre_lightning.utils.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -214,6 +217,24 @@ def log_config(loggers: Iterable[Logger], cfg: DictConfig) -> None:
             logger.log_hyperparams({k: v for k, v in params.items() if k not in logged})
         else:
             logger.log_hyperparams(params)
+
+
+@rank_zero_only
+def log_environment(loggers: Iterable[Logger], env: Mapping[str, Any]) -> None:
+    """Where the run came from (``utils/environment.py``): MLflow tags ``environment.*`` (tags, not
+    parameters: a run resumed on another machine records the machine it finished on), W&B config
+    entries, and a TensorBoard text summary (its TEXT tab; the HPARAMS tab has them too)."""
+    flat = flat_environment(dict(env))
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            from mlflow.entities import RunTag  # only with logger=mlflow (an optional extra)
+
+            logger.experiment.log_batch(logger.run_id, tags=[RunTag(k, v[:5000]) for k, v in flat.items()])
+        elif isinstance(logger, WandbLogger):
+            logger.experiment.config.update(flat, allow_val_change=True)
+        elif isinstance(logger, TensorBoardLogger):
+            table = "\n".join(f"| {k.removeprefix('environment.')} | {v} |" for k, v in flat.items())
+            logger.experiment.add_text("environment", "| key | value |\n|---|---|\n" + table, global_step=0)
 
 
 @rank_zero_only

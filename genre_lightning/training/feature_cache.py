@@ -201,6 +201,21 @@ class FeatureStoreGroup:
     save = flush
 
 
+# Stores kept in memory for the next job of the same multirun in this process (the folds of a
+# cross-validation, the trials of a search): a frozen backbone's features are the same in every fold.
+_SWEEP_STORES: dict[tuple[str, str], FeatureStore] = {}
+
+
+def _this_sweep() -> str | None:
+    """The multirun folder this job belongs to, or None (a single run keeps its stores to itself)."""
+    from hydra.core.hydra_config import HydraConfig  # only under a Hydra app; the predictor never gets here
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return str(HydraConfig.get().sweep.dir)
+
+
 def store_keys(keys: Sequence[str]) -> list[str]:
     """The names a store files images under: a path key is stamped with its size and mtime (see cache_key)."""
     return [cache_key(key, key) for key in keys]
@@ -269,7 +284,15 @@ class FrozenFeatureCache(Callback):
         name = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
         if name not in self._stores:
             folder = store_folder(trainer, self.cache_dir, name)
-            self._stores[name] = FeatureStore(name, folder, self.dtype, trainer.global_rank, backbone=backbone)
+            sweep = _this_sweep() if folder is None else None
+            if sweep is not None and (sweep, name) in _SWEEP_STORES:  # an earlier job of this multirun's
+                store = _SWEEP_STORES[(sweep, name)]
+                store.hits = store.misses = 0
+            else:
+                store = FeatureStore(name, folder, self.dtype, trainer.global_rank, backbone=backbone)
+                if sweep is not None:
+                    _SWEEP_STORES[(sweep, name)] = store
+            self._stores[name] = store
         store = self._stores[name]
         store.refresh()  # what the other ranks have written since
         return store

@@ -102,34 +102,15 @@ class GenreClassifier(LightningModule):
             raise ConfigError("model.scheduler_interval", scheduler_interval, "epoch or step")
         if task not in TASKS:
             raise ConfigError("model.task", task, "single or multilabel (it follows data.task)")
+        # Plain values (a checkpoint loads with weights_only=True, which refuses OmegaConf objects):
+        # save_hyperparameters below saves every argument as it is at that point.
         backbone, weights, classes, optimizer, scheduler, data_config, mixup, members = map(
             to_plain, (backbone, weights, classes, optimizer, scheduler, data_config, mixup, members)
         )
         backbone, weights = normalise_backbones(backbone, weights)
-        self.save_hyperparameters(
-            {
-                "backbone": backbone,
-                "classes": list(classes),
-                "pretrained": pretrained,
-                "weights": weights,
-                "optimizer": optimizer or DEFAULT_OPTIMIZER,
-                "scheduler": scheduler,
-                "scheduler_interval": scheduler_interval,
-                "label_smoothing": label_smoothing,
-                "drop_rate": drop_rate,
-                "data_config": data_config,
-                "channels_last": channels_last,
-                "tta_hflip": tta_hflip,
-                "drop_path_rate": drop_path_rate,
-                "mixup": mixup,
-                "task": task,
-                "threshold": threshold,
-                "pos_weight": pos_weight,
-                "members": members,
-                "temperature": temperature,
-            },
-            logger=False,  # the loggers get the whole resolved config instead (results/tracking.log_config)
-        )
+        classes, optimizer = list(classes), optimizer or DEFAULT_OPTIMIZER
+        # the loggers get the whole resolved config instead (results/tracking.log_config)
+        self.save_hyperparameters(logger=False)
         self.classes = list(classes)
         self.task = make_task(task, self.classes, label_smoothing, threshold, pos_weight, temperature)
         self.net, self.data_config = build_network(
@@ -356,7 +337,7 @@ class GenreClassifier(LightningModule):
         self._shared_step(batch, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
-        """Per-image probabilities, targets and dataset indices, for callbacks (``results/test_artifacts.py``)."""
+        """Per-image probabilities, targets and dataset indices, for callbacks (``results/run_artifacts.py``)."""
         result = self._shared_step(batch, "test")
         if result is None:
             return None

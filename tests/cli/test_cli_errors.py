@@ -21,6 +21,8 @@ CASES = [
     (["data.classes=[Action,Comedy,Horror,Western]"], "error: data.classes=['Action', 'Comedy', 'Horror', 'Western']"),
     (["data.duplicates.policy=dedupe"], "error: data.duplicates.policy='dedupe' is not valid: expected one of"),
     (["data.split_file=STALE"], "error: data.split_file="),
+    # a key the data module does not have (a typo): named, with the keys it has
+    (["+data.batchsize=8"], "error: data.batchsize=8 is not valid: expected one of the data keys ['annotations', "),
     # cross-validation (data.folds): the poster folder has 30 posters per genre, no copies
     (["data.folds=3", "data.fold=3"], "error: data.fold=3 is not valid: expected an integer from 0 to 2, or all"),
     (["data.folds=1", "data.fold=0"], "error: data.folds=1 is not valid: expected null (one train/val/test split)"),

@@ -12,9 +12,11 @@ from PIL import Image
 
 from genre_lightning.cli.common import compose_config
 from genre_lightning.cli.prepare_data import prepare
-from genre_lightning.data.annotations import prepare_annotations, read_split_file, split_digest
+from genre_lightning.data.annotations import read_split_file, split_digest
 from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.demo import GENRES, draw_poster
+from genre_lightning.data.intake import prepare_annotations
+from genre_lightning.data.settings import IntakeSettings
 from genre_lightning.utils.csvio import read_csv, write_csv
 from genre_lightning.utils.errors import ConfigError
 from tests.helpers.unprivileged import locked, run_python
@@ -40,7 +42,7 @@ def messy_root(tmp_path: Path, poster_root: Path) -> Path:
 def test_data_report_lists_each_corrupt_file_with_its_reason(messy_root: Path, tmp_path: Path):
     before = {p: p.read_bytes() for p in messy_root.rglob("*") if p.is_file()}
     out = tmp_path / "run"
-    prepare_annotations(out, GENRES, FRACTIONS, seed=0, root=messy_root)
+    prepare_annotations(out, IntakeSettings(GENRES, fractions=FRACTIONS, root=messy_root))
     report = json.loads((out / "data_report.json").read_text())
     reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
     assert set(reasons) == {"truncated.jpg", "empty.jpg", "page.jpg"}
@@ -68,12 +70,16 @@ def test_data_report_lists_each_corrupt_file_with_its_reason(messy_root: Path, t
 
 
 def test_split_file_is_reused_exactly(poster_root: Path, tmp_path: Path):
-    first = prepare_annotations(tmp_path / "a", GENRES, FRACTIONS, seed=0, root=poster_root)
+    first = prepare_annotations(tmp_path / "a", IntakeSettings(GENRES, fractions=FRACTIONS, root=poster_root))
     # Another seed would give another split, but the split file wins.
-    second = prepare_annotations(tmp_path / "b", GENRES, FRACTIONS, seed=99, split_file=first)
+    second = prepare_annotations(
+        tmp_path / "b", IntakeSettings(GENRES, fractions=FRACTIONS, split_seed=99, split_file=first)
+    )
     a, b = pd.read_csv(first), pd.read_csv(second)
     assert a[["file_path", "label", "split"]].equals(b[["file_path", "label", "split"]])
-    third = prepare_annotations(tmp_path / "c", GENRES, FRACTIONS, seed=99, root=poster_root)
+    third = prepare_annotations(
+        tmp_path / "c", IntakeSettings(GENRES, fractions=FRACTIONS, split_seed=99, root=poster_root)
+    )
     assert split_digest(pd.read_csv(third)) != split_digest(a)
 
 
@@ -83,7 +89,7 @@ def test_annotation_csv_input_with_relative_paths(poster_root: Path, tmp_path: P
     ]
     csv = tmp_path / "list.csv"
     pd.DataFrame(rows, columns=["file_path", "label"]).to_csv(csv, index=False)
-    out = prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, annotations=csv)
+    out = prepare_annotations(tmp_path / "run", IntakeSettings(GENRES, fractions=FRACTIONS, annotations=csv))
     frame = pd.read_csv(out)
     assert len(frame) == 40 and all(Path(p).is_absolute() and Path(p).is_file() for p in frame["file_path"])
     assert not frame["file_path"].str.contains(r"/\.\./").any()
@@ -95,7 +101,7 @@ def test_identical_posters_in_two_genres_stay_in_one_split(poster_root: Path, tm
     shutil.copytree(poster_root, root)
     for i in range(8):  # the same poster filed under Action and Comedy
         shutil.copy(root / "Action" / f"action_{i:04d}.jpg", root / "Comedy" / f"dup_{i}.jpg")
-    frame = pd.read_csv(prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=root))
+    frame = pd.read_csv(prepare_annotations(tmp_path / "run", IntakeSettings(GENRES, fractions=FRACTIONS, root=root)))
     assert frame.groupby("sha256")["split"].nunique().max() == 1
     assert (frame.groupby("sha256").size() == 2).sum() == 8
 
@@ -104,7 +110,7 @@ def test_missing_genre_folder_is_one_clear_line(poster_root: Path, tmp_path: Pat
     root = tmp_path / "three"
     shutil.copytree(poster_root, root, ignore=shutil.ignore_patterns("Romance"))
     with pytest.raises(ConfigError) as err:
-        prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=root)
+        prepare_annotations(tmp_path / "run", IntakeSettings(GENRES, fractions=FRACTIONS, root=root))
     message = str(err.value)
     assert message.startswith("data.classes=") and "missing: ['Romance']" in message and "\n" not in message
 
@@ -113,7 +119,7 @@ def test_empty_genre_folder_stops_with_a_clear_error(poster_root: Path, tmp_path
     root = tmp_path / "empty_genre"
     shutil.copytree(poster_root, root, ignore=shutil.ignore_patterns("horror_*"))
     with pytest.raises(ConfigError, match=r"none for \['Horror'\]"):
-        prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=root)
+        prepare_annotations(tmp_path / "run", IntakeSettings(GENRES, fractions=FRACTIONS, root=root))
 
 
 def test_evaluating_the_train_split_does_not_augment(poster_root: Path, tmp_path: Path):
@@ -182,7 +188,7 @@ def test_dataset_turns_a_file_that_breaks_after_the_scan_into_a_counted_skip(pos
 
 def test_a_relative_data_root_writes_absolute_paths(poster_root: Path, tmp_path: Path, monkeypatch):
     monkeypatch.chdir(poster_root.parent)
-    out = prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=poster_root.name)
+    out = prepare_annotations(tmp_path / "run", IntakeSettings(GENRES, fractions=FRACTIONS, root=poster_root.name))
     frame = read_csv(out)
     assert all(os.path.isabs(p) for p in frame["file_path"])
     monkeypatch.chdir(tmp_path)  # genre-eval, a resume or data.split_file from another folder
@@ -192,7 +198,7 @@ def test_a_relative_data_root_writes_absolute_paths(poster_root: Path, tmp_path:
 
 
 def test_split_file_paths_are_relative_to_its_own_folder(poster_root: Path, tmp_path: Path, monkeypatch):
-    first = read_csv(prepare_annotations(tmp_path / "a", GENRES, FRACTIONS, seed=0, root=poster_root))
+    first = read_csv(prepare_annotations(tmp_path / "a", IntakeSettings(GENRES, fractions=FRACTIONS, root=poster_root)))
     moved = first.copy()
     # Half the rows relative to the CSV's folder, half absolute (kept exactly as written).
     moved.loc[::2, "file_path"] = [os.path.relpath(p, tmp_path / "lists") for p in first["file_path"][::2]]
@@ -211,8 +217,10 @@ def test_an_unreadable_sub_folder_is_reported_not_skipped_silently(poster_root: 
     Image.new("RGB", (48, 72)).save(root / "Horror" / "locked" / "inside.jpg")
     code = (
         "import json, sys\n"
-        "from genre_lightning.data.annotations import prepare_annotations\n"
-        "prepare_annotations(sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), seed=0, root=sys.argv[4])\n"
+        "from genre_lightning.data.intake import prepare_annotations\n"
+        "from genre_lightning.data.settings import IntakeSettings\n"
+        "settings = IntakeSettings(json.loads(sys.argv[2]), fractions=json.loads(sys.argv[3]), root=sys.argv[4])\n"
+        "prepare_annotations(sys.argv[1], settings)\n"
     )
     with locked(root / "Horror" / "locked"):
         done = run_python(
@@ -231,7 +239,7 @@ def test_images_directly_in_data_root_are_listed_as_ignored(poster_root: Path, t
     shutil.copytree(poster_root, root)
     shutil.copy(root / "Action" / "action_0000.jpg", root / "loose.JPG")
     (root / "README.txt").write_text("not an image: not reported")
-    prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=root)
+    prepare_annotations(tmp_path / "run", IntakeSettings(GENRES, fractions=FRACTIONS, root=root))
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert [(s["path"], s["label"], s["reason"].split(":")[0]) for s in report["ignored"]] == [
         (str(root / "loose.JPG"), None, "not inside a genre folder")
@@ -245,7 +253,9 @@ def test_annotation_csv_input_with_a_file_name_that_is_not_utf8(poster_root: Pat
         handle.write((poster_root / "Action" / "action_0000.jpg").read_bytes())
     rows = [f"{poster_root / g / f'{g.lower()}_{i:04d}.jpg'},{g}".encode() for g in GENRES for i in range(1, 6)]
     (tmp_path / "list.csv").write_bytes(b"\n".join([b"file_path,label", name + b",Action", *rows]) + b"\n")
-    out = prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, annotations=tmp_path / "list.csv")
+    out = prepare_annotations(
+        tmp_path / "run", IntakeSettings(GENRES, fractions=FRACTIONS, annotations=tmp_path / "list.csv")
+    )
     paths = list(read_csv(out)["file_path"])
     assert len(paths) == 21 and os.fsdecode(name) in paths
 
@@ -255,13 +265,13 @@ def test_annotation_csv_without_one_readable_image_names_data_annotations(tmp_pa
     csv = tmp_path / "list.csv"
     csv.write_text("file_path,label\nbroken.jpg,Action\n")
     with pytest.raises(ConfigError, match=r"^data.annotations='.*list.csv' is not valid: expected a CSV that lists"):
-        prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, annotations=csv)
+        prepare_annotations(tmp_path / "run", IntakeSettings(GENRES, fractions=FRACTIONS, annotations=csv))
 
 
 def test_training_logs_unknown_folders_and_ignored_files(messy_root: Path, tmp_path: Path, caplog):
     shutil.copy(messy_root / "Action" / "action_0000.jpg", messy_root / "loose.jpg")
-    with caplog.at_level(logging.WARNING, logger="genre_lightning.data.annotations"):
-        prepare_annotations(tmp_path / "run", GENRES, FRACTIONS, seed=0, root=messy_root)
+    with caplog.at_level(logging.WARNING, logger="genre_lightning.data.data_report"):
+        prepare_annotations(tmp_path / "run", IntakeSettings(GENRES, fractions=FRACTIONS, root=messy_root))
     assert "Folders that are not a configured genre (not used): Drama" in caplog.messages
     assert any(m.startswith("Ignored 2 file(s) (1 not inside a genre folder,") for m in caplog.messages)
 
@@ -271,7 +281,7 @@ def test_genre_data_with_a_split_file_verifies_it_and_prints_the_per_genre_table
 ):
     root = tmp_path / "posters"
     shutil.copytree(poster_root, root)
-    first = prepare_annotations(tmp_path / "a", GENRES, FRACTIONS, seed=0, root=root)
+    first = prepare_annotations(tmp_path / "a", IntakeSettings(GENRES, fractions=FRACTIONS, root=root))
     broken = Path(read_csv(first)["file_path"].iloc[0])  # breaks after the split was made
     broken.write_bytes(broken.read_bytes()[:200])
     cfg = compose_config("prepare", [f"data.split_file={first}", "data.min_image_side=1"], tmp_path / "b")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from genre_lightning.data.folds import CrossValidation, assign_folds, fold_splits
-from genre_lightning.data.stratify import HOLDOUT
+from genre_lightning.data.stratify import HOLDOUT, SplitItems
 from genre_lightning.utils.errors import ConfigError
 from tests.helpers.cli import run_cli
 from tests.helpers.posters import copy_posters
@@ -32,9 +32,10 @@ def toy(n_per_genre: int = 25):
 def test_folds_are_stratified_grouped_seeded_and_keep_the_fixed_test_part_out():
     labels, sets, groups = toy()
     cv = CrossValidation(folds=4, test_fraction=0.2)
-    folds = assign_folds(labels, sets, groups, cv, seed=3)
-    assert folds == assign_folds(labels, sets, groups, cv, seed=3)
-    assert folds != assign_folds(labels, sets, groups, cv, seed=4)
+    items = SplitItems(labels, sets, groups)
+    folds = assign_folds(items, cv, seed=3)
+    assert folds == assign_folds(items, cv, seed=3)
+    assert folds != assign_folds(items, cv, seed=4)
     frame = pd.DataFrame({"label": labels, "group": groups, "fold": folds})
     assert frame.groupby("group")["fold"].nunique().max() == 1  # a group never splits
     assert (frame["fold"] == HOLDOUT).sum() == pytest.approx(0.2 * len(labels), abs=4)
@@ -43,7 +44,7 @@ def test_folds_are_stratified_grouped_seeded_and_keep_the_fixed_test_part_out():
     assert sorted(counts.index) == ["0", "1", "2", "3"]
     assert (counts.max() - counts.min()).max() <= 2  # each genre spread evenly over the folds
 
-    splits = fold_splits(folds, labels, sets, groups, CrossValidation(4, fold=2, test_fraction=0.2), seed=3)
+    splits = fold_splits(folds, items, CrossValidation(4, fold=2, test_fraction=0.2), seed=3)
     frame["split"] = splits
     assert set(frame.loc[frame["fold"] == "2", "split"]) == {"test"}
     assert set(frame.loc[frame["fold"] == HOLDOUT, "split"]) == {HOLDOUT}
@@ -51,14 +52,14 @@ def test_folds_are_stratified_grouped_seeded_and_keep_the_fixed_test_part_out():
     assert set(rest["split"]) == {"train", "val"}
     assert (rest["split"] == "val").mean() == pytest.approx(0.15, abs=0.05)
     assert frame.groupby("group")["split"].nunique().max() == 1
-    refit = fold_splits(folds, labels, sets, groups, CrossValidation(4, fold="all", test_fraction=0.2), seed=3)
+    refit = fold_splits(folds, items, CrossValidation(4, fold="all", test_fraction=0.2), seed=3)
     assert Counter(refit) == {"train": len(inside), "test": len(labels) - len(inside)}
 
 
 def test_multilabel_folds_use_iterative_stratification_over_genre_sets():
     labels, _, groups = toy()
     sets = [[label, "Comedy"] if i % 7 == 0 and label != "Comedy" else [label] for i, label in enumerate(labels)]
-    folds = assign_folds(labels, sets, groups, CrossValidation(folds=3), seed=0, multilabel=True)
+    folds = assign_folds(SplitItems(labels, sets, groups, multilabel=True), CrossValidation(folds=3), seed=0)
     frame = pd.DataFrame({"group": groups, "fold": folds, "sets": ["|".join(s) for s in sets]})
     assert frame.groupby("group")["fold"].nunique().max() == 1
     comedy = frame[frame["sets"].str.contains("Comedy")]
@@ -86,16 +87,17 @@ def test_bad_settings_are_one_line(settings: dict, message: str):
 
 def test_more_folds_than_the_smallest_genre_has_groups_is_one_line():
     labels, sets, groups = toy(n_per_genre=6)
+    items = SplitItems(labels, sets, groups)
     per_genre = pd.DataFrame({"label": labels, "group": groups}).groupby("label")["group"].nunique()
     most, genre = int(per_genre.min()), str(per_genre.idxmin())
     assert most < 6  # copies make the smallest genre's group count smaller than its poster count
     with pytest.raises(ConfigError) as error:
-        assign_folds(labels, sets, groups, CrossValidation(folds=most + 1), seed=0)
+        assign_folds(items, CrossValidation(folds=most + 1), seed=0)
     assert str(error.value) == (
         f"data.folds={most + 1} is not valid: expected an integer from 2 to {most}: "
         f"the smallest genre's number of duplicate groups ({genre}: {most})"
     )
-    assert set(assign_folds(labels, sets, groups, CrossValidation(folds=most), seed=0)) == {str(k) for k in range(most)}
+    assert set(assign_folds(items, CrossValidation(folds=most), seed=0)) == {str(k) for k in range(most)}
 
 
 @pytest.mark.slow

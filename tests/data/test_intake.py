@@ -13,11 +13,12 @@ from genre_lightning.cli.prepare_data import summary_tables
 from genre_lightning.cli.train import train
 from genre_lightning.data import dataset as dataset_module
 from genre_lightning.data import scan as scan_module
-from genre_lightning.data.annotations import prepare_annotations
 from genre_lightning.data.dataset import PosterDataset
 from genre_lightning.data.demo import GENRES
 from genre_lightning.data.imageio import MAX_FILE_BYTES, UnreadableImage, decode_rgb, read_rgb
+from genre_lightning.data.intake import prepare_annotations
 from genre_lightning.data.scan import Candidate, verify_all
+from genre_lightning.data.settings import IntakeSettings
 from genre_lightning.inference.predictor import Predictor
 from genre_lightning.utils.csvio import read_csv
 from tests.helpers.configs import train_config
@@ -37,7 +38,14 @@ def relative(corpus, path: str) -> str:
 
 def prepare(corpus, out: Path, **duplicates) -> tuple[dict, list[dict]]:
     csv = prepare_annotations(
-        out, GENRES, FRACTIONS, seed=0, root=corpus.root, min_image_side=32, duplicates=duplicates or None
+        out,
+        IntakeSettings(
+            GENRES,
+            fractions=FRACTIONS,
+            root=corpus.root,
+            min_image_side=32,
+            duplicates=duplicates or None,
+        ),
     )
     return json.loads((out / "data_report.json").read_text()), read_csv(csv).to_dict("records")
 

@@ -13,10 +13,11 @@ import pytest
 from PIL import Image
 
 import genre_lightning.data.scan as scan_module
-from genre_lightning.data.annotations import prepare_annotations
 from genre_lightning.data.demo import GENRES
 from genre_lightning.data.duplicates import HASH_BITS, group_duplicates
+from genre_lightning.data.intake import prepare_annotations
 from genre_lightning.data.scan import Candidate, find_candidates, verify_all
+from genre_lightning.data.settings import IntakeSettings
 from genre_lightning.data.verified import RECORDS_FILE, VerificationRecords
 from genre_lightning.utils.csvio import read_csv
 from tests.helpers.posters import copy_posters
@@ -143,14 +144,14 @@ def decodes(monkeypatch) -> list[str]:
 def test_a_reused_split_decodes_only_the_files_that_changed(poster_root: Path, tmp_path: Path, decodes: list[str]):
     root = tmp_path / "posters"
     files = copy_posters(poster_root, root)
-    first = prepare_annotations(tmp_path / "a", GENRES, FRACTIONS, seed=0, root=root)
+    first = prepare_annotations(tmp_path / "a", IntakeSettings(GENRES, fractions=FRACTIONS, root=root))
     assert len(decodes) == len(files)
     records = VerificationRecords.read(tmp_path / "a" / RECORDS_FILE)
     assert sorted(records.by_path) == sorted(str(f) for f in files)
     assert {r.sha256 for r in records.by_path.values()} == set(read_csv(first)["sha256"])
 
     decodes.clear()
-    prepare_annotations(tmp_path / "b", GENRES, FRACTIONS, seed=0, split_file=first)
+    prepare_annotations(tmp_path / "b", IntakeSettings(GENRES, fractions=FRACTIONS, split_file=first))
     assert decodes == []  # nothing changed: no file decoded again
 
     # A file truncated in place, and another rewritten with its old size and mtime put back.
@@ -162,7 +163,7 @@ def test_a_reused_split_decodes_only_the_files_that_changed(poster_root: Path, t
     disguised.write_bytes(bytes(data))
     os.utime(disguised, ns=(info.st_atime_ns, info.st_mtime_ns))
     decodes.clear()
-    out = prepare_annotations(tmp_path / "c", GENRES, FRACTIONS, seed=0, split_file=first)
+    out = prepare_annotations(tmp_path / "c", IntakeSettings(GENRES, fractions=FRACTIONS, split_file=first))
     assert sorted(decodes) == sorted([str(broken), str(disguised)])
     report = __import__("json").loads((out.parent / "data_report.json").read_text())
     assert [s["path"] for s in report["skipped"]][:1] == [str(broken)]
@@ -175,11 +176,15 @@ def test_a_second_scan_of_the_same_folder_reads_the_cache(poster_root: Path, tmp
     root = tmp_path / "posters"
     files = copy_posters(poster_root, root)
     cache = tmp_path / "cache"
-    first = prepare_annotations(tmp_path / "a", GENRES, FRACTIONS, seed=0, root=root, verify_cache=cache)
+    first = prepare_annotations(
+        tmp_path / "a", IntakeSettings(GENRES, fractions=FRACTIONS, root=root, verify_cache=cache)
+    )
     assert len(decodes) == len(files) and len(list(cache.glob("*.csv"))) == 1
     decodes.clear()
     (root / "Horror" / "new.jpg").write_bytes(files[0].read_bytes())
-    second = prepare_annotations(tmp_path / "b", GENRES, FRACTIONS, seed=1, root=root, verify_cache=cache)
+    second = prepare_annotations(
+        tmp_path / "b", IntakeSettings(GENRES, fractions=FRACTIONS, split_seed=1, root=root, verify_cache=cache)
+    )
     assert decodes == [str(root / "Horror" / "new.jpg")]
     # The records gave the same outcomes as decoding did.
     a, b = read_csv(first), read_csv(second)

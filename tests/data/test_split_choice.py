@@ -1,4 +1,4 @@
-"""One table of which split a run uses (genre_lightning/data/split_source.py), case by case."""
+"""One table of which split a run uses (genre_lightning/data/split_choice.py), case by case."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """genre-serve's page in a real headless browser (Debian's chromium via Selenium): a person picks a
 poster, the page shows the genre bars and the heatmap the server computed; a bad file shows its reason.
 
-``GENRE_SERVE_SCREENSHOT=<path.png>`` also saves the page as it looked (README's screenshot)."""
+``GENRE_SERVE_SCREENSHOT=<path.png>`` also saves the page as it looked (the manual's screenshot,
+docs/images/serve_page.png, on the Prediction and serving page)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Multiruns as a user starts them (`genre-train -m ...`): one shared split, Optuna search.
+"""Multiruns as a user starts them (`genre-train -m ...`): one shared split (the search: test_search.py).
 
 DDP jobs in a local multirun: tests/test_ddp_matrix.py."""
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from omegaconf import OmegaConf
 
 from genre_lightning.inference.predictor import Predictor
@@ -16,7 +15,6 @@ from genre_lightning.launch.sweep import split_settings
 from genre_lightning.utils.csvio import read_csv
 from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST, compose_config
-from tests.helpers.optional import have_module, require
 
 TINY_JOB = [
     "trainer.max_epochs=1",
@@ -108,28 +106,14 @@ def test_a_sweep_over_data_roots_gives_each_job_its_own_split(poster_root: Path,
 
 
 @pytest.mark.slow
-def test_optuna_search_maximises_the_val_accuracy_the_jobs_return(poster_root: Path, tmp_path: Path):
-    require(
-        have_module("hydra_plugins.hydra_optuna_sweeper"),
-        'hydra-optuna-sweeper is not installed: pip install -e ".[optuna]"',
-    )
-    sweep, jobs, _ = multirun(
-        poster_root,
-        tmp_path,
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=3",
-        "hydra.sweeper.sampler.n_startup_trials=2",
-    )
-    assert len(jobs) == 3
-    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    scores = {job.name: json.loads((job / "metrics.json").read_text())["best_val"]["val/acc"] for job in jobs}
-    best_job = max(scores, key=scores.get)
-    assert results["best_value"] == pytest.approx(scores[best_job])
-    # The best parameters are the ones that job ran with, and the trials tried different ones.
-    overrides = {job.name: yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) for job in jobs}
-    for key, value in results["best_params"].items():
-        assert f"{key}={value}" in overrides[best_job]
-    lrs = {next(o for o in overrides[j] if o.startswith("model.optimizer.lr=")) for j in overrides}
-    assert len(lrs) == 3
-    # All trials are compared on the sweep's one split.
-    assert all((job / "annotations.csv").read_text() == (sweep / "annotations.csv").read_text() for job in jobs)
+def test_the_folds_of_a_cross_validation_share_the_frozen_features(poster_root: Path, tmp_path: Path):
+    """A probe's folds in one multirun: fold 0 computes every poster's features, the later folds none
+    (without data.cache_dir the store stays in memory, for this multirun's jobs only)."""
+    overrides = ["finetune=linear_probe", "test=true", "data.folds=3", "data.fold=0,1,2", "data.augment=null"]
+    overrides += ["trainer.limit_train_batches=1.0", "trainer.limit_val_batches=1.0"]  # every poster, every fold
+    _, jobs, _ = multirun(poster_root, tmp_path, *overrides, console=True)
+    computed = []
+    for job in jobs:
+        lines = [line for line in (job / "train.log").read_text().splitlines() if "Frozen-feature cache (fit)" in line]
+        computed.append(int(lines[-1].rsplit(", ", 1)[1].split()[0]))
+    assert computed[0] > 0 and computed[1:] == [0, 0], computed

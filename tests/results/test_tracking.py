@@ -124,6 +124,11 @@ def test_every_job_of_the_sweep_is_a_run_of_one_experiment_with_its_config_metri
         assert json.loads((job / "tracking.json").read_text())["mlflow"]["run_id"] == run.info.run_id
         assert run.info.status == "FINISHED" and run.info.run_name == f"sweep/{job.name}"
         assert run.data.tags["sweep"] == "sweep" and f"seed={seed}" in json.loads(run.data.tags["overrides"])
+        # Where it came from (utils/environment.py), as tags: the values metrics.json and the checkpoint hold.
+        environment = metrics["environment"]
+        assert run.data.tags["environment.packages.torch"] == environment["packages"]["torch"]
+        assert run.data.tags["environment.code.commit"] == str(environment["code"]["commit"])
+        assert run.data.tags["environment.cpu.count"] == str(environment["cpu"]["count"])
         # Params: the resolved config, flattened; read through the REST API this time.
         rest = get_json(f"{mlflow_server}/api/2.0/mlflow/runs/get?run_id={run.info.run_id}")["run"]
         params = {p["key"]: p["value"] for p in rest["data"]["params"]}
@@ -280,6 +285,7 @@ def test_wandb_offline_writes_the_config_metrics_and_files_and_a_rerun_keeps_its
     metrics = json.loads((run / "metrics.json").read_text())
     assert json.loads((run / "tracking.json").read_text())["wandb"]["run_id"] == run_id
     assert config["model.backbone"] == TEST_BACKBONE and config["trainer.max_epochs"] == 1
+    assert config["environment.packages.torch"] == metrics["environment"]["packages"]["torch"]
     assert summary["test/acc"] == pytest.approx(metrics["test"]["test/acc"], abs=1e-6)
     assert summary["val/acc"] == pytest.approx(metrics["final_val"]["val/acc"], abs=1e-6)
     assert {"metrics.json", "config.yaml", "annotations.csv"} <= {p.name for p in (offline / "files").iterdir()}

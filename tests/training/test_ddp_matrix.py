@@ -33,8 +33,10 @@ import pytest
 import yaml
 
 from genre_lightning.cli.evaluation import evaluate
-from genre_lightning.data.annotations import ANNOTATIONS_FILE, prepare_annotations
+from genre_lightning.data.annotations import ANNOTATIONS_FILE
 from genre_lightning.data.demo import GENRES, ensure_demo_posters
+from genre_lightning.data.intake import prepare_annotations
+from genre_lightning.data.settings import IntakeSettings
 from tests.helpers.cli import run_cli
 from tests.helpers.configs import compose_config
 from tests.helpers.ddp_jobs import JOB_LOG
@@ -79,7 +81,10 @@ def split_with_a_broken_image(tmp_path_factory: pytest.TempPathFactory) -> tuple
         (posters / genre).mkdir(parents=True)
         for image in sorted((generated / genre).glob("*.jpg"))[:count]:
             shutil.copy(image, posters / genre / image.name)
-    split = prepare_annotations(base / "split", list(GENRES), {"train": 0.7, "val": 0.15, "test": 0.15}, 0, posters)
+    split = prepare_annotations(
+        base / "split",
+        IntakeSettings(list(GENRES), fractions={"train": 0.7, "val": 0.15, "test": 0.15}, root=posters),
+    )
     rows = [line.split(",") for line in split.read_text().splitlines()[1:]]
     broken = Path(next(r[0] for r in rows if r[1] == "Romance" and r[2] == "train"))
     rank1_val = [Path(r[0]) for r in rows if r[2] == "val"][1::2]

@@ -13,8 +13,10 @@ import torch
 from sklearn.metrics import f1_score
 from timm.data import Mixup
 
-from genre_lightning.data.annotations import make_annotations, prepare_annotations, read_split_file
+from genre_lightning.data.annotations import read_split_file
 from genre_lightning.data.demo import GENRES, draw_poster, ensure_demo_posters
+from genre_lightning.data.intake import make_annotations, prepare_annotations
+from genre_lightning.data.settings import IntakeSettings
 from genre_lightning.inference.predictor import Predictor
 from genre_lightning.training.metrics import at_thresholds
 from genre_lightning.training.tasks import mix_multi_hot, tune_thresholds
@@ -59,7 +61,9 @@ def test_the_csv_labels_column_round_trips_and_the_split_is_stratified_by_genre(
             label_sets.append([first])
     csv = write_labelled_posters(tmp_path / "posters", label_sets)
 
-    out = prepare_annotations(tmp_path / "run", CLASSES, FRACTIONS, 0, annotations=csv, task="multilabel")
+    out = prepare_annotations(
+        tmp_path / "run", IntakeSettings(CLASSES, fractions=FRACTIONS, annotations=csv, task="multilabel")
+    )
     frame = read_split_file(out, CLASSES)
     by_name = {Path(p).name: set(s.split("|")) for p, s in zip(frame["file_path"], frame["labels"], strict=True)}
     assert by_name == {f"poster_{i:03d}.jpg": set(s) for i, s in enumerate(label_sets)}
@@ -75,7 +79,10 @@ def test_the_csv_labels_column_round_trips_and_the_split_is_stratified_by_genre(
         for genre in CLASSES:
             assert abs(report["split"]["counts"][split][genre] - fraction * totals[genre]) <= 2, (split, genre)
     # Reused as a split file: the same rows.
-    again = prepare_annotations(tmp_path / "again", CLASSES, FRACTIONS, 5, split_file=out, task="multilabel")
+    again = prepare_annotations(
+        tmp_path / "again",
+        IntakeSettings(CLASSES, fractions=FRACTIONS, split_seed=5, split_file=out, task="multilabel"),
+    )
     pd.testing.assert_frame_equal(read_csv(again), read_csv(out))
 
 
@@ -93,7 +100,7 @@ def test_a_genre_name_outside_data_classes_is_one_line_naming_the_row(tmp_path: 
 
 def test_copies_in_several_genre_folders_become_one_item_with_every_genre(tmp_path: Path):
     root = ensure_demo_posters(tmp_path / "posters", per_class=6, size=(40, 60), seed=1, two_genre=2)
-    frame, report = make_annotations(CLASSES, FRACTIONS, 0, root=root, task="multilabel")
+    frame, report = make_annotations(IntakeSettings(CLASSES, fractions=FRACTIONS, root=root, task="multilabel"))
     multi = frame[frame["labels"].str.contains("|", regex=False)]
     # 4 genres x 2 two-genre posters, each filed twice: 8 items, 8 copies merged away.
     assert len(multi) == 8 and report["n_merged"] == 8
@@ -102,7 +109,9 @@ def test_copies_in_several_genre_folders_become_one_item_with_every_genre(tmp_pa
         assert set(labels.split("|")) == {first.capitalize(), second.capitalize()}
     assert len(frame) == 4 * 6 + 8
     with pytest.raises(ConfigError, match=r"data.duplicates.policy='drop'"):
-        make_annotations(CLASSES, FRACTIONS, 0, root=root, duplicates={"policy": "drop"}, task="multilabel")
+        make_annotations(
+            IntakeSettings(CLASSES, fractions=FRACTIONS, root=root, duplicates={"policy": "drop"}, task="multilabel")
+        )
 
 
 def test_thresholds_tuned_on_a_precision_recall_curve_maximise_f1():

@@ -33,7 +33,7 @@ from genre_lightning.cli.evaluation import eval_datamodule, evaluate
 from genre_lightning.cli.train import train
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.data.imageio import read_rgb
-from genre_lightning.results import test_artifacts as artifacts_module
+from genre_lightning.results import run_artifacts as artifacts_module
 from genre_lightning.results.figures import save_png, to_display
 from genre_lightning.results.tables import Predictions, calibration_bins, per_class_table
 from genre_lightning.training.checkpoint_io import load_module, read_checkpoint
@@ -403,6 +403,16 @@ def test_tensorboard_server_serves_the_scalars_images_and_hparams(tiny_run: Path
         metrics = metrics_of(tiny_run)
         assert values["val/acc"] == pytest.approx(metrics["final_val"]["val/acc"], abs=1e-6)
         assert values["test/acc"] == pytest.approx(metrics["test"]["test/acc"], abs=1e-6)
+        # Where the run came from (utils/environment.py): in the HPARAMS tab, and as a table in the TEXT tab.
+        environment = metrics["environment"]
+        assert group["hparams"]["environment.packages.torch"] == environment["packages"]["torch"]
+        assert group["hparams"]["environment.code.commit"] == str(environment["code"]["commit"])
+        (text,) = get_json(f"{base}/text/text?run=.&tag=environment/text_summary")
+        for key, value in (
+            ("packages.torch", environment["packages"]["torch"]),
+            ("code.commit", environment["code"]["commit"]),
+        ):
+            assert f"<td>{key}</td>\n<td>{value}</td>" in text["text"], text["text"]
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,10 +40,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import precision_recall_curve
 
-from genre_lightning.data.imageio import UnreadableImage, read_rgb
-from genre_lightning.inference.explain import explain
-from genre_lightning.inference.predictor import Predictor
 from genre_lightning.results import figures
+from genre_lightning.results.poster_grids import (
+    ShownMistake,
+    mistakes_cam_figure,
+    mistakes_figure,
+    train_samples_figure,
+)
 from genre_lightning.results.tables import Predictions, calibration_bins, multilabel_table, per_class_table
 from genre_lightning.training.calibration import uncalibrated
 from genre_lightning.training.metrics import ECE_BINS
@@ -57,9 +60,6 @@ PREDICTIONS_FILE = "test_predictions.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
 COOCCURRENCE_FILE = "cooccurrence.csv"
 FIGURES_DIR = "figures"
-MAX_SAMPLES = 32  # training samples shown in all, with more than figures.FEW_GENRES genres
-SAMPLE_COLUMNS = 8
-THUMBNAIL = 256  # longest side, in pixels, of a poster shown in the mistakes grid
 
 
 class TestArtifacts(Callback):
@@ -274,72 +274,14 @@ class TestArtifacts(Callback):
         return figure
 
     def _mistakes_cam_figure(self, pl_module: LightningModule, split: str) -> Figure:
-        """The mistakes grid again, each poster as the network saw it under the map of the genre it predicted."""
-        predictor = Predictor.from_module(pl_module)
-        explained = explain(predictor, [m.file_path for m in self.mistakes_shown], method=self.cam_method)
-        images = [
-            np.asarray(e.overlay(side=THUMBNAIL)) if e.error is None else np.ones((THUMBNAIL, THUMBNAIL, 3))
-            for e in explained
-        ]
-        title = f"Most confident mistakes, {split} split: {self.cam_method} map of the predicted genre"
-        captions = [_caption(m) for m in self.mistakes_shown]
-        return figures.image_grid(images, captions, title, columns=self.columns, caption_color="#b00020")
+        return mistakes_cam_figure(pl_module, self.mistakes_shown, self.cam_method, split, self.columns)
 
     def _train_samples_figure(self, trainer: Trainer, pl_module: LightningModule) -> Figure | None:
-        """``samples_per_class`` training images per genre, through the training transform, one row per genre
-        (with dozens of genres: ``MAX_SAMPLES`` images in all, ``SAMPLE_COLUMNS`` a row)."""
         datasets = getattr(trainer.datamodule, "datasets", {}) or {}
         dataset = datasets.get("train")
         if dataset is None or len(dataset) == 0 or self.samples_per_class < 1:
             return None
-        classes = list(pl_module.classes)
-        # One row per genre for a few genres; with dozens, fewer per genre in a wrapped grid (28 rows
-        # of posters would be a figure 8,000 px tall).
-        many = len(classes) > figures.FEW_GENRES
-        per_genre = max(1, min(self.samples_per_class, MAX_SAMPLES // len(classes))) if many else self.samples_per_class
-        mean, std = pl_module.data_config["mean"], pl_module.data_config["std"]
-        targets = np.asarray(dataset.targets)
-        rng = np.random.default_rng(0)
-        images, captions = [], []
-        for label, name in enumerate(classes):
-            members = np.flatnonzero(targets == label)
-            for index in rng.permutation(members)[:per_genre].tolist():
-                item = dataset[index]
-                if not isinstance(item, dict):
-                    continue  # unreadable file: the data report lists it
-                images.append(figures.to_display(item["image"], mean, std))
-                captions.append(f"{name}\n{_short(dataset.paths[index])}")
-        columns = SAMPLE_COLUMNS if many else self.samples_per_class
-        title = "Training samples after the training transform (de-normalised)"
-        return figures.image_grid(images, captions, title, columns=columns)
-
-
-class ShownMistake(NamedTuple):
-    """One poster of the mistakes grid, as its caption states it."""
-
-    file_path: str
-    true: str
-    predicted: str
-    p_top1: float
-
-
-def mistakes_figure(
-    predictions: Predictions, split: str, max_mistakes: int, columns: int
-) -> tuple[Figure, list[ShownMistake]]:
-    """The most confident mistakes grid, and what it shows, in drawing order (highest ``p_top1`` first)."""
-    mistakes = predictions.most_confident_mistakes(max_mistakes)
-    total_wrong = int((~predictions.top1_correct).sum())
-    truth = "labels" if predictions.multilabel else "label"  # multi-label: a mistake's top genre is not a true one
-    shown = [ShownMistake(r.file_path, getattr(r, truth), r.top1, float(r.p_top1)) for r in mistakes.itertuples()]
-    images = [_thumbnail(m.file_path) for m in shown]
-    captions = [_caption(m) for m in shown]
-    title = f"Most confident mistakes, {split} split: {len(images)} of {total_wrong} shown"
-    figure = figures.image_grid(images, captions, title, columns=columns, caption_color="#b00020")
-    return figure, shown
-
-
-def _caption(mistake: ShownMistake) -> str:
-    return f"True: {mistake.true} /\nPred: {mistake.predicted} ({mistake.p_top1:.3f})\n{_short(mistake.file_path)}"
+        return train_samples_figure(dataset, list(pl_module.classes), pl_module.data_config, self.samples_per_class)
 
 
 def _test_dataset(trainer: Trainer) -> Any:
@@ -347,18 +289,3 @@ def _test_dataset(trainer: Trainer) -> Any:
     loader = loaders[0] if isinstance(loaders, Sequence) else loaders
     dataset = getattr(loader, "dataset", None)
     return dataset if hasattr(dataset, "paths") else None
-
-
-def _thumbnail(path: str) -> np.ndarray:
-    try:
-        image = read_rgb(path)
-    except UnreadableImage:
-        return np.ones((THUMBNAIL, THUMBNAIL, 3))
-    image.thumbnail((THUMBNAIL, THUMBNAIL))
-    return np.asarray(image)
-
-
-def _short(path: str, width: int = 28) -> str:
-    # A file name that is not UTF-8 (kept as surrogate escapes) cannot be drawn: show U+FFFD instead.
-    name = Path(path).name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return name if len(name) <= width else name[: width - 3] + "..."
