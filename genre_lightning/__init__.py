@@ -5,11 +5,12 @@ checks every import, lazy ones included):
 
 * ``utils``: one-line user errors, CSV files, plain values, progress lines, DDP collectives;
 * ``data``: scan and verify posters, group duplicates, split, ``annotations.csv``, the data module;
-* ``models``: timm backbones, flip test-time augmentation, the ensemble network;
-* ``training``: the LightningModule, its single-/multi-label task objects, checkpoint reading,
-  fine-tuning, the linear probe, the feature cache, callbacks;
-* ``inference``: ``Predictor`` (no Lightning, Hydra, rich, torchmetrics or scipy), batch prediction,
-  export, ensembles, class-activation maps, the model card, and genre-serve's HTTP server;
+* ``models``: timm backbones, flip test-time augmentation, the ensemble network, checkpoint reading,
+  and the prediction half of the single-/multi-label task objects (probabilities and decisions);
+* ``training``: the LightningModule, the training half of the task objects (loss, metrics, tuning),
+  fine-tuning, the linear probe, the feature cache, building ensembles, callbacks;
+* ``inference``: ``Predictor`` (nothing of training: no Lightning, Hydra, rich, torchmetrics or scipy),
+  batch prediction, export, class-activation maps, the model card, and genre-serve's HTTP server;
 * ``results``: tables, figures, the test callback, trackers, sweep reports;
 * ``launch``: multiruns with one shared split, Slurm;
 * ``cli``: one thin Hydra main per command: ``genre-train``, ``genre-eval``, ``genre-predict``,

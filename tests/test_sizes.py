@@ -15,9 +15,8 @@ MAX_FUNCTION_LINES = 60
 
 TO_SPLIT = {
     "inference/server.py",
-    "training/tasks.py",
     "training/module.py",
-    "inference/ensemble.py:build_ensemble",
+    "training/ensemble.py:build_ensemble",
     "inference/model_card.py:model_card",
 }
 

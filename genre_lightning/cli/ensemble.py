@@ -1,6 +1,6 @@
 """genre-ensemble ckpt_paths=[a.ckpt,b.ckpt]: several checkpoints of one split (or the fold runs of one
 cross-validation) as one model that averages their calibrated genre probabilities
-(``inference/ensemble.py``), then evaluated like genre-eval."""
+(``training/ensemble.py``), then evaluated like genre-eval."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genre_lightning.cli.common import CONFIG_PATH, show_and_save_config, write_json
 from genre_lightning.cli.evaluation import evaluate
-from genre_lightning.inference.ensemble import CHECKPOINT_NAME, build_ensemble, ensemble_summary
+from genre_lightning.models.checkpoint_io import datamodule_state, read_checkpoint
 from genre_lightning.results.tracking import job_overrides
-from genre_lightning.training.checkpoint_io import datamodule_state, read_checkpoint
+from genre_lightning.training.ensemble import CHECKPOINT_NAME, build_ensemble, ensemble_summary
 from genre_lightning.utils.environment import environment
 from genre_lightning.utils.errors import exit_on_user_error
 

@@ -13,9 +13,9 @@ from omegaconf import DictConfig
 from genre_lightning.cli.common import build_callbacks, build_loggers, show_and_save_config, write_json
 from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.split_choice import evaluation_split
+from genre_lightning.models.checkpoint_io import load_module, read_checkpoint, training_augment
 from genre_lightning.results.hparams import log_hparams_with_metrics
 from genre_lightning.results.tracking import finish_run, log_config, log_environment
-from genre_lightning.training.checkpoint_io import load_module, read_checkpoint, training_augment
 from genre_lightning.training.failed_images import images_skipped_during_run
 from genre_lightning.training.module import GenreClassifier
 from genre_lightning.utils.environment import environment, flat_environment
@@ -64,6 +64,7 @@ def evaluate(cfg: DictConfig, extra: dict | None = None) -> dict:
         "split": cfg.split,
         "split_file": datamodule.split_file,
         "skipped_during_run": images_skipped_during_run(model.failed_items, datamodule),
+        "loss": model.loss_settings(),
         "environment": env,
         **(extra or {}),
     }

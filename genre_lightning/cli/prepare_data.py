@@ -14,7 +14,7 @@ from rich.table import Table
 
 from genre_lightning.cli.common import CONFIG_PATH, show_and_save_config
 from genre_lightning.data.annotations import ANNOTATIONS_FILE, REPORT_FILE, read_split_file
-from genre_lightning.data.shards import write_shards
+from genre_lightning.data.shards import check_shards_target, write_shards
 from genre_lightning.utils.errors import exit_on_user_error
 
 
@@ -77,6 +77,8 @@ def summary_lines(report: dict) -> list[str]:
 @exit_on_user_error
 def prepare(cfg: DictConfig) -> dict:
     """Run the data module's preparation step and print what it found."""
+    if cfg.get("shards"):  # before the scan: a place shards cannot go is said at once, with nothing written
+        check_shards_target(cfg.shards)
     output_dir = Path(cfg.paths.output_dir)
     show_and_save_config(cfg, output_dir, show=cfg.get("print_config", False))
     datamodule = instantiate(cfg.data)

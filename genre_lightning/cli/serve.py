@@ -40,7 +40,8 @@ def serve(cfg: DictConfig) -> None:
     # One prediction before listening: the backend is chosen (and an ONNX export made and checked) now,
     # not while the first client waits.
     _, height, width = predictor.data_config["input_size"]
-    predictor.predict(Image.new("RGB", (width, height), (128, 128, 128)))
+    side = predictor.min_image_side or 1  # a picture the intake's size rule accepts
+    predictor.predict(Image.new("RGB", (max(width, side), max(height, side)), (128, 128, 128)))
     run_server(predictor, settings, announce=lambda line: print(line, flush=True))
 
 

@@ -156,6 +156,7 @@ def _fit_and_test(
     temperature = getattr(model.task, "temperature", None)
     if temperature is not None:  # of the tested checkpoint (test loads it), else of the last weights
         results["temperature"] = float(temperature)
+    results["loss"] = model.loss_settings()
     results["skipped_during_run"] = images_skipped_during_run(model.failed_items, datamodule)
     if ranks is not None:
         results["ddp"] = ranks

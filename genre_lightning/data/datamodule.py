@@ -299,6 +299,8 @@ class PosterDataModule(LightningDataModule):
             "folds": self.cv.folds if self.cv is not None else None,
             "fold": self.cv.fold if self.cv is not None else None,
             "augment": to_plain(self.augment),
+            # The intake's size rule, which prediction then applies too (inference/predictor.py).
+            "min_image_side": self.intake.min_image_side,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

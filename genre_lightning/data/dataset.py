@@ -11,7 +11,7 @@ from timm.data import create_transform
 from torch.utils.data import Dataset, default_collate
 
 from genre_lightning.data.image_cache import DecodedImageCache
-from genre_lightning.data.imageio import UnreadableImage, read_rgb, unexpected_error_reason
+from genre_lightning.data.imageio import UnreadableImage, check_size, read_rgb, unexpected_error_reason
 
 # The keys of timm's data config that create_transform understands.
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -41,7 +41,8 @@ class PosterDataset(Dataset):
     target itself (``data.task=multilabel``): a float 0/1 vector per image, what
     ``BCEWithLogitsLoss`` takes; ``targets`` then stays the primary genre (for sampling and
     figures). ``keys`` (content hashes)
-    name each image for the caches; ``image_cache`` serves already-decoded pixels.
+    name each image for the caches; ``image_cache`` serves already-decoded pixels. ``min_side``
+    (prediction: the intake's ``data.min_image_side``) refuses a smaller picture as the intake does.
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class PosterDataset(Dataset):
         keys: Sequence[str] | None = None,
         image_cache: DecodedImageCache | None = None,
         multi_hot: bool = False,
+        min_side: int | None = None,
     ) -> None:
         if multi_hot and label_sets is None:
             raise ValueError("multi_hot targets need label_sets")
@@ -65,6 +67,7 @@ class PosterDataset(Dataset):
         self.num_classes = num_classes
         self.keys = list(keys) if keys is not None else [str(p) for p in self.paths]
         self.image_cache = image_cache
+        self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -77,7 +80,7 @@ class PosterDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | tuple[int, str]:
         try:
-            image = self.read_image(index)
+            image = check_size(self.read_image(index), self.min_side)
         except UnreadableImage as err:
             return index, str(err)
         except Exception as err:  # last resort: one file a decoder chokes on must not stop an epoch

@@ -25,6 +25,9 @@ MAX_PIXELS = 64_000_000
 # not a poster, and reading it whole into memory (in several threads at once) could exhaust RAM.
 MAX_FILE_BYTES = 256 * 1024 * 1024
 EMPTY = "empty file: 0 bytes"
+# The shorter side below which an image is refused (conf/data/posters.yaml's data.min_image_side):
+# prediction uses it for a checkpoint that does not record the setting it was trained with.
+DEFAULT_MIN_SIDE = 32
 _WHITE = (255, 255, 255)
 # EXIF orientation -> the transpose that shows the image upright (as PIL's ImageOps.exif_transpose).
 _ORIENTATION = {
@@ -47,11 +50,30 @@ def unexpected_error_reason(err: Exception) -> str:
     return f"unexpected decode error: {type(err).__name__}: {err}"
 
 
-def decode_rgb(data: bytes, name: str = "image", max_side: int | None = None) -> Image.Image:
+def too_small(width: int, height: int, min_side: int | None) -> str | None:
+    """The reason an upright ``width x height`` picture is refused for its size, or None: the one rule
+    the intake (``scan.as_outcome``) and every prediction path (``decode_rgb(min_side=...)``) apply."""
+    if min_side is not None and min(width, height) < min_side:
+        return f"too small: {width}x{height} px (data.min_image_side={min_side})"
+    return None
+
+
+def check_size(image: Image.Image, min_side: int | None) -> Image.Image:
+    """``image``, or UnreadableImage if its shorter side is below ``min_side`` (None: any size)."""
+    reason = too_small(image.width, image.height, min_side)
+    if reason is not None:
+        raise UnreadableImage(reason)
+    return image
+
+
+def decode_rgb(
+    data: bytes, name: str = "image", max_side: int | None = None, min_side: int | None = None
+) -> Image.Image:
     """Decode image bytes to an RGB image, with EXIF orientation applied and alpha flattened on white.
 
     ``name`` (the file's path) only labels the log line of an unreadable EXIF orientation;
-    ``max_side`` (genre-serve) refuses an image whose longer side is larger, before it is decoded."""
+    ``max_side`` (genre-serve) refuses an image whose longer side is larger, before it is decoded;
+    ``min_side`` refuses an upright picture whose shorter side is smaller, as the intake does."""
     if not data:
         raise UnreadableImage(EMPTY)
     with warnings.catch_warnings():
@@ -75,7 +97,11 @@ def decode_rgb(data: bytes, name: str = "image", max_side: int | None = None) ->
             raise UnreadableImage("not an image: PIL cannot identify the format") from err
         except (OSError, ValueError, SyntaxError, EOFError) as err:
             raise UnreadableImage(f"corrupt image data: {err}") from err
-    return to_rgb(_upright(image, name))
+    upright = check_size(_upright(image, name), min_side)
+    try:
+        return to_rgb(upright)
+    except (ValueError, OSError) as err:  # a mode PIL decodes but cannot convert (16-bit big-endian, ...)
+        raise UnreadableImage(f"unsupported image mode: {upright.mode} ({err})") from err
 
 
 def _upright(image: Image.Image, name: str) -> Image.Image:
@@ -127,6 +153,6 @@ def read_image_bytes(path: str | Path) -> bytes:
     return data
 
 
-def read_rgb(path: str | Path) -> Image.Image:
-    """Read and decode one image file."""
-    return decode_rgb(read_image_bytes(path), str(path))
+def read_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
+    """Read and decode one image file (refused if its shorter side is below ``min_side``)."""
+    return decode_rgb(read_image_bytes(path), str(path), min_side=min_side)

@@ -17,7 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from genre_lightning.data.duplicates import perceptual_hash
-from genre_lightning.data.imageio import UnreadableImage, decode_rgb, read_image_bytes, unexpected_error_reason
+from genre_lightning.data.imageio import (
+    UnreadableImage,
+    decode_rgb,
+    read_image_bytes,
+    too_small,
+    unexpected_error_reason,
+)
 from genre_lightning.data.process_map import process_map, usable_cpus
 from genre_lightning.data.verified import OK, FileStamp, VerificationRecords, Verified, stamp_of
 from genre_lightning.utils.csvio import read_csv
@@ -258,12 +264,9 @@ def as_outcome(candidate: Candidate, record: Verified, min_side: int) -> ImageRe
     record serves any ``data.min_image_side``)."""
     if record.outcome != OK:
         return Skipped(candidate.path, candidate.label, record.outcome)
-    if min(record.width, record.height) < min_side:
-        return Skipped(
-            candidate.path,
-            candidate.label,
-            f"too small: {record.width}x{record.height} px (data.min_image_side={min_side})",
-        )
+    reason = too_small(record.width, record.height, min_side)
+    if reason is not None:
+        return Skipped(candidate.path, candidate.label, reason)
     return ImageRecord(
         candidate.path, candidate.label, record.sha256, record.phash, record.width, record.height, candidate.labels
     )

@@ -62,6 +62,25 @@ def shard_item(index: int, path: str, sha256: str) -> dict[str, Any]:
     return {"index": index, "image": data, "reason": reason, "sha256": sha256, "path": os.fsencode(path)}
 
 
+def check_shards_target(folder: str | Path, key: str = "shards") -> Path:
+    """``folder`` as an absolute path, if shards can be written there: a new or empty folder whose
+    nearest existing parent is a folder this process may write into. Writes nothing."""
+    folder = Path(os.path.abspath(folder))
+    if folder.is_dir():
+        if any(folder.iterdir()):
+            raise ConfigError(key, str(folder), "a new or empty folder (shards are written once, not mixed)")
+        return folder
+    if folder.exists() or folder.is_symlink():
+        raise ConfigError(key, str(folder), "a new or empty folder, not an existing file")
+    parent = folder.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        what = "a file" if parent.exists() and not parent.is_dir() else "not writable"
+        raise ConfigError(key, str(folder), f"a folder that can be created ({parent} is {what})")
+    return folder
+
+
 def write_shards(frame: pd.DataFrame, folder: str | Path, report: Mapping | None = None) -> dict:
     """Write every split of ``frame`` (an ``annotations.csv``) as LitData chunks under ``folder``.
 
@@ -71,9 +90,7 @@ def write_shards(frame: pd.DataFrame, folder: str | Path, report: Mapping | None
     litdata = require_litdata()
     from litdata.streaming.writer import BinaryWriter
 
-    folder = Path(os.path.abspath(folder))
-    if folder.exists() and any(folder.iterdir()):
-        raise ConfigError("shards", str(folder), "a new or empty folder (shards are written once, not mixed)")
+    folder = check_shards_target(folder)
     summary: dict[str, Any] = {"format": "litdata", "litdata": litdata.__version__, "splits": {}}
     for split in SPLITS:
         rows = frame[frame["split"] == split]

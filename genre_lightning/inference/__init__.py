@@ -1,9 +1,10 @@
-"""Prediction from a trained checkpoint, without Lightning, Hydra, rich, torchmetrics or scipy:
-``Predictor`` (``predictor``), batch prediction over files (``batch``), prediction tables
-(``prediction_table``), export to ONNX or TorchScript (``export``), building an ensemble checkpoint
-(``ensemble``), class-activation maps (``explain``), the model card (``model_card``) and genre-serve's
-HTTP server (``server``). Those last import their optional libraries (grad-cam, Starlette, uvicorn)
-themselves, so this package stays light.
+"""Prediction from a trained checkpoint, with nothing of ``training`` (no Lightning, Hydra, rich,
+torchmetrics or scipy): ``Predictor`` (``predictor``), where its network runs (``backends``: PyTorch or
+onnxruntime, ``onnx_model``, ``onnx_cache``, int8 ``quantize``), batch prediction over files (``batch``,
+decoded by threads in ``decode``), prediction tables and CSV files (``prediction_table``,
+``prediction_csv``), export to ONNX or TorchScript (``export``), class-activation maps (``explain``),
+the model card (``model_card``) and genre-serve's HTTP server (``server``). Those last import their
+optional libraries (grad-cam, Starlette, uvicorn) themselves, so this package stays light.
 
     from genre_lightning.inference import Predictor
 

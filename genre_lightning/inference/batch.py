@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -23,7 +24,7 @@ from genre_lightning.data.scan import IMAGE_EXTENSIONS, walk_files
 from genre_lightning.inference.decode import DatasetOf, decoded_batches, image_files
 from genre_lightning.inference.prediction_csv import PredictionCsv
 from genre_lightning.inference.prediction_table import probability_frame
-from genre_lightning.training.tasks import GenreTask
+from genre_lightning.models.prediction_task import PredictionTask
 from genre_lightning.utils.errors import ConfigError
 from genre_lightning.utils.progress import Progress
 
@@ -34,8 +35,9 @@ class Predictor(Protocol):
     """What batch prediction needs of a model (``inference.predictor.Predictor`` has it)."""
 
     classes: list[str]
-    task: GenreTask
+    task: PredictionTask
     eval_transform: Callable
+    min_image_side: int | None
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor: ...
 
@@ -94,8 +96,11 @@ def predicted_batches(
 
     ``num_workers``: decode threads (None: the cores the model leaves free, at least one);
     ``prefetch=False`` (or ``num_workers=0``) decodes each batch in this thread before the model runs it.
-    ``dataset_of``: where the pixels of ``paths`` come from (default: the files; ``ShardImages.dataset``).
+    ``dataset_of``: where the pixels of ``paths`` come from (default: the files, refused below the
+    predictor's ``min_image_side`` as the intake refuses them; ``ShardImages.dataset``: verified already).
     """
+    if dataset_of is image_files:
+        dataset_of = partial(image_files, min_side=predictor.min_image_side)
     workers = predictor.decode_workers() if num_workers is None else num_workers
     classes = predictor.classes
     workers = workers if prefetch else 0

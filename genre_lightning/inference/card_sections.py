@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genre_lightning.training.provenance import provenance
+from genre_lightning.models.checkpoint_io import provenance
 from genre_lightning.utils.environment import describe_environment
 
 SPLIT_FILE_KEY = "data.split_file"

@@ -43,9 +43,9 @@ def decode_workers(cores: int, forward_threads: int) -> int:
 DatasetOf = Callable[[Sequence[str], Callable], PosterDataset]
 
 
-def image_files(paths: Sequence[str], transform: Callable) -> PosterDataset:
-    """``paths`` as image files to read."""
-    return PosterDataset(paths, [0] * len(paths), transform)
+def image_files(paths: Sequence[str], transform: Callable, min_side: int | None = None) -> PosterDataset:
+    """``paths`` as image files to read (a picture whose shorter side is below ``min_side`` is refused)."""
+    return PosterDataset(paths, [0] * len(paths), transform, min_side=min_side)
 
 
 def decoded_batches(

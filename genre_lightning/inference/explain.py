@@ -44,6 +44,7 @@ class Predictor(Protocol):
     network: nn.Module
     device: torch.device
     data_config: dict[str, Any]
+    min_image_side: int | None
 
     def model_input(self, image: Any) -> torch.Tensor: ...
 
@@ -94,16 +95,19 @@ def explain(
     wanted = _genre_choice(genres, predictor.classes)
     results: list[Explanation] = []
     for source, item in _sources(images):
-        if isinstance(item, str | Path):  # a file that cannot be decoded gets an error, as in predict
-            try:
-                item = read_rgb(item)
-            except UnreadableImage as err:
-                results.append(Explanation(source, None, method=method, error=str(err)))
-                continue
-            except Exception as err:  # a decoder bug: this file fails, the others go on
-                results.append(Explanation(source, None, method=method, error=unexpected_error_reason(err)))
-                continue
-        tensor = predictor.model_input(item)
+        # A file that cannot be decoded, or a picture the intake would refuse, gets an error, as in predict.
+        try:
+            if isinstance(item, str | Path):
+                item = read_rgb(item, predictor.min_image_side)
+            tensor = predictor.model_input(item)
+        except UnreadableImage as err:
+            results.append(Explanation(source, None, method=method, error=str(err)))
+            continue
+        except Exception as err:  # a decoder bug: this file fails, the others go on
+            if not isinstance(item, str | Path):
+                raise  # not the file's decoding: said as it is
+            results.append(Explanation(source, None, method=method, error=unexpected_error_reason(err)))
+            continue
         (prediction,) = predictor.predict(tensor[None], top_k=top_k)
         names = [prediction.genre] if wanted is None else wanted
         maps = class_maps(predictor, tensor, [predictor.classes.index(n) for n in names], cam_class)

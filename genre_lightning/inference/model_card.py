@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from genre_lightning.inference import card_sections as sections
-from genre_lightning.training.checkpoint_io import file_digest, read_checkpoint
+from genre_lightning.models.checkpoint_io import file_digest, read_checkpoint
 from genre_lightning.utils.errors import ConfigError
 
 DEMO_MANIFEST = "demo_manifest.json"

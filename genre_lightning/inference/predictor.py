@@ -10,7 +10,9 @@ these forms, in one call or many:
   through the checkpoint's own evaluation transform (:attr:`Predictor.eval_transform`);
 * a floating-point tensor batch that is already preprocessed (what ``eval_transform`` returns).
 
-A file that cannot be decoded gives a :class:`GenrePrediction` with ``error`` set instead of raising.
+A file that cannot be decoded gives a :class:`GenrePrediction` with ``error`` set instead of raising;
+so does a file or picture that the intake (genre-data) would refuse: the same rules, the same reason
+(``data/imageio.py``; the shorter side's minimum is the checkpoint's ``data.min_image_side``).
 
 The network runs on a backend (``backends.py``): ``backend="auto"`` (the default of
 ``from_checkpoint``) runs the checkpoint's ONNX export in onnxruntime on a CPU when onnxruntime is
@@ -33,15 +35,15 @@ import torch.nn as nn
 from PIL import Image
 
 from genre_lightning.data.dataset import build_transforms
-from genre_lightning.data.imageio import to_rgb
+from genre_lightning.data.imageio import DEFAULT_MIN_SIDE, UnreadableImage, check_size, to_rgb
 from genre_lightning.inference.backends import Backend, BackendChoice, LazyBackend, TorchBackend, choose_backend
 from genre_lightning.inference.batch import predict_files
 from genre_lightning.inference.decode import decode_workers
 from genre_lightning.inference.onnx_model import cpu_cores
+from genre_lightning.models.checkpoint_io import datamodule_state, file_digest, read_checkpoint, upgrade_state_dict
 from genre_lightning.models.flip import with_flip_tta
 from genre_lightning.models.network import build_network
-from genre_lightning.training.checkpoint_io import file_digest, read_checkpoint, upgrade_state_dict
-from genre_lightning.training.tasks import GenreTask, make_task
+from genre_lightning.models.prediction_task import PredictionTask, make_prediction_task
 from genre_lightning.utils.errors import ConfigError
 
 ImageInput = str | Path | Image.Image | torch.Tensor
@@ -74,26 +76,30 @@ class Predictor:
 
     Args:
         net: the trained network (a timm backbone with its head, or an ensemble network).
-        task: the model's task object (``training/tasks.py``): single- or multi-label decisions.
+        task: the model's task object (``models/prediction_task.py``): single- or multi-label decisions.
         data_config: the timm data config the network was trained with.
         tta_hflip: average each image's logits with its mirror image's.
         channels_last: run the network in channels-last memory (faster convolutions on CPUs).
         identity: what the checkpoint is (path, content digest, backbone): reported with predictions.
         backend: where the network runs (``backends.BackendChoice``; default: ``auto``, which is
             PyTorch unless ``identity`` names a checkpoint file by its content hash).
+        min_image_side: a picture whose shorter side is smaller is refused (an ``error``), as the
+            intake refuses it (None: any size).
     """
 
     def __init__(
         self,
         net: nn.Module,
-        task: GenreTask,
+        task: PredictionTask,
         data_config: dict[str, Any],
         tta_hflip: bool = False,
         channels_last: bool = True,
         identity: dict[str, Any] | None = None,
         backend: BackendChoice | None = None,
+        min_image_side: int | None = DEFAULT_MIN_SIDE,
     ) -> None:
         self.task = task
+        self.min_image_side = min_image_side
         self.data_config = dict(data_config)
         self.channels_last = channels_last
         self.tta_hflip = tta_hflip
@@ -132,13 +138,7 @@ class Predictor:
         checkpoint = read_checkpoint(path)
         hp = checkpoint["hyper_parameters"]
         classes = list(hp["classes"])
-        task = make_task(
-            hp.get("task", "single"),
-            classes,
-            hp.get("label_smoothing", 0.0),
-            hp.get("threshold"),
-            temperature=hp.get("temperature"),
-        )
+        task = make_prediction_task(hp.get("task", "single"), classes, hp.get("threshold"), hp.get("temperature"))
         net, data_config = build_network(
             hp["backbone"],
             len(classes),
@@ -149,7 +149,7 @@ class Predictor:
         defaults = {f"task.{name}": buffer for name, buffer in task.named_buffers()}
         state = upgrade_state_dict(dict(checkpoint["state_dict"]), defaults)
         net.load_state_dict(_part(state, "net."))
-        task.load_state_dict(_part(state, "task."))
+        task.load_checkpoint_state(_part(state, "task."))
         identity = {
             "checkpoint": str(Path(path).resolve()),
             "sha256": file_digest(path),
@@ -158,7 +158,9 @@ class Predictor:
             "task": hp.get("task", "single"),
         }
         flip = bool(hp.get("tta_hflip")) if tta_hflip is None else tta_hflip
-        predictor = cls(net, task, data_config, flip, channels_last, identity, choice)
+        # The intake's setting the model was trained with (older checkpoints: the default).
+        min_side = datamodule_state(checkpoint).get("min_image_side", DEFAULT_MIN_SIDE)
+        predictor = cls(net, task, data_config, flip, channels_last, identity, choice, min_side)
         if choice.precision == "int8":  # its calibration posters must exist: said now, not at the first batch
             from genre_lightning.inference.quantize import calibration_paths
 
@@ -177,6 +179,7 @@ class Predictor:
             channels_last=bool(module.hparams.channels_last),
             identity={"backbone": module.hparams.backbone, "classes": list(module.classes)},
             backend=BackendChoice("torch"),
+            min_image_side=None,  # what its data module feeds it passed the intake already
         )
 
     @property
@@ -263,10 +266,17 @@ class Predictor:
                     results[i] = self._prediction(path, probabilities, top_k)
         others = [(i, item) for i, item in enumerate(items) if not isinstance(item, str | Path)]
         for start in range(0, len(others), batch_size):
-            chunk = others[start : start + batch_size]
-            batch = torch.stack([self._model_input(item) for _, item in chunk])
-            for (i, item), row in zip(chunk, self.probabilities(batch).cpu(), strict=True):
-                results[i] = self._prediction(f"<{type(item).__name__} {i}>", row, top_k)
+            inputs = []
+            for i, item in others[start : start + batch_size]:
+                try:
+                    inputs.append((i, self._model_input(item)))
+                except UnreadableImage as err:  # a picture the intake would refuse: its reason
+                    results[i] = GenrePrediction(_source(item, i), error=str(err))
+            if not inputs:
+                continue
+            batch = torch.stack([model_input for _, model_input in inputs])
+            for (i, _), row in zip(inputs, self.probabilities(batch).cpu(), strict=True):
+                results[i] = self._prediction(_source(items[i], i), row, top_k)
         return [r for r in results if r is not None]
 
     def model_input(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
@@ -300,17 +310,22 @@ class Predictor:
 
     def _model_input(self, item: Image.Image | torch.Tensor) -> torch.Tensor:
         if isinstance(item, Image.Image):
-            return self.eval_transform(to_rgb(item))
+            return self.eval_transform(to_rgb(check_size(item, self.min_image_side)))
         if not isinstance(item, torch.Tensor) or item.ndim != 3 or item.shape[0] != 3:
             shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
             raise ConfigError("images", shape, "file paths, PIL images, or (3, H, W) / (N, 3, H, W) tensors")
         if item.dtype == torch.uint8:  # raw pixels: through the checkpoint's eval transform
-            return self.eval_transform(Image.fromarray(item.permute(1, 2, 0).cpu().numpy()))
+            pixels = Image.fromarray(item.permute(1, 2, 0).cpu().numpy())
+            return self.eval_transform(check_size(pixels, self.min_image_side))
         if not item.is_floating_point() or not math.isfinite(float(item.abs().max())):
             raise ConfigError(
                 "images", f"tensor of dtype {item.dtype}", "uint8 pixels or a finite preprocessed float batch"
             )
         return item.float()
+
+
+def _source(item: ImageInput, index: int) -> str:
+    return f"<{type(item).__name__} {index}>"
 
 
 def _part(state: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -243,9 +243,13 @@ class GenreServer:
         return answer
 
     def prepare(self, data: bytes) -> torch.Tensor:
-        """Upload bytes -> the network's input, exactly as genre-predict decodes a file (422 if they are no image)."""
+        """Upload bytes -> the network's input, exactly as genre-predict decodes a file: 422, with the
+        intake's reason, for what genre-data would refuse (no image, corrupt, too small, ...)."""
         try:
-            return self.predictor.eval_transform(decode_rgb(data, "upload", max_side=self.settings.max_image_side))
+            image = decode_rgb(
+                data, "upload", max_side=self.settings.max_image_side, min_side=self.predictor.min_image_side
+            )
+            return self.predictor.eval_transform(image)
         except UnreadableImage as err:
             raise UploadError(422, str(err)) from None
         except Exception as err:  # a decoder bug: this upload fails, the server goes on

@@ -4,7 +4,7 @@ Members may differ in backbone, input size and normalisation: the ensemble takes
 for its first member and converts them for each other member (mean/std exactly, and a bilinear
 resize when the input size differs), and each member applies its own flip test-time augmentation
 and its own temperature (``training/calibration.py``): the ensemble averages calibrated probabilities.
-``inference/ensemble.py`` builds the checkpoint (``genre-ensemble``); the LightningModule runs it.
+``training/ensemble.py`` builds the checkpoint (``genre-ensemble``); the LightningModule runs it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Training and evaluation with Lightning: the LightningModule (``module``), its single- and
-multi-label task objects (``tasks``, ``metrics``), checkpoint reading (``checkpoint_io``), fine-tuning
-(``finetune``), the linear probe (``probe``), the frozen-feature cache (``feature_cache``), schedulers,
-and callbacks: progress (``epoch_progress``), freed memory (``release_memory``), synchronised BatchNorm
-(``layer_sync``); images that failed during a run (``failed_images``)."""
+multi-label task objects (``tasks``: loss, metrics and tuning on top of ``models.prediction_task``;
+``metrics``, and the temperature fit of ``calibration``), fine-tuning (``finetune``), the linear
+probe (``probe``), the frozen-feature cache (``feature_cache``), schedulers, an ensemble checkpoint
+built from trained ones (``ensemble``, behind genre-ensemble), and callbacks: progress
+(``epoch_progress``), freed memory (``release_memory``), synchronised BatchNorm (``layer_sync``);
+images that failed during a run (``failed_images``)."""

@@ -4,7 +4,7 @@ logits, fitted by minimising the validation split's negative log-likelihood.
 Dividing every logit by one positive number never changes which genre is on top (accuracy, F1 and
 the decisions stay exactly as they were); it only makes the probabilities more (``T < 1``) or less
 (``T > 1``) confident, so that a poster given 0.8 is right about 80% of the time. The task object
-keeps ``T`` as a buffer (``training/tasks.py``), so the checkpoint, the predictor, genre-eval,
+keeps ``T`` as a buffer (``models/prediction_task.py``), so the checkpoint, the predictor, genre-eval,
 genre-predict and the export sidecar all apply it alike.
 """
 

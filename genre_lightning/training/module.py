@@ -2,7 +2,7 @@
 
 It trains and evaluates; what differs between one genre and several genres per poster is its task
 object (``training/tasks.py``), chosen once. Prediction from Python lives in ``inference/``
-(``Predictor``), checkpoint reading in ``training/checkpoint_io.py``.
+(``Predictor``), checkpoint reading in ``models/checkpoint_io.py``.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import torch.nn as nn
 from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
+from genre_lightning.models.checkpoint_io import load_module, read_checkpoint, upgrade_state_dict
 from genre_lightning.models.flip import with_flip_tta
 from genre_lightning.models.multi_backbone import normalise_backbones
 from genre_lightning.models.network import build_network
-from genre_lightning.training.checkpoint_io import load_module, read_checkpoint, upgrade_state_dict
+from genre_lightning.models.prediction_task import TASKS
 from genre_lightning.training.feature_cache import FeatureStore, backbone_is_frozen
-from genre_lightning.training.tasks import TASKS, make_task
+from genre_lightning.training.tasks import make_task
 from genre_lightning.utils.distributed import any_rank
 from genre_lightning.utils.errors import ConfigError
 from genre_lightning.utils.plain_values import to_plain
@@ -69,10 +70,14 @@ class GenreClassifier(LightningModule):
         threshold: multi-label only: one decision threshold for every genre instead of the tuned ones.
         pos_weight: multi-label only: weigh each genre's positives by (negatives / positives) in the
             training split, so rare genres are not drowned out.
-        members: an ensemble's members (``inference.ensemble.member_spec``): the network is then their
+        members: an ensemble's members (``training.ensemble.member_spec``): the network is then their
             ``EnsembleNet`` (written by genre-ensemble; evaluated and served, never trained).
         temperature: single-label only: None fits the temperature of ``softmax(logits / T)`` on the
             validation split after every validation epoch; a positive number fixes it (1.0: none).
+        class_weights: single-label only: None, ``auto`` (inverse frequency in the training split, mean
+            weight 1 over its posters) or ``{genre: weight}``; the hyper-parameters (so the checkpoint)
+            hold the resolved ``{genre: weight}`` once training starts. ``training/losses.py``.
+        loss: single-label only: ``cross_entropy`` or ``focal`` (with ``focal_gamma``).
     """
 
     def __init__(
@@ -96,6 +101,9 @@ class GenreClassifier(LightningModule):
         pos_weight: bool = False,
         members: Sequence[Mapping[str, Any]] | None = None,
         temperature: float | None = None,
+        class_weights: str | Mapping[str, float] | None = None,
+        loss: str = "cross_entropy",
+        focal_gamma: float = 2.0,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
@@ -104,15 +112,17 @@ class GenreClassifier(LightningModule):
             raise ConfigError("model.task", task, "single or multilabel (it follows data.task)")
         # Plain values (a checkpoint loads with weights_only=True, which refuses OmegaConf objects):
         # save_hyperparameters below saves every argument as it is at that point.
-        backbone, weights, classes, optimizer, scheduler, data_config, mixup, members = map(
-            to_plain, (backbone, weights, classes, optimizer, scheduler, data_config, mixup, members)
+        backbone, weights, classes, optimizer, scheduler, data_config, mixup, members, class_weights = map(
+            to_plain, (backbone, weights, classes, optimizer, scheduler, data_config, mixup, members, class_weights)
         )
         backbone, weights = normalise_backbones(backbone, weights)
         classes, optimizer = list(classes), optimizer or DEFAULT_OPTIMIZER
         # the loggers get the whole resolved config instead (results/tracking.log_config)
         self.save_hyperparameters(logger=False)
         self.classes = list(classes)
-        self.task = make_task(task, self.classes, label_smoothing, threshold, pos_weight, temperature)
+        self.task = make_task(
+            task, self.classes, label_smoothing, threshold, pos_weight, temperature, class_weights, loss, focal_gamma
+        )
         self.net, self.data_config = build_network(
             backbone, len(self.classes), pretrained, weights, drop_rate, drop_path_rate, data_config, members
         )
@@ -182,9 +192,22 @@ class GenreClassifier(LightningModule):
         self.hparams.channels_last = bool(enabled)
         self.net = self.net.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
+    def loss_settings(self) -> dict[str, Any]:
+        """What the training loss was (metrics.json's ``loss``): its kind, the focal exponent, and
+        each genre's class weight (None: unweighted)."""
+        focal = self.hparams.get("loss", "cross_entropy") == "focal"
+        return {
+            "loss": self.hparams.get("loss", "cross_entropy"),
+            "focal_gamma": self.hparams.get("focal_gamma") if focal else None,
+            "class_weights": self.hparams.get("class_weights"),
+        }
+
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self.task.fit_setup(getattr(self.trainer, "datamodule", None))
+            weights = getattr(self.task, "resolved_class_weights", lambda: None)()
+            if weights is not None:  # the values, not "auto": the checkpoint's model weighs as it trained
+                self.hparams.class_weights = weights
 
     def _stage_metrics(self, stage: str) -> MetricCollection:
         return getattr(self, f"{stage}_metrics")

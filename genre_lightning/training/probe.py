@@ -95,28 +95,33 @@ def fit_probe(
     c_grid: Sequence[float],
     num_classes: int,
     max_iter: int = 3000,
+    class_weights: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, float]], float]:
     """Logistic regressions on standardised features, one per ``C``; the one with the lowest
     validation log-loss as ``(weight (classes, dim), bias (classes,))`` of a linear layer on the raw
     features, with every ``C``'s validation log-loss and accuracy and the chosen ``C``. Without a
-    validation split (``val=None``, the refit) the grid holds the one ``C`` to use."""
+    validation split (``val=None``, the refit) the grid holds the one ``C`` to use.
+    ``class_weights`` (per class index, ``model.class_weights``): scikit-learn's ``class_weight``, and
+    the validation log-loss that chooses ``C`` weighs each poster by its genre's weight too."""
     scaler = StandardScaler().fit(train[0])
     train_x = scaler.transform(train[0])
     labels = np.arange(num_classes)
+    weight_of = dict(enumerate(map(float, class_weights))) if class_weights is not None else None
     scores, fits = [], {}
     for c in c_grid:
-        regression = LogisticRegression(C=c, max_iter=max_iter).fit(train_x, train[1])
+        regression = LogisticRegression(C=c, max_iter=max_iter, class_weight=weight_of).fit(train_x, train[1])
         fits[c] = regression
         if val is None:
             scores.append({"C": float(c), "val_log_loss": None, "val_acc": None})
             continue
         val_x = scaler.transform(val[0])
+        val_weights = np.asarray(class_weights, dtype=float)[val[1]] if class_weights is not None else None
         probabilities = np.zeros((len(val_x), num_classes))
         probabilities[:, regression.classes_] = regression.predict_proba(val_x)
         scores.append(
             {
                 "C": float(c),
-                "val_log_loss": float(log_loss(val[1], probabilities, labels=labels)),
+                "val_log_loss": float(log_loss(val[1], probabilities, labels=labels, sample_weight=val_weights)),
                 "val_acc": float((probabilities.argmax(1) == val[1]).mean()),
             }
         )
@@ -228,8 +233,15 @@ class LinearProbe:
             datamodule = trainer.datamodule
             train = stored_features(datamodule.evaluation_dataset("train"), store, "train")
             val = stored_features(datamodule.evaluation_dataset("val"), store, "val") if has_val else None
+            weights = getattr(pl_module.task, "class_weights", None)  # model.class_weights, resolved
             fit = (
-                fit_one_vs_rest if pl_module.task.multilabel else partial(fit_probe, num_classes=len(pl_module.classes))
+                fit_one_vs_rest
+                if pl_module.task.multilabel
+                else partial(
+                    fit_probe,
+                    num_classes=len(pl_module.classes),
+                    class_weights=weights.tolist() if weights is not None else None,
+                )
             )
             fitted = (*fit(train, val, self.c_grid), len(train[1]), len(val[1]) if val is not None else 0)
         weight, bias, scores, chosen, train_images, val_images = broadcast_from_zero(fitted)
@@ -243,6 +255,7 @@ class LinearProbe:
             "val_acc": best["val_acc"],
             "train_images": train_images,
             "val_images": val_images,
+            "class_weights": pl_module.hparams.get("class_weights"),
             "seconds": round(time.perf_counter() - started, 2),
             "grid": scores,
         }

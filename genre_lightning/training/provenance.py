@@ -1,6 +1,8 @@
 """Every checkpoint genre-train writes says where it came from: ``checkpoint["genre_lightning"]``
 holds the environment (``utils/environment.py``) and the command line (the program and its Hydra
-overrides) that made it, so a checkpoint alone can be traced and retrained (docs/provenance.md)."""
+overrides) that made it, so a checkpoint alone can be traced and retrained (docs/provenance.md).
+Reading it back is checkpoint reading (``models/checkpoint_io.provenance``): the model card needs
+nothing of training."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch import Callback
 
-PROVENANCE_KEY = "genre_lightning"
+from genre_lightning.models.checkpoint_io import PROVENANCE_KEY
 
 
 class RecordProvenance(Callback):
@@ -22,8 +24,3 @@ class RecordProvenance(Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint[PROVENANCE_KEY] = dict(self.record)
-
-
-def provenance(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """What a checkpoint records of its origin (empty for one written before genre-lightning 0.3)."""
-    return dict(checkpoint.get(PROVENANCE_KEY) or {})

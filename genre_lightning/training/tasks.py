@@ -5,56 +5,50 @@ it for everything that differs between the two: the loss, probabilities and deci
 and how they are updated, Mixup of the targets, the top-1 "any true genre" hits, and the state a
 task keeps in the checkpoint (the multi-label decision thresholds, and the single-label temperature,
 both tuned on the validation split).
-The predictor (``inference/``) uses the same objects for probabilities and decisions, so training,
-evaluation, prediction and export decide alike.
+Probabilities, decisions and that state are the prediction half (``models/prediction_task.py``),
+which these classes extend with training; the predictor (``inference/``) builds the prediction half
+alone, so training, evaluation, prediction and export decide alike.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import MulticlassCalibrationError, MultilabelPrecisionRecallCurve
 
+from genre_lightning.models.prediction_task import (
+    DEFAULT_THRESHOLD,
+    MultiLabelPrediction,
+    PredictionTask,
+    SingleLabelPrediction,
+    check_task_options,
+)
+from genre_lightning.training import losses
+from genre_lightning.training.calibration import ValidationLogits, calibration_error, fit_temperature
+from genre_lightning.training.metrics import (
+    ECE_BINS,
+    classification_metrics,
+    multilabel_metrics,
+    update_multilabel_metrics,
+)
 from genre_lightning.utils.distributed import any_rank
 from genre_lightning.utils.errors import ConfigError
 
-# torchmetrics (and the scipy of calibration) are imported where training uses them, not here: the
-# predictor builds these task objects too, and importing them would add about a second to its start.
-if TYPE_CHECKING:
-    from torchmetrics import Metric, MetricCollection
-
 log = logging.getLogger(__name__)
 
-TASKS = ("single", "multilabel")
-DEFAULT_THRESHOLD = 0.5  # a multi-label genre's threshold before the first validation epoch has tuned it
 
+class GenreTask(PredictionTask):
+    """The part of the model that depends on the kind of labels: the prediction half, and training."""
 
-class GenreTask(nn.Module):
-    """The part of the model that depends on the kind of labels. Its buffers are saved in the checkpoint."""
-
-    multilabel = False
     #: the name of the top-1 "any true genre" accuracy: ``<stage>/<any_true_metric>``
     any_true_metric = "acc_multi_genre"
-
-    def __init__(self, classes: Sequence[str]) -> None:
-        super().__init__()
-        self.classes = list(classes)
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def decisions(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """The predicted genres: a boolean (N, C)."""
-        raise NotImplementedError
-
-    def thresholds(self) -> torch.Tensor | None:
-        """Each genre's decision threshold (multi-label), or None (single-label: the top genre)."""
-        return None
 
     def metrics(self, prefix: str, detailed: bool = False) -> MetricCollection:
         raise NotImplementedError
@@ -108,7 +102,7 @@ class GenreTask(nn.Module):
         return self._modules["val_state"]
 
 
-class SingleLabelTask(GenreTask):
+class SingleLabelTask(SingleLabelPrediction, GenreTask):
     """One genre per poster: softmax over the genres, cross-entropy (with label smoothing), top-1 decisions.
 
     The probabilities are ``softmax(logits / T)`` (temperature scaling, ``training/calibration.py``):
@@ -116,35 +110,38 @@ class SingleLabelTask(GenreTask):
     is fitted on the validation split's logits after every validation epoch (the checkpoint of an epoch
     holds the ``T`` of that epoch's weights); a number fixes it (1.0: no scaling), e.g. for a refit
     without a validation split. The loss, and so training, never sees ``T``.
+
+    For uneven genres (``training/losses.py``): ``class_weights`` (None, ``auto``: inverse frequency in
+    the training split, resolved by ``fit_setup``, or ``{genre: weight}``) and ``loss="focal"`` (with
+    ``focal_gamma``) weigh the loss, for hard and Mixup's soft targets alike.
     """
 
-    def __init__(self, classes: Sequence[str], label_smoothing: float = 0.0, temperature: float | None = None) -> None:
-        super().__init__(classes)
-        if temperature is not None and (isinstance(temperature, bool) or not float(temperature) > 0):
-            raise ConfigError(
-                "model.temperature", temperature, "null (fitted on the validation split) or a positive number"
-            )
+    def __init__(
+        self,
+        classes: Sequence[str],
+        label_smoothing: float = 0.0,
+        temperature: float | None = None,
+        class_weights: str | Mapping[str, float] | None = None,
+        loss: str = "cross_entropy",
+        focal_gamma: float = 2.0,
+    ) -> None:
+        super().__init__(classes, temperature)
+        self.focal_gamma = losses.check_loss(loss, focal_gamma)
+        self.class_weight_spec = class_weights
+        weights = losses.check_class_weights(class_weights, self.classes)
+        self.class_weights = torch.tensor(weights, dtype=torch.float64) if weights is not None else None
+        self.label_smoothing = label_smoothing
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.soft_target_criterion = SoftTargetCrossEntropy()  # Mixup's mixed targets
         self.fits_temperature = temperature is None
-        self.register_buffer("temperature", torch.tensor(1.0 if temperature is None else float(temperature)))
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return (logits / self.temperature.to(logits)).softmax(dim=-1)
 
     def uncalibrated_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=-1)
 
     def uncalibrated_metric(self) -> Metric:
-        from torchmetrics.classification import MulticlassCalibrationError
-
-        from genre_lightning.training.metrics import ECE_BINS
-
         return MulticlassCalibrationError(len(self.classes), n_bins=ECE_BINS, norm="l1")
 
     def validation_logits(self) -> Metric:
-        from genre_lightning.training.calibration import ValidationLogits
-
         return self.validation_state(ValidationLogits)
 
     def observe_validation(self, logits: torch.Tensor, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
@@ -157,8 +154,6 @@ class SingleLabelTask(GenreTask):
         after. Not on the sanity check's few batches."""
         if not self.fits_temperature:
             return {}
-        from genre_lightning.training.calibration import calibration_error, fit_temperature
-
         val_logits = self.validation_logits()
         (updated,) = any_rank([val_logits.update_called])
         values: dict[str, float] = {}
@@ -181,19 +176,41 @@ class SingleLabelTask(GenreTask):
         val_logits.reset()
         return values
 
-    def decisions(self, probabilities: torch.Tensor) -> torch.Tensor:
-        return nn.functional.one_hot(probabilities.argmax(dim=-1), len(self.classes)).bool()
-
     def metrics(self, prefix: str, detailed: bool = False) -> MetricCollection:
-        from genre_lightning.training.metrics import classification_metrics
-
         return classification_metrics(self.classes, prefix, detailed)
 
+    def reweighted(self) -> bool:
+        """Whether the loss is class-weighted or focal (else the plain cross-entropy)."""
+        return self.class_weight_spec is not None or self.focal_gamma > 0
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.reweighted():
+            soft = losses.smoothed_one_hot(targets, len(self.classes), self.label_smoothing)
+            return self.mixed_loss(logits, soft)
         return self.criterion(logits, targets)
 
     def mixed_loss(self, logits: torch.Tensor, mixed_targets: torch.Tensor) -> torch.Tensor:
+        if self.reweighted():
+            return losses.soft_cross_entropy(logits, mixed_targets, self.class_weights, self.focal_gamma)
         return self.soft_target_criterion(logits, mixed_targets)
+
+    def fit_setup(self, datamodule: Any) -> None:
+        """``class_weights=auto``: inverse frequency in the training split (every DDP rank reads the
+        same split, so every rank computes the same weights)."""
+        if self.class_weight_spec != losses.AUTO:
+            return
+        if datamodule is None or not hasattr(datamodule, "train_label_counts"):
+            expected = "null or {genre: weight} without the PosterDataModule"
+            raise ConfigError("model.class_weights", losses.AUTO, expected)
+        counts, _ = datamodule.train_label_counts()
+        self.class_weights = torch.tensor(losses.inverse_frequency_weights(counts, self.classes), dtype=torch.float64)
+        log.info("Class weights (auto, inverse frequency): %s", self.resolved_class_weights())
+
+    def resolved_class_weights(self) -> dict[str, float] | None:
+        """Each genre's weight in the loss (None: unweighted, or ``auto`` before ``fit_setup``)."""
+        if self.class_weights is None:
+            return None
+        return dict(zip(self.classes, self.class_weights.tolist(), strict=True))
 
     def any_true_hits(self, logits: torch.Tensor, batch: Mapping[str, Any], stage: str) -> torch.Tensor | None:
         # Items that carry several genres (duplicate policy multi_genre): any of them counts.
@@ -202,7 +219,7 @@ class SingleLabelTask(GenreTask):
         return batch["label_set"].gather(1, logits.argmax(dim=1, keepdim=True)).float()
 
 
-class MultiLabelTask(GenreTask):
+class MultiLabelTask(MultiLabelPrediction, GenreTask):
     """Any number of genres: a sigmoid per genre, ``BCEWithLogitsLoss`` (binary label smoothing, optional
     positive weights), and per-genre thresholds tuned for F1 on the validation split after every
     validation epoch. Its top-1 "any true genre" accuracy is the run's ``acc`` (what checkpoints monitor).
@@ -212,7 +229,6 @@ class MultiLabelTask(GenreTask):
         pos_weight: weigh each genre's positives by negatives / positives in the training split.
     """
 
-    multilabel = True
     any_true_metric = "acc"
 
     def __init__(
@@ -222,35 +238,13 @@ class MultiLabelTask(GenreTask):
         threshold: float | None = None,
         pos_weight: bool = False,
     ) -> None:
-        super().__init__(classes)
-        check_threshold(threshold)
+        super().__init__(classes, threshold)
         self.label_smoothing = label_smoothing
-        self.threshold = threshold
         self.pos_weight = pos_weight
-        n = len(self.classes)
-        # Buffers, so a checkpoint (and the export sidecar) carries the tuned thresholds.
-        self.register_buffer("tuned_thresholds", torch.full((n,), DEFAULT_THRESHOLD))
-        self.register_buffer("positive_weights", torch.ones(n))
-
-    def set_threshold(self, threshold: float | None) -> None:
-        """Decide every genre at ``threshold`` instead of the tuned thresholds (None: the tuned ones)."""
-        check_threshold(threshold, key="threshold")
-        self.threshold = threshold
-
-    def thresholds(self) -> torch.Tensor:
-        if self.threshold is not None:
-            return torch.full_like(self.tuned_thresholds, float(self.threshold))
-        return self.tuned_thresholds
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.sigmoid()
-
-    def decisions(self, probabilities: torch.Tensor) -> torch.Tensor:
-        return probabilities > self.thresholds().to(probabilities)
+        # A buffer (after the tuned thresholds), so a checkpoint carries the weights training used.
+        self.register_buffer("positive_weights", torch.ones(len(self.classes)))
 
     def metrics(self, prefix: str, detailed: bool = False) -> MetricCollection:
-        from genre_lightning.training.metrics import multilabel_metrics
-
         return multilabel_metrics(self.classes, prefix, detailed)
 
     def targets(self, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -271,8 +265,6 @@ class MultiLabelTask(GenreTask):
         return mix_multi_hot(mixup, images, targets)
 
     def update_metrics(self, metrics: MetricCollection, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
-        from genre_lightning.training.metrics import update_multilabel_metrics
-
         update_multilabel_metrics(metrics, probabilities, targets, self.thresholds())
 
     def any_true_hits(self, logits: torch.Tensor, batch: Mapping[str, Any], stage: str) -> torch.Tensor | None:
@@ -290,8 +282,6 @@ class MultiLabelTask(GenreTask):
         log.info("pos_weight per genre: %s", dict(zip(self.classes, self.positive_weights.tolist(), strict=True)))
 
     def validation_curve(self) -> Metric:
-        from torchmetrics.classification import MultilabelPrecisionRecallCurve
-
         # thresholds=None: the exact curve, synced over ranks
         return self.validation_state(lambda: MultilabelPrecisionRecallCurve(len(self.classes), thresholds=None))
 
@@ -322,22 +312,19 @@ def make_task(
     threshold: float | None = None,
     pos_weight: bool = False,
     temperature: float | None = None,
+    class_weights: str | Mapping[str, float] | None = None,
+    loss: str = "cross_entropy",
+    focal_gamma: float = 2.0,
 ) -> GenreTask:
     """The task object for ``model.task``."""
+    check_task_options(task, threshold, temperature)
     if task == "single":
-        if threshold is not None:
-            raise ConfigError("model.threshold", threshold, "null for a single-label model (it takes the top genre)")
-        return SingleLabelTask(classes, label_smoothing, temperature)
-    if task == "multilabel":
-        if temperature is not None:
-            raise ConfigError("model.temperature", temperature, "null for a multi-label model (no temperature scaling)")
-        return MultiLabelTask(classes, label_smoothing, threshold, pos_weight)
-    raise ConfigError("model.task", task, "single or multilabel (it follows data.task)")
-
-
-def check_threshold(threshold: float | None, key: str = "model.threshold") -> None:
-    if threshold is not None and (isinstance(threshold, bool) or not 0 < float(threshold) < 1):
-        raise ConfigError(key, threshold, "null (per-genre thresholds tuned on val) or a probability between 0 and 1")
+        return SingleLabelTask(classes, label_smoothing, temperature, class_weights, loss, focal_gamma)
+    if class_weights is not None:
+        raise ConfigError("model.class_weights", class_weights, "null for data.task=multilabel (model.pos_weight)")
+    if loss != "cross_entropy":
+        raise ConfigError("model.loss", loss, "cross_entropy for data.task=multilabel (focal is single-label)")
+    return MultiLabelTask(classes, label_smoothing, threshold, pos_weight)
 
 
 def tune_thresholds(

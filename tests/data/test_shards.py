@@ -116,3 +116,25 @@ def test_shards_are_written_once_into_a_new_folder(poster_root: Path, tmp_path: 
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: shards='{occupied}' is not valid: expected a new")
     assert (occupied / "keep.txt").read_text() == "mine"
+
+
+def test_shards_at_a_file_or_where_no_folder_can_be_made_is_one_line_and_writes_nothing(
+    poster_root: Path, tmp_path: Path
+):
+    """genre-data shards=<an existing file> and shards=<a path under a file>: a one-line error naming
+    ``shards``, before the scan (no annotations.csv), the file untouched."""
+    existing = tmp_path / "posters.tar"
+    existing.write_bytes(b"not a folder")
+    for target, expected in (
+        (existing, "a new or empty folder, not an existing file"),
+        (existing / "shards", "a folder that can be created"),
+    ):
+        run_dir = tmp_path / f"run-{target.name}"
+        done = run_cli(
+            "genre-data", f"data.root={poster_root}", f"shards={target}", f"hydra.run.dir={run_dir}", cwd=tmp_path
+        )
+        assert done.returncode == 2, done.stderr[-2000:]
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith(f"error: shards='{target}' is not valid: expected {expected}")
+        assert not (run_dir / "annotations.csv").exists()
+    assert existing.read_bytes() == b"not a folder"

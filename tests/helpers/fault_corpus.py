@@ -82,6 +82,11 @@ def build_fault_corpus(root: Path, per_genre: int = 12, size: tuple[int, int] = 
     corpus.skipped["Action/tiny.png"] = "too small"
     (action / "bomb.png").write_bytes(_png_declaring(100_000, 100_000))
     corpus.skipped["Action/bomb.png"] = "decompression bomb"
+    # A mode PIL decodes but cannot convert to RGB: 16-bit big-endian greyscale (a TIFF named .png).
+    big_endian = io.BytesIO()
+    Image.fromarray(np.full((60, 40), 3000, dtype=">u2")).save(big_endian, format="TIFF")
+    (action / "big_endian.png").write_bytes(big_endian.getvalue())
+    corpus.skipped["Action/big_endian.png"] = "unsupported image mode"
     os.symlink("selfloop.jpg", action / "selfloop.jpg")  # a symlink that points at itself
     corpus.skipped["Action/selfloop.jpg"] = "cannot read file"
     os.mkfifo(action / "pipe.jpg")  # reading it would block forever

@@ -18,8 +18,8 @@ import torch
 
 import genre_lightning.inference.backends as backends
 import genre_lightning.inference.onnx_cache as onnx_cache
-from genre_lightning.inference.ensemble import build_ensemble
 from genre_lightning.inference.predictor import Predictor
+from genre_lightning.training.ensemble import build_ensemble
 from genre_lightning.utils.errors import ConfigError
 from tests.helpers.cli import run_entry_point
 from tests.helpers.optional import have_module, require

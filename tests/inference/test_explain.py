@@ -22,7 +22,7 @@ from genre_lightning import Predictor
 from genre_lightning.inference.explain import peak, reshape_transform, target_layer
 from genre_lightning.models.ensemble import EnsembleNet
 from genre_lightning.models.network import build_network
-from genre_lightning.training.tasks import make_task
+from genre_lightning.models.prediction_task import make_prediction_task
 from genre_lightning.utils.errors import ConfigError
 from tests.helpers.cli import run_entry_point
 from tests.helpers.posters import quadrant_posters
@@ -74,7 +74,7 @@ def test_the_map_peaks_where_the_genre_cue_is(quadrant_run, method: str, count: 
 def random_predictor(backbone: str, net: torch.nn.Module | None = None, data_config=None, flip=False) -> Predictor:
     if net is None:
         net, data_config = build_network(backbone, len(CLASSES), data_config={"input_size": (3, SIDE, SIDE)})
-    return Predictor(net.eval(), make_task("single", CLASSES), data_config, tta_hflip=flip)
+    return Predictor(net.eval(), make_prediction_task("single", CLASSES), data_config, tta_hflip=flip)
 
 
 def test_flip_tta_is_explained_symmetrically():

@@ -18,6 +18,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -290,3 +292,45 @@ def test_preempted_ddp_job_checkpoints_requeues_and_resumes_in_its_run_folder(
     ]
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert len(checkpoints) == 2 and "last.ckpt" in checkpoints
+
+
+@pytest.mark.slow
+@pytest.mark.long
+@pytest.mark.slurm
+def test_a_search_runs_its_fold_runs_as_slurm_jobs(slurm, poster_root: Path, tmp_path: Path, job_name: str):
+    """The cross-validated search with hydra/launcher=slurm: two trials at once (n_jobs=2), every fold
+    of both submitted together (no pruning), scored out of fold by the sweeping process."""
+    folder = tmp_path / "search"
+    done = subprocess.run(
+        slurm_command(
+            poster_root,
+            tmp_path,
+            job_name,
+            "trainer.max_epochs=1",
+            "logger=csv",
+            "test=true",
+            "data.folds=2",
+            "hydra/sweeper=cv_search",
+            "++hydra.sweeper.params={model.label_smoothing: 'interval(0.0, 0.2)'}",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.pruner=none",
+            "hydra.sweeper.confirm=false",
+            f"hydra.sweep.dir={folder}",
+        ),
+        cwd=tmp_path,
+        env=JOB_ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((folder / "search.json").read_text())
+    assert [t["state"] for t in summary["trials"]] == ["COMPLETE", "COMPLETE"]
+    logs = list((folder / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 2 + 2 * 2  # the baseline's two folds, then both trials' two folds in one array
+    for trial in summary["trials"]:
+        frames = [pd.read_csv(folder / trial["folder"] / f"fold_{k}" / "test_predictions.csv") for k in (0, 1)]
+        frame = pd.concat(frames)
+        probability = frame.apply(lambda row: row[f"p_{row['label']}"], axis=1)
+        assert trial["value"] == pytest.approx(float(-np.log(probability.clip(1e-12, 1)).mean()), rel=1e-6)

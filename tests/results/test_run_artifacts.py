@@ -33,10 +33,10 @@ from genre_lightning.cli.evaluation import eval_datamodule, evaluate
 from genre_lightning.cli.train import train
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.data.imageio import read_rgb
+from genre_lightning.models.checkpoint_io import load_module, read_checkpoint
 from genre_lightning.results import run_artifacts as artifacts_module
 from genre_lightning.results.figures import save_png, to_display
 from genre_lightning.results.tables import Predictions, calibration_bins, per_class_table
-from genre_lightning.training.checkpoint_io import load_module, read_checkpoint
 from genre_lightning.training.module import GenreClassifier
 from tests.helpers.configs import FAST, TEST_BACKBONE, compose_config, train_config
 
@@ -334,7 +334,7 @@ def test_genre_eval_shows_training_samples_with_the_checkpoints_augmentation(
     cfg = eval_config(
         tmp_path / "old.ckpt", tmp_path / "eval", f"data.split_file={tmp_path / 'run' / 'annotations.csv'}"
     )
-    with caplog.at_level("INFO", logger="genre_lightning.training.checkpoint_io"):
+    with caplog.at_level("INFO", logger="genre_lightning.models.checkpoint_io"):
         old_checkpoint = read_checkpoint(tmp_path / "old.ckpt")
         fallback = eval_datamodule(cfg, load_module(GenreClassifier, old_checkpoint), old_checkpoint)
     assert fallback.augment == {"scale": [0.6, 1.0], "hflip": 0.5, "color_jitter": 0.2}

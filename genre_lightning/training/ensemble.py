@@ -27,10 +27,9 @@ from genre_lightning.data.annotations import fold_digest, read_split_file, split
 from genre_lightning.data.folds import ALL_FOLDS
 from genre_lightning.data.split_choice import ANNOTATIONS_FILE, checkpoint_split
 from genre_lightning.data.stratify import HOLDOUT
+from genre_lightning.models.checkpoint_io import PROVENANCE_KEY, datamodule_state, load_module, read_checkpoint
 from genre_lightning.models.ensemble import ENSEMBLE_BACKBONE, MEMBER_KEYS, PIXEL_KEYS
-from genre_lightning.training.checkpoint_io import datamodule_state, load_module, read_checkpoint
 from genre_lightning.training.module import GenreClassifier
-from genre_lightning.training.provenance import PROVENANCE_KEY
 from genre_lightning.utils.csvio import write_csv
 from genre_lightning.utils.errors import ConfigError
 

@@ -29,6 +29,8 @@ VALID = "a .ckpt file written by genre-train or genre-ensemble"
 DATAMODULE_KEY = "PosterDataModule"
 # Where genre-train before 0.2 recorded the training augmentation.
 LEGACY_TRAINING_DATA_KEY = "genre_lightning_training_data"
+# Where a checkpoint records its origin: environment, program, overrides (training/provenance.py).
+PROVENANCE_KEY = "genre_lightning"
 # State that moved since a checkpoint was written: old name -> new name.
 RENAMED_STATE = {"thresholds": "task.tuned_thresholds", "positive_weights": "task.positive_weights"}
 
@@ -96,6 +98,11 @@ def training_augment(checkpoint: Mapping[str, Any], fallback: Any) -> Any:
         fallback,
     )
     return fallback
+
+
+def provenance(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """What a checkpoint records of its origin (empty for one written before genre-lightning 0.3)."""
+    return dict(checkpoint.get(PROVENANCE_KEY) or {})
 
 
 def file_digest(path: str | Path, length: int = 16) -> str:
