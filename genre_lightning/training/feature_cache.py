@@ -11,7 +11,10 @@ test use it whenever the backbone is frozen.
 
 The store is named by a fingerprint of the frozen weights, the data config and the backbone,
 and items by ``cache_key`` (the content hash, or path + size + mtime when the split file has
-no hash), so changed weights, transforms or images never hit stale entries.
+no hash), so changed weights, transforms or images never hit stale entries. A model of several
+backbones (``model.backbone=[a,b]``) has one store per backbone, each named as that backbone's own
+single-backbone model names its store (``FeatureStoreGroup``): a single-backbone run's features
+serve the concatenated model, and adding a backbone computes only that backbone's features.
 
 A store on disk is a folder of parts: ``part-<rank>-<n>.npy`` (rows of features, float32 or
 float16, read memory-mapped) and ``part-<rank>-<n>.keys`` (their keys, one a line, written last so a
@@ -33,10 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 from lightning.pytorch import Callback, LightningModule, Trainer
 from timm.layers import DropBlock2d, DropPath
 
 from genre_lightning.data.image_cache import cache_key
+from genre_lightning.models.multi_backbone import MultiBackboneNet
 from genre_lightning.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -68,10 +73,12 @@ class FeatureStore:
         dtype: str = "float32",
         rank: int = 0,
         chunk_rows: int = 4096,
+        backbone: str = "",
     ) -> None:
         if dtype not in FEATURE_DTYPES:
             raise ConfigError("callbacks.feature_cache.dtype", dtype, f"one of {list(FEATURE_DTYPES)}")
         self.name, self.folder, self.dtype, self.rank, self.chunk_rows = name, folder, dtype, rank, chunk_rows
+        self.backbone = backbone  # whose features these are, for the cache's report
         self.stages: set[str] = set()
         self.hits = self.misses = 0
         self._where: dict[str, tuple[int, int]] = {}  # key -> (part, row)
@@ -118,7 +125,7 @@ class FeatureStore:
             ]
         ).astype(np.float32)
 
-    def features(self, keys: Sequence[str], images: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]):
+    def features(self, keys: Sequence[str], images: torch.Tensor, compute: Callable[..., torch.Tensor]):
         """Features for a batch: stored ones looked up, the rest computed (and stored).
 
         ``keys`` are the dataset's: content hashes, or file paths when the split file has none."""
@@ -156,6 +163,44 @@ class FeatureStore:
     save = flush  # the callback's name for it at epoch ends
 
 
+class FeatureStoreGroup:
+    """The stores of a several-backbone model, one per backbone (in the network's order), as one
+    store of their concatenated rows: each backbone computes only the images its own store lacks
+    (``compute(images, [index])``)."""
+
+    def __init__(self, name: str, parts: Sequence[FeatureStore]) -> None:
+        self.name, self.parts = name, list(parts)
+        self.stages: set[str] = set()
+
+    def __len__(self) -> int:
+        return min(len(part) for part in self.parts)
+
+    def __contains__(self, key: str) -> bool:
+        return all(key in part for part in self.parts)
+
+    def refresh(self) -> None:
+        for part in self.parts:
+            part.refresh()
+
+    def rows(self, keys: Sequence[str]) -> np.ndarray:
+        return np.concatenate([part.rows(keys) for part in self.parts], axis=1)
+
+    def features(self, keys: Sequence[str], images: torch.Tensor, compute: Callable[..., torch.Tensor]):
+        return torch.cat(
+            [
+                part.features(keys, images, lambda x, index=index: compute(x, [index]))
+                for index, part in enumerate(self.parts)
+            ],
+            dim=1,
+        )
+
+    def flush(self) -> None:
+        for part in self.parts:
+            part.flush()
+
+    save = flush
+
+
 # Stores kept in memory for the next job of the same multirun in this process (the folds of a
 # cross-validation, the trials of a search): a frozen backbone's features are the same in every fold.
 _SWEEP_STORES: dict[tuple[str, str], FeatureStore] = {}
@@ -189,9 +234,15 @@ def backbone_is_stochastic(pl_module: LightningModule) -> bool:
 
 def backbone_fingerprint(pl_module: LightningModule) -> str:
     """A hash of every backbone tensor (weights and BatchNorm statistics), classifier excluded."""
-    classifier = {id(p) for p in pl_module.net.get_classifier().parameters()}
+    return network_fingerprint(pl_module.net)
+
+
+def network_fingerprint(net: nn.Module) -> str:
+    """A hash of every tensor of a timm network (weights and BatchNorm statistics) but its classifier's:
+    a network without a classifier (``reset_classifier(0)``) hashes as the same network with one."""
+    classifier = {id(p) for p in net.get_classifier().parameters()}
     digest = hashlib.sha1()
-    for name, tensor in [*pl_module.net.named_parameters(), *pl_module.net.named_buffers()]:
+    for name, tensor in [*net.named_parameters(), *net.named_buffers()]:
         if id(tensor) in classifier:
             continue
         digest.update(name.encode())
@@ -210,12 +261,25 @@ class FrozenFeatureCache(Callback):
         self._stores: dict[str, FeatureStore] = {}
         self._said_why_not = False
 
-    def store_for(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> FeatureStore:
+    def store_for(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> FeatureStore | FeatureStoreGroup:
+        flip = pl_module.flip_averaged(stage)
+        net = pl_module.net
+        if isinstance(net, MultiBackboneNet):  # one store per backbone, named as its own model would name it
+            parts = [
+                self._store(trainer, name, network_fingerprint(part), config, flip)
+                for name, part, config in zip(net.names, net.backbones, net.part_data_configs, strict=True)
+            ]
+            return FeatureStoreGroup("+".join(part.name for part in parts), parts)
+        return self._store(
+            trainer, pl_module.hparams.backbone, backbone_fingerprint(pl_module), pl_module.data_config, flip
+        )
+
+    def _store(self, trainer: Trainer, backbone: str, fingerprint: str, data_config: dict, flip: bool) -> FeatureStore:
         config = {
-            "backbone": pl_module.hparams.backbone,
-            "weights": backbone_fingerprint(pl_module),
-            "data_config": {k: str(v) for k, v in sorted(pl_module.data_config.items())},
-            "flip_averaged": pl_module.flip_averaged(stage),
+            "backbone": backbone,
+            "weights": fingerprint,
+            "data_config": {k: str(v) for k, v in sorted(data_config.items())},
+            "flip_averaged": flip,
         }
         name = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
         if name not in self._stores:
@@ -225,7 +289,7 @@ class FrozenFeatureCache(Callback):
                 store = _SWEEP_STORES[(sweep, name)]
                 store.hits = store.misses = 0
             else:
-                store = FeatureStore(name, folder, self.dtype, trainer.global_rank)
+                store = FeatureStore(name, folder, self.dtype, trainer.global_rank, backbone=backbone)
                 if sweep is not None:
                     _SWEEP_STORES[(sweep, name)] = store
             self._stores[name] = store
@@ -278,10 +342,14 @@ class FrozenFeatureCache(Callback):
         lookups = sum(s.hits + s.misses for s in self._stores.values())
         if lookups and trainer.is_global_zero:
             hits = sum(s.hits for s in self._stores.values())
+            computed: dict[str, int] = {}
+            for store in self._stores.values():
+                computed[store.backbone] = computed.get(store.backbone, 0) + store.misses
             log.info(
-                "Frozen-feature cache (%s): %d of %d image lookups served from stored features, %d computed",
+                "Frozen-feature cache (%s): %d of %d image lookups served from stored features, %d computed%s",
                 phase,
                 hits,
                 lookups,
                 lookups - hits,
+                f" (per backbone: {', '.join(f'{b} {n}' for b, n in computed.items())})" if len(computed) > 1 else "",
             )

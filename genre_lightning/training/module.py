@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric, Metric, MetricCollection
 
 from genre_lightning.models.checkpoint_io import load_module, read_checkpoint, upgrade_state_dict
 from genre_lightning.models.flip import with_flip_tta
+from genre_lightning.models.multi_backbone import normalise_backbones
 from genre_lightning.models.network import build_network
 from genre_lightning.models.prediction_task import TASKS
 from genre_lightning.training.feature_cache import FeatureStore, backbone_is_frozen
@@ -43,10 +44,12 @@ class GenreClassifier(LightningModule):
     """A timm backbone with a ``len(classes)``-way head, torchmetrics, and optimiser/scheduler from config.
 
     Args:
-        backbone: any ``timm`` model name.
+        backbone: any ``timm`` model name, or a list of them: their pooled features concatenated, one
+            head on them (``models/multi_backbone.py``).
         classes: genre names, in label-index order.
         pretrained: load ImageNet weights from the Hugging Face Hub.
-        weights: a local timm-format weights file (wins over ``pretrained``).
+        weights: a local timm-format weights file (wins over ``pretrained``); for several backbones a
+            list of files (null for none) or a mapping backbone name -> file.
         optimizer: a Hydra config with ``_target_`` (the parameters are passed in here).
         scheduler: a Hydra config for ``torch.optim.lr_scheduler`` (optimizer is added here), or None.
         scheduler_interval: ``epoch`` or ``step``: how often the scheduler steps, so also the unit of
@@ -79,10 +82,10 @@ class GenreClassifier(LightningModule):
 
     def __init__(
         self,
-        backbone: str,
+        backbone: str | Sequence[str],
         classes: Sequence[str],
         pretrained: bool = False,
-        weights: str | None = None,
+        weights: str | Sequence[str | None] | Mapping[str, str] | None = None,
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         scheduler_interval: str = "epoch",
@@ -109,9 +112,10 @@ class GenreClassifier(LightningModule):
             raise ConfigError("model.task", task, "single or multilabel (it follows data.task)")
         # Plain values (a checkpoint loads with weights_only=True, which refuses OmegaConf objects):
         # save_hyperparameters below saves every argument as it is at that point.
-        classes, optimizer, scheduler, data_config, mixup, members, class_weights = map(
-            to_plain, (classes, optimizer, scheduler, data_config, mixup, members, class_weights)
+        backbone, weights, classes, optimizer, scheduler, data_config, mixup, members, class_weights = map(
+            to_plain, (backbone, weights, classes, optimizer, scheduler, data_config, mixup, members, class_weights)
         )
+        backbone, weights = normalise_backbones(backbone, weights)
         classes, optimizer = list(classes), optimizer or DEFAULT_OPTIMIZER
         # the loggers get the whole resolved config instead (results/tracking.log_config)
         self.save_hyperparameters(logger=False)
@@ -228,14 +232,16 @@ class GenreClassifier(LightningModule):
         return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
 
     @torch.no_grad()
-    def backbone_features(self, images: torch.Tensor, flip_average: bool = False) -> torch.Tensor:
+    def backbone_features(
+        self, images: torch.Tensor, flip_average: bool = False, parts: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """Pooled backbone features (what the classifier sees), computed in eval mode. Averaged with
         the mirror image's features when ``flip_average`` (the classifier is linear, so this equals
-        averaging the logits)."""
+        averaging the logits). ``parts``: of a several-backbone network, those backbones' only."""
         modes = [(module, module.training) for module in self.net.modules()]
         self.net.eval()
         try:
-            pooled = with_flip_tta(_PooledFeatures(self.net), flip_average)
+            pooled = with_flip_tta(_PooledFeatures(self.net, parts), flip_average)
             return pooled(self._memory_format(images))
         finally:
             for module, mode in modes:
@@ -252,7 +258,9 @@ class GenreClassifier(LightningModule):
         # Checked per step too: a fine-tuning callback may have unfrozen layers since the store was attached.
         if store is not None and stage in store.stages and backbone_is_frozen(self):
             flip = self.flip_averaged(stage)
-            features = store.features(batch["key"], batch["image"], lambda x: self.backbone_features(x, flip))
+            features = store.features(
+                batch["key"], batch["image"], lambda x, parts=None: self.backbone_features(x, flip, parts)
+            )
             return self.classify_features(features)
         return self(batch["image"])
 
@@ -378,11 +386,15 @@ class GenreClassifier(LightningModule):
 
 
 class _PooledFeatures(nn.Module):
-    """A timm network's pooled features (``forward_head(..., pre_logits=True)``): what its classifier sees."""
+    """A timm network's pooled features (``forward_head(..., pre_logits=True)``): what its classifier
+    sees; of a ``MultiBackboneNet``, those of the backbones ``parts`` only, when given."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, parts: Sequence[int] | None = None) -> None:
         super().__init__()
         self.net = net
+        self.parts = parts
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.parts is not None:
+            return self.net.forward_parts(images, self.parts)
         return self.net.forward_head(self.net.forward_features(images), pre_logits=True)

@@ -68,7 +68,7 @@ def compute_features(trainer: Trainer, pl_module: LightningModule, split: str, s
         if batch["target"].numel() == 0:
             continue
         images = batch["image"].to(pl_module.device)
-        store.features(batch["key"], images, lambda x: pl_module.backbone_features(x, flip))
+        store.features(batch["key"], images, lambda x, parts=None: pl_module.backbone_features(x, flip, parts))
     store.flush()
 
 
