@@ -23,7 +23,8 @@ from genre_lightning.models.flip import with_flip_tta
 from genre_lightning.models.multi_backbone import normalise_backbones
 from genre_lightning.models.network import build_network
 from genre_lightning.models.prediction_task import TASKS
-from genre_lightning.training.feature_cache import FeatureStore, backbone_is_frozen
+from genre_lightning.training.feature_cache import backbone_is_frozen
+from genre_lightning.training.feature_store import FeatureStore
 from genre_lightning.training.tasks import make_task
 from genre_lightning.utils.distributed import any_rank
 from genre_lightning.utils.errors import ConfigError

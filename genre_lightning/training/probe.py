@@ -40,13 +40,8 @@ from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader, Subset
 
 from genre_lightning.data.dataset import PosterDataset, collate_posters
-from genre_lightning.training.feature_cache import (
-    FeatureStore,
-    FrozenFeatureCache,
-    backbone_fingerprint,
-    store_folder,
-    store_keys,
-)
+from genre_lightning.training.feature_cache import FrozenFeatureCache, backbone_fingerprint
+from genre_lightning.training.feature_store import FeatureStore, store_folder, store_keys
 from genre_lightning.utils.distributed import barrier, broadcast_from_zero
 from genre_lightning.utils.errors import ConfigError
 

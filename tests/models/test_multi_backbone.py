@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from genre_lightning.inference.explain import target_layer
 from genre_lightning.inference.predictor import Predictor
 from genre_lightning.models.multi_backbone import MultiBackboneNet
-from genre_lightning.training.feature_cache import FeatureStore
+from genre_lightning.training.feature_store import FeatureStore
 from genre_lightning.training.module import GenreClassifier
 from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST

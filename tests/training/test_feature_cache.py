@@ -10,7 +10,8 @@ from lightning.pytorch import Callback, seed_everything
 
 from genre_lightning.cli.train import build
 from genre_lightning.data.demo import GENRES
-from genre_lightning.training.feature_cache import FeatureStore, FrozenFeatureCache
+from genre_lightning.training.feature_cache import FrozenFeatureCache
+from genre_lightning.training.feature_store import FeatureStore
 from genre_lightning.training.module import GenreClassifier
 from tests.helpers.configs import train_config
 from tests.helpers.posters import copy_posters, edit_image
