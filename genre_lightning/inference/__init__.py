@@ -3,7 +3,8 @@ torchmetrics or scipy): ``Predictor`` (``predictor``), where its network runs (`
 onnxruntime, ``onnx_model``, ``onnx_cache``, int8 ``quantize``), batch prediction over files (``batch``,
 decoded by threads in ``decode``), prediction tables and CSV files (``prediction_table``,
 ``prediction_csv``), export to ONNX or TorchScript (``export``), class-activation maps (``explain``),
-the model card (``model_card``) and genre-serve's HTTP server (``server``). Those last import their
+the model card (``model_card``, ``card_sections``) and genre-serve's HTTP server (``server``, with
+``server_requests`` reading uploads and ``server_batcher`` batching them). Those last import their
 optional libraries (grad-cam, Starlette, uvicorn) themselves, so this package stays light.
 
     from genre_lightning.inference import Predictor

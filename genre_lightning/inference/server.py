@@ -36,20 +36,19 @@ from typing import Any
 
 import torch
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from genre_lightning.data.imageio import UnreadableImage, decode_rgb, unexpected_error_reason
 from genre_lightning.inference.predictor import GenrePrediction, Predictor
+from genre_lightning.inference.server_batcher import Batcher
+from genre_lightning.inference.server_requests import UploadError, flag, integer, read_upload
 from genre_lightning.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "GENRE_SERVE_API_KEY"
-RAW_TYPES = ("application/octet-stream",)  # besides image/*: bytes sent as they are (curl --data-binary)
-MULTIPART = "multipart/form-data"
 PAGE = "serve_page.html"
 
 
@@ -91,73 +90,6 @@ class ServeSettings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
-
-
-class UploadError(Exception):
-    """A request the server refuses: its HTTP status and the one-line reason sent back."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
-class Batcher:
-    """Dynamic batching on one model thread: the first waiting image opens a batch, which takes every
-    image arriving within ``wait_s`` (up to ``max_batch_size``) and runs as one forward pass."""
-
-    def __init__(self, predictor: Predictor, max_batch_size: int, wait_s: float) -> None:
-        self.predictor = predictor
-        self.max_batch_size, self.wait_s = max_batch_size, wait_s
-        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        self.queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue()
-        self.batches: list[int] = []  # sizes of the latest batches (for /health)
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._serve())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self.model_thread.shutdown(wait=True)
-
-    async def predict(self, image: torch.Tensor) -> GenrePrediction:
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((image, future))
-        return await future
-
-    async def on_model_thread(self, function: Callable[..., Any], *args: Any) -> Any:
-        """Run ``function`` between batches (explanations: backward hooks on the one network)."""
-        return await asyncio.get_running_loop().run_in_executor(self.model_thread, function, *args)
-
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            waiting = [await self.queue.get()]
-            deadline = loop.time() + self.wait_s
-            while len(waiting) < self.max_batch_size:
-                try:
-                    waiting.append(await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time())))
-                except TimeoutError:
-                    break
-            images = torch.stack([image for image, _ in waiting])
-            try:
-                results = await self.on_model_thread(self._predict, images)
-            except Exception as err:  # a model failure answers these requests (500), the server goes on
-                log.exception("Prediction failed for a batch of %d images", len(waiting))
-                results = [err] * len(waiting)
-            self.batches = (self.batches + [len(waiting)])[-100:]
-            for (_, future), result in zip(waiting, results, strict=True):
-                if future.done():  # the client went away
-                    continue
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
-
-    def _predict(self, images: torch.Tensor) -> list[GenrePrediction]:
-        classes = len(self.predictor.classes)
-        return self.predictor.predict(images, top_k=classes, batch_size=len(images))
 
 
 class GenreServer:
@@ -229,8 +161,8 @@ class GenreServer:
             return JSONResponse({"error": err.reason}, status_code=err.status)
 
     async def _answer(self, request: Request) -> dict[str, Any]:
-        explain = _flag(request, "explain")
-        top_k = _integer(request, "top_k", self.settings.top_k, 1)
+        explain = flag(request, "explain")
+        top_k = integer(request, "top_k", self.settings.top_k, 1)
         data = await read_upload(request, self.settings.max_upload_bytes)
         loop = asyncio.get_running_loop()
         image = await loop.run_in_executor(self.decoders, self.prepare, data)
@@ -293,84 +225,6 @@ def prediction_json(prediction: GenrePrediction, predictor: Predictor, top_k: in
         else None,
         "checkpoint": predictor.identity,
     }
-
-
-async def read_upload(request: Request, limit: int) -> bytes:
-    """The image bytes of a request: a raw body (``image/*`` or ``application/octet-stream``) or the
-    ``file`` field of a multipart form. The content type is checked before the body is read, and the
-    body is refused once it passes ``limit`` bytes (at once when its declared length does)."""
-    content_type = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
-    if not (_image_type(content_type) or content_type == MULTIPART):
-        raise UploadError(415, f"unsupported content type {content_type}: {_WHAT_TO_SEND}")
-    body = await _read_body(request, limit)
-    if content_type != MULTIPART:
-        return body
-    replay = Request(request.scope, receive=_replay(body))
-    try:
-        form = await replay.form(max_files=1, max_fields=8)
-    except Exception as err:  # python-multipart's parse errors, and max_files/max_fields
-        raise UploadError(400, f"malformed multipart body: {_one_line(err)}") from None
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise UploadError(400, f"the multipart form has no 'file' field: {_WHAT_TO_SEND}")
-    part_type = (upload.content_type or "application/octet-stream").split(";")[0].strip().lower()
-    if not _image_type(part_type):
-        raise UploadError(415, f"unsupported content type {part_type} of the 'file' field: {_WHAT_TO_SEND}")
-    return await upload.read()
-
-
-_WHAT_TO_SEND = "send image bytes (image/*, application/octet-stream) or multipart/form-data with a 'file' field"
-
-
-def _image_type(content_type: str) -> bool:
-    return content_type.startswith("image/") or content_type in RAW_TYPES
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    too_large = f"upload too large: over serve.max_upload_mb ({limit / 2**20:g} MB)"
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise UploadError(413, too_large)  # refused before a byte of the body is read
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # a chunked body (no declared length) that keeps coming
-            raise UploadError(413, too_large)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _replay(body: bytes) -> Callable[[], Any]:
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive
-
-
-def _flag(request: Request, name: str) -> bool:
-    value = request.query_params.get(name, "false").lower()
-    if value not in ("true", "false", "1", "0", "yes", "no"):
-        raise UploadError(400, f"{name}={value!r} is not valid: expected true or false")
-    return value in ("true", "1", "yes")
-
-
-def _integer(request: Request, name: str, default: int, lowest: int) -> int:
-    value = request.query_params.get(name)
-    if value is None:
-        return default
-    if not value.isdigit() or int(value) < lowest:
-        raise UploadError(400, f"{name}={value!r} is not valid: expected an integer >= {lowest}")
-    return int(value)
-
-
-def _one_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
