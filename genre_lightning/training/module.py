@@ -8,7 +8,6 @@ object (``training/tasks.py``), chosen once. Prediction from Python lives in ``i
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,17 +15,18 @@ from typing import Any
 import torch
 import torch.nn as nn
 from lightning.pytorch import LightningModule
-from torchmetrics import MeanMetric, Metric, MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 
 from genre_lightning.models.checkpoint_io import load_module, read_checkpoint, upgrade_state_dict
 from genre_lightning.models.flip import with_flip_tta
 from genre_lightning.models.multi_backbone import normalise_backbones
 from genre_lightning.models.network import build_network
+from genre_lightning.models.pooled_features import PooledFeatures
 from genre_lightning.models.prediction_task import TASKS
+from genre_lightning.training.epoch_metrics import EpochMetricsLogging
 from genre_lightning.training.feature_cache import backbone_is_frozen
 from genre_lightning.training.feature_store import FeatureStore
 from genre_lightning.training.tasks import make_task
-from genre_lightning.utils.distributed import any_rank
 from genre_lightning.utils.errors import ConfigError
 from genre_lightning.utils.plain_values import to_plain
 
@@ -36,12 +36,7 @@ DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay"
 STAGES = ("train", "val", "test")
 
 
-def _update_called(metric: Metric | MetricCollection) -> bool:
-    members = metric.values() if isinstance(metric, MetricCollection) else [metric]
-    return any(member.update_called for member in members)
-
-
-class GenreClassifier(LightningModule):
+class GenreClassifier(EpochMetricsLogging, LightningModule):
     """A timm backbone with a ``len(classes)``-way head, torchmetrics, and optimiser/scheduler from config.
 
     Args:
@@ -242,7 +237,7 @@ class GenreClassifier(LightningModule):
         modes = [(module, module.training) for module in self.net.modules()]
         self.net.eval()
         try:
-            pooled = with_flip_tta(_PooledFeatures(self.net, parts), flip_average)
+            pooled = with_flip_tta(PooledFeatures(self.net, parts), flip_average)
             return pooled(self._memory_format(images))
         finally:
             for module, mode in modes:
@@ -314,37 +309,6 @@ class GenreClassifier(LightningModule):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(targets))
         return loss, logits
 
-    def _log_epoch_metrics(self, stage: str) -> None:
-        """Compute the stage's epoch metrics on every rank and log the (already global) values.
-
-        compute() syncs each metric across DDP ranks. Whether a metric was updated can differ between
-        ranks (a rank whose images all failed, a Mixup epoch with one odd batch), so the ranks first
-        agree on which metrics to compute, in one collective; then all of them compute the same ones
-        in the same order (the rule in utils/distributed.py).
-        """
-        metrics = {
-            "": self._stage_metrics(stage),
-            f"{stage}/loss": getattr(self, f"{stage}_loss"),
-            f"{stage}/{self.task.any_true_metric}": getattr(self, f"{stage}_any_true"),
-        }
-        if stage == "test" and self.test_uncalibrated is not None:
-            metrics["test/ece_uncalibrated"] = self.test_uncalibrated
-        updated = any_rank([_update_called(metric) for metric in metrics.values()])
-        values: dict[str, torch.Tensor] = {}
-        for (name, metric), anywhere in zip(metrics.items(), updated, strict=True):
-            if anywhere:
-                result = metric.compute()
-                values.update(result if isinstance(result, dict) else {name: result})
-            metric.reset()
-        # sync_dist=False: the values are global already, and a lazy sync is what broke DDP (utils/distributed.py).
-        self._log_global_values(values, prog_bar=stage in ("train", "val"))
-
-    def _log_global_values(self, values: Mapping[str, Any], prog_bar: bool = False) -> None:
-        with warnings.catch_warnings():
-            # Lightning recommends sync_dist=True for epoch values under DDP; these are synced already.
-            warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
-            self.log_dict(dict(values), prog_bar=prog_bar, sync_dist=False)
-
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
 
@@ -384,18 +348,3 @@ class GenreClassifier(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval, "monitor": "val/acc"},
         }
-
-
-class _PooledFeatures(nn.Module):
-    """A timm network's pooled features (``forward_head(..., pre_logits=True)``): what its classifier
-    sees; of a ``MultiBackboneNet``, those of the backbones ``parts`` only, when given."""
-
-    def __init__(self, net: nn.Module, parts: Sequence[int] | None = None) -> None:
-        super().__init__()
-        self.net = net
-        self.parts = parts
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.parts is not None:
-            return self.net.forward_parts(images, self.parts)
-        return self.net.forward_head(self.net.forward_features(images), pre_logits=True)
