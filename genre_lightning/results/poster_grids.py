@@ -5,7 +5,6 @@ training transform. ``run_artifacts.TestArtifacts`` writes them into ``figures/`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -13,15 +12,14 @@ from lightning.pytorch import LightningModule
 from matplotlib.figure import Figure
 
 from genre_lightning.data.dataset import PosterDataset
-from genre_lightning.data.imageio import UnreadableImage, read_rgb
 from genre_lightning.inference.explain import explain
 from genre_lightning.inference.predictor import Predictor
 from genre_lightning.results import figures
 from genre_lightning.results.tables import Predictions
+from genre_lightning.results.thumbnails import THUMBNAIL, short_name, thumbnail
 
 MAX_SAMPLES = 32  # training samples shown in all, with more than figures.FEW_GENRES genres
 SAMPLE_COLUMNS = 8
-THUMBNAIL = 256  # longest side, in pixels, of a poster shown in the mistakes grid
 
 
 class ShownMistake(NamedTuple):
@@ -69,7 +67,7 @@ def train_samples_figure(
             if not isinstance(item, dict):
                 continue  # unreadable file: the data report lists it
             images.append(figures.to_display(item["image"], mean, std))
-            captions.append(f"{name}\n{_short(dataset.paths[index])}")
+            captions.append(f"{name}\n{short_name(dataset.paths[index])}")
     columns = SAMPLE_COLUMNS if many else samples_per_class
     title = "Training samples after the training transform (de-normalised)"
     return figures.image_grid(images, captions, title, columns=columns)
@@ -83,7 +81,7 @@ def mistakes_figure(
     total_wrong = int((~predictions.top1_correct).sum())
     truth = "labels" if predictions.multilabel else "label"  # multi-label: a mistake's top genre is not a true one
     shown = [ShownMistake(r.file_path, getattr(r, truth), r.top1, float(r.p_top1)) for r in mistakes.itertuples()]
-    images = [_thumbnail(m.file_path) for m in shown]
+    images = [thumbnail(m.file_path) for m in shown]
     captions = [_caption(m) for m in shown]
     title = f"Most confident mistakes, {split} split: {len(images)} of {total_wrong} shown"
     figure = figures.image_grid(images, captions, title, columns=columns, caption_color="#b00020")
@@ -91,19 +89,4 @@ def mistakes_figure(
 
 
 def _caption(mistake: ShownMistake) -> str:
-    return f"True: {mistake.true} /\nPred: {mistake.predicted} ({mistake.p_top1:.3f})\n{_short(mistake.file_path)}"
-
-
-def _thumbnail(path: str) -> np.ndarray:
-    try:
-        image = read_rgb(path)
-    except UnreadableImage:
-        return np.ones((THUMBNAIL, THUMBNAIL, 3))
-    image.thumbnail((THUMBNAIL, THUMBNAIL))
-    return np.asarray(image)
-
-
-def _short(path: str, width: int = 28) -> str:
-    # A file name that is not UTF-8 (kept as surrogate escapes) cannot be drawn: show U+FFFD instead.
-    name = Path(path).name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return name if len(name) <= width else name[: width - 3] + "..."
+    return f"True: {mistake.true} /\nPred: {mistake.predicted} ({mistake.p_top1:.3f})\n{short_name(mistake.file_path)}"
