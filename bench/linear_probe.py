@@ -23,9 +23,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from genre_lightning.data.annotations import prepare_annotations
 from genre_lightning.data.dataset import build_transforms
 from genre_lightning.data.demo import GENRES
+from genre_lightning.data.intake import prepare_annotations
+from genre_lightning.data.settings import IntakeSettings
 from genre_lightning.models.backbone import create_backbone, resolve_data_config
 from genre_lightning.utils.csvio import read_csv
 
@@ -60,7 +61,8 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory() as workdir:
             fractions = {"train": 0.7, "val": 0.15, "test": 0.15}
-            frame = read_csv(prepare_annotations(Path(workdir), GENRES, fractions, 0, root=POSTERS))
+            settings = IntakeSettings(classes=GENRES, fractions=fractions, split_seed=0, root=POSTERS)
+            frame = read_csv(prepare_annotations(Path(workdir), settings))
     train, val = (frame[frame["split"] == s] for s in ("train", "val"))
     print(f"{len(train)} train, {len(val)} val posters; logistic regression C={args.C} on standardised features")
     print("| backbone | size (HxW) | val accuracy | seconds |")

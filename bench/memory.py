@@ -87,16 +87,19 @@ def main() -> None:
     import genre_lightning.cli.train  # noqa: F401  (everything genre-train imports)
 
     table.stop("import lightning, timm, torchmetrics, genre_lightning")
-    from genre_lightning.data.annotations import prepare_annotations
     from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
     from genre_lightning.data.demo import GENRES, ensure_demo_posters
+    from genre_lightning.data.intake import prepare_annotations
+    from genre_lightning.data.settings import IntakeSettings
     from genre_lightning.training.module import GenreClassifier
 
     workdir = Path(tempfile.mkdtemp(prefix="genre-memory-"))
     posters = args.posters if args.posters.is_dir() else ensure_demo_posters(workdir / "demo", per_class=60)
     fractions = {"train": 0.7, "val": 0.15, "test": 0.15}
     table.start()
-    split = prepare_annotations(workdir, GENRES, fractions, 0, root=posters)
+    split = prepare_annotations(
+        workdir, IntakeSettings(classes=GENRES, fractions=fractions, split_seed=0, root=posters)
+    )
     table.stop(f"scan, verify, hash and split {posters.name}")
 
     weights = str(args.weights) if args.weights.is_file() else None

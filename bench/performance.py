@@ -44,9 +44,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from genre_lightning.cli.common import compose_config
 from genre_lightning.cli.train import build
-from genre_lightning.data.annotations import prepare_annotations
 from genre_lightning.data.dataset import PosterDataset, build_transforms, collate_posters
 from genre_lightning.data.demo import GENRES, ensure_demo_posters
+from genre_lightning.data.intake import prepare_annotations
+from genre_lightning.data.settings import IntakeSettings
 from genre_lightning.inference.batch import ImageFiles, predict_to_csv
 from genre_lightning.inference.decode import decoded_batches
 from genre_lightning.inference.onnx_model import cpu_cores
@@ -78,7 +79,9 @@ class Setup:
             model = ["model=tiny", "model.pretrained=false", "model.data_config.input_size=[3,64,64]"]
             self.batch_size = 16
         fractions = {"train": 0.7, "val": 0.15, "test": 0.15}
-        self.split_file = prepare_annotations(workdir / "split", GENRES, fractions, 0, root=self.root)
+        self.split_file = prepare_annotations(
+            workdir / "split", IntakeSettings(classes=GENRES, fractions=fractions, split_seed=0, root=self.root)
+        )
         self.frame = read_csv(self.split_file)
         self.overrides = [
             "experiment=seed_efficientnet_b0",

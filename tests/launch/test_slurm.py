@@ -280,6 +280,7 @@ def test_preempted_ddp_job_checkpoints_requeues_and_resumes_in_its_run_folder(
         "annotations.csv",
         "checkpoints",
         "config.yaml",
+        "confused_pairs.csv",
         "confusion_matrix.csv",
         "data_report.json",
         "figures",
