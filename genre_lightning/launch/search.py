@@ -30,11 +30,12 @@ from typing import Any
 import pandas as pd
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig
+from optuna.trial import TrialState  # the search is Optuna's: imported only when a search runs
 
 from genre_lightning.data.annotations import ANNOTATIONS_FILE, fold_digest
 from genre_lightning.launch.search_checks import PRUNERS, check_search
 from genre_lightning.launch.search_space import SearchSpace, as_overrides, merged
-from genre_lightning.launch.search_study import check_fold_digest, one_sweeper, open_study, storage_for
+from genre_lightning.launch.search_study import check_fold_digest, one_sweeper, open_study, storage_for, trial_records
 from genre_lightning.results.cv_report import refit_overrides
 from genre_lightning.results.recipes import Job, read_overrides, read_predictions
 from genre_lightning.results.search_report import BASELINE, CONFIRM, SEARCH_FILE, trial_folder
@@ -125,7 +126,7 @@ class Search:
                 new = max(0, s.n_trials - done - len(stale))
                 batch = [self._resumed(study, t) for t in stale[: s.n_jobs]]
                 batch += [self._asked(study, space) for _ in range(min(new, s.n_jobs - len(batch)))]
-                self._run_batch(study, batch, baseline)
+                self._run_batch(study, [run for run in batch if not self._repeat(study, run)], baseline)
                 self._write_summary(study, baseline)
             confirmation = self._confirm(study, baseline) if s.confirm else None
             return self._write_summary(study, baseline, confirmation)
@@ -137,6 +138,22 @@ class Search:
         trial.set_user_attr("folder", trial_folder(trial.number))
         log.info("Trial %d: %s", trial.number, " ".join(overrides))
         return TrialRun(trial, overrides, trial_folder(trial.number))
+
+    def _repeat(self, study: Any, run: TrialRun) -> bool:
+        """A trial whose values a finished trial already ran (likely where the space is all choices) gets
+        that trial's value (or is pruned as it was) without running again."""
+        finished = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE, TrialState.PRUNED])
+        twin = next((t for t in finished if t.user_attrs.get("overrides") == run.overrides), None)
+        if twin is None:
+            return False
+        run.trial.set_user_attr("repeat_of", twin.number)
+        run.trial.set_user_attr("folder", twin.user_attrs["folder"])
+        if twin.state == TrialState.PRUNED:
+            study.tell(run.trial, state=TrialState.PRUNED)
+        else:
+            study.tell(run.trial, twin.value)
+        log.info("Trial %d: the values of trial %d (%s), not run again", run.trial.number, twin.number, twin.state.name)
+        return True
 
     def _resumed(self, study: Any, frozen: Any) -> TrialRun:
         """A trial a killed sweeper left running: the same trial, its finished folds kept."""
@@ -213,7 +230,7 @@ class Search:
             objective_value(out_of_fold_scores(baseline.fold_frames())[0], self.settings.metric),
         )
         minimize = objective_direction(self.settings.metric) == "minimize"
-        for frozen in study.get_trials(deepcopy=False, states=[_complete()]):
+        for frozen in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
             if (frozen.value < best_value) if minimize else (frozen.value > best_value):
                 best_folder, best_value = frozen.user_attrs["folder"], frozen.value
         if best_folder not in self.best_frames:
@@ -295,37 +312,22 @@ class Search:
         return {"winner": best_folder, "refits": {name: f"{CONFIRM}/{name}" for name in members}}
 
     def _write_summary(self, study: Any, baseline: TrialRun, confirmation: dict | None = None) -> dict[str, Any]:
-        trials = [
-            {
-                "number": t.number,
-                "state": t.state.name,
-                "params": t.params,
-                "overrides": t.user_attrs.get("overrides"),
-                "folder": t.user_attrs.get("folder"),
-                "folds_run": t.user_attrs.get("folds_run", 0),
-                "value": t.value,
-                "wall_s": t.user_attrs.get("wall_s"),
-                "compared_with": t.user_attrs.get("compared_with"),
-                "error": t.user_attrs.get("error"),
-            }
-            for t in study.get_trials(deepcopy=False)
-        ]
+        metric = self.settings.metric
+        pruner = self.settings.pruner
         summary = {
             "study_name": study.study_name,
             "storage": self.settings.storage,
-            "metric": self.settings.metric,
-            "direction": objective_direction(self.settings.metric),
-            "pruner": self.settings.pruner
-            if isinstance(self.settings.pruner, str)
-            else type(self.settings.pruner).__name__,
+            "metric": metric,
+            "direction": objective_direction(metric),
+            "pruner": pruner if isinstance(pruner, str) else type(pruner).__name__,
             "folds": self.folds,
             "recipe": self.base,
             "baseline": {
                 "folder": BASELINE,
-                "value": objective_value(out_of_fold_scores(baseline.fold_frames())[0], self.settings.metric),
+                "value": objective_value(out_of_fold_scores(baseline.fold_frames())[0], metric),
                 "wall_s": _wall(baseline),
             },
-            "trials": trials,
+            "trials": trial_records(study),
             "confirmation": confirmation,
         }
         (self.folder / SEARCH_FILE).write_text(json.dumps(summary, indent=2, default=str))
@@ -340,9 +342,3 @@ def _job(folder: Path) -> Job:
 
 def _wall(run: TrialRun) -> float:
     return round(sum(float(r.job.metrics.get("wall_s") or 0) for r in run.folds.values()), 1)
-
-
-def _complete() -> Any:
-    import optuna
-
-    return optuna.trial.TrialState.COMPLETE

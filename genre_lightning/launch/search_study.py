@@ -99,3 +99,19 @@ def _describe(storage: Any) -> str:
     backend = getattr(storage, "_backend", None)
     path = getattr(backend, "_file_path", None)
     return str(path or getattr(storage, "url", storage))
+
+
+def trial_records(study: Any) -> list[dict[str, Any]]:
+    """Each trial as ``search.json`` keeps it (what genre-report reads besides the fold runs)."""
+    attrs = ("overrides", "folder", "wall_s", "compared_with", "error", "repeat_of")
+    return [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "params": t.params,
+            "folds_run": t.user_attrs.get("folds_run", 0),
+            "value": t.value,
+            **{name: t.user_attrs.get(name) for name in attrs},
+        }
+        for t in study.get_trials(deepcopy=False)
+    ]

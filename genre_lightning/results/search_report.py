@@ -73,6 +73,8 @@ def report_search(folder: Path, samples: int, seed: int) -> pd.DataFrame:
     groups = _groups(folder)
     rows = [_row(folder, BASELINE, "baseline", "COMPLETE", "(the command line's recipe)", folds)]
     for trial in summary["trials"]:
+        if trial.get("repeat_of") is not None:  # the same values as an earlier trial: not run again
+            continue
         label = " ".join(trial.get("overrides") or []) or "—"
         rows.append(
             _row(
@@ -91,7 +93,7 @@ def report_search(folder: Path, samples: int, seed: int) -> pd.DataFrame:
         f"# Search `{summary['study_name']}`: {len(summary['trials'])} trials, {folds}-fold cross-validation\n",
         f"Objective: out-of-fold {metric} ({OBJECTIVES[metric][1]}); pruner: {summary['pruner']}. "
         f"Recipe of the command line: `{' '.join(summary['recipe'])}`\n",
-        _trials_markdown(table, metric),
+        _trials_markdown(table, metric) + _repeats(summary),
         _pruning_markdown(table, summary, groups, folds),
         _figures(summary, folder),
         _confirmation_markdown(folder, summary, table, groups, samples, seed),
@@ -101,6 +103,14 @@ def report_search(folder: Path, samples: int, seed: int) -> pd.DataFrame:
     print(markdown)
     print(f"Wrote {folder / 'report.md'} and {folder / TRIALS_FILE}")
     return table
+
+
+def _repeats(summary: dict) -> str:
+    repeats = [t for t in summary["trials"] if t.get("repeat_of") is not None]
+    if not repeats:
+        return ""
+    pairs = ", ".join(f"{t['number']} (= {t['repeat_of']})" for t in repeats)
+    return f"\nTrials whose values an earlier trial had run, given its value without running: {pairs}.\n"
 
 
 def _row(folder: Path, sub: str, name: str, state: str, label: str, folds: int) -> dict[str, Any] | None:

@@ -207,3 +207,20 @@ def test_a_storage_of_another_study_or_fold_assignment_is_refused(poster_root: P
     mine.set_user_attr("fold_digest", "0123456789abcdef")
     line = one_line_error(poster_root, tmp_path, "hydra.sweeper.study_name=train")
     assert "fold assignment" in line and "0123456789abcdef" in line
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_a_trial_with_the_values_of_a_finished_one_takes_its_value_without_running(poster_root: Path, tmp_path: Path):
+    folder = tmp_path / "search"
+    command = [
+        *search_command(poster_root, folder, "hydra.sweeper.n_trials=2", "hydra.sweeper.confirm=false"),
+        "data.folds=2",
+        "++hydra.sweeper.params={model.optimizer.lr: 'choice(0.003)', model.label_smoothing: 'choice(0.0)'}",
+    ]
+    done = run_cli(*command, cwd=tmp_path, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = study(folder).trials  # both the command line's recipe: its value, not pruned
+    assert first.state.name == second.state.name == "COMPLETE"
+    assert second.user_attrs["repeat_of"] == 0 and second.value == first.value
+    assert sorted(p.name for p in folder.glob("trial_*")) == ["trial_0000"]  # nothing ran for trial 1
