@@ -37,7 +37,7 @@ from genre_lightning.launch.search_checks import PRUNERS, check_search
 from genre_lightning.launch.search_space import SearchSpace, as_overrides, merged
 from genre_lightning.launch.search_study import check_fold_digest, one_sweeper, open_study, storage_for, trial_records
 from genre_lightning.results.cv_report import refit_overrides
-from genre_lightning.results.recipes import Job, read_overrides, read_predictions
+from genre_lightning.results.recipes import Job, groups_of_split, read_job, read_predictions
 from genre_lightning.results.search_report import BASELINE, CONFIRM, SEARCH_FILE, trial_folder
 from genre_lightning.results.search_scores import (
     objective_direction,
@@ -114,6 +114,7 @@ class Search:
             shared = self.folder / ANNOTATIONS_FILE
             if shared.is_file():
                 check_fold_digest(study, fold_digest(read_csv(shared)), str(shared))
+            self.groups = groups_of_split(self.folder)  # duplicate groups, read once: the pruner resamples by them
             if study.trials and hasattr(s.sampler, "reseed_rng"):
                 s.sampler.reseed_rng()  # a seeded sampler would repeat the draws it made before the stop
             baseline = self._baseline(study)
@@ -211,7 +212,7 @@ class Search:
         best_folder, best_frames = self._incumbent(study, baseline)
         trial, posters, _ = out_of_fold_scores(run.fold_frames())
         best, best_posters, _ = out_of_fold_scores(best_frames)
-        groups = self._groups()
+        groups = self.groups
         gap = paired_gap(trial, restrict(best, best_posters, posters), [groups.get(p, p) for p in posters], s.metric)
         run.trial.set_user_attr("gap_to_best", [gap.difference.estimate, gap.difference.low, gap.difference.high])
         if gap.clearly_behind:
@@ -235,16 +236,9 @@ class Search:
                 best_folder, best_value = frozen.user_attrs["folder"], frozen.value
         if best_folder not in self.best_frames:
             self.best_frames[best_folder] = [
-                read_predictions(_job(self.folder / best_folder / f"fold_{k}")) for k in range(self.folds)
+                read_predictions(read_job(self.folder / best_folder / f"fold_{k}")) for k in range(self.folds)
             ]
         return best_folder, self.best_frames[best_folder]
-
-    def _groups(self) -> dict[str, str]:
-        shared = self.folder / ANNOTATIONS_FILE
-        if not shared.is_file():
-            return {}
-        frame = read_csv(shared)
-        return dict(zip(frame["file_path"], frame["group"], strict=True)) if "group" in frame else {}
 
     # -- jobs -------------------------------------------------------------------------------------------
     def _run_folds(self, study: Any, runs: list[TrialRun], folds: Sequence[int]) -> list[TrialRun]:
@@ -286,7 +280,7 @@ class Search:
         return returns
 
     def _record(self, study: Any, run: TrialRun, fold: int, folder: Path) -> None:
-        job = _job(folder)
+        job = read_job(folder)
         digest = (job.cross_validation or {}).get("fold_digest")
         check_fold_digest(study, digest, str(folder))
         run.folds[fold] = FoldResult(job, read_predictions(job))
@@ -298,7 +292,7 @@ class Search:
             return None
         best_folder, _ = self._incumbent(study, baseline)
         members = {
-            "winner": [_job(self.folder / best_folder / f"fold_{k}") for k in range(self.folds)],
+            "winner": [read_job(self.folder / best_folder / f"fold_{k}") for k in range(self.folds)],
             "baseline": [j.job for j in (baseline.folds[k] for k in range(self.folds))],
         }
         jobs = []
@@ -332,12 +326,6 @@ class Search:
         }
         (self.folder / SEARCH_FILE).write_text(json.dumps(summary, indent=2, default=str))
         return summary
-
-
-def _job(folder: Path) -> Job:
-    metrics_file = folder / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-    return Job(folder.name, folder, read_overrides(folder) or {}, metrics)
 
 
 def _wall(run: TrialRun) -> float:

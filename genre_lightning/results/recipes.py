@@ -87,9 +87,24 @@ def iter_jobs(folder: Path) -> Iterator[Job]:
     """Every run folder under ``folder``, in name order. Links to folders are followed, so a folder of
     links to sweeps reports them together."""
     for job in sorted(_run_folders(folder)):
-        metrics_file = job / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-        yield Job(str(job.relative_to(folder)), job, read_overrides(job) or {}, metrics)
+        yield read_job(job, str(job.relative_to(folder)))
+
+
+def read_job(folder: Path, name: str | None = None) -> Job:
+    """One run folder as a Job (``name``: the folder's own name unless given); metrics None without
+    ``metrics.json``."""
+    metrics_file = folder / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    return Job(name or folder.name, folder, read_overrides(folder) or {}, metrics)
+
+
+def groups_of_split(folder: Path) -> dict[str, str]:
+    """file path -> duplicate group, from ``folder/annotations.csv`` (empty without one, or without groups)."""
+    path = folder / "annotations.csv"
+    if not path.is_file():
+        return {}
+    frame = read_csv(path)
+    return dict(zip(frame["file_path"], frame["group"], strict=True)) if "group" in frame.columns else {}
 
 
 def _run_folders(folder: Path) -> Iterator[Path]:
@@ -192,9 +207,5 @@ def duplicate_groups(jobs: Sequence[Job]) -> dict[str, str]:
     """file path -> duplicate group, from the jobs' ``annotations.csv`` (a poster without one is its own group)."""
     groups: dict[str, str] = {}
     for job in jobs:
-        path = job.folder / "annotations.csv"
-        if path.is_file():
-            frame = read_csv(path)
-            if "group" in frame.columns:
-                groups.update(zip(frame["file_path"], frame["group"], strict=True))
+        groups.update(groups_of_split(job.folder))
     return groups

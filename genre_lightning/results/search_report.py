@@ -21,8 +21,17 @@ import numpy as np
 import pandas as pd
 
 from genre_lightning.results.bootstrap import group_weights, interval
-from genre_lightning.results.recipe_tables import recipe_markdown, recipe_table
-from genre_lightning.results.recipes import Job, classes_of, read_overrides, read_predictions, scores
+from genre_lightning.results.recipe_tables import interval_text, recipe_markdown, recipe_table
+from genre_lightning.results.recipes import (
+    PREDICTIONS_FILE,
+    Job,
+    classes_of,
+    groups_of_split,
+    read_job,
+    read_overrides,
+    read_predictions,
+    scores,
+)
 from genre_lightning.results.search_scores import (
     OBJECTIVES,
     out_of_fold_scores,
@@ -50,27 +59,16 @@ def is_search(folder: Path) -> bool:
 
 
 def _fold_jobs(folder: Path) -> list[Job]:
-    jobs = []
-    for fold in sorted(folder.glob("fold_*"), key=lambda p: int(p.name.split("_")[1])):
-        metrics = fold / "metrics.json"
-        if metrics.is_file() and (fold / "test_predictions.csv").is_file():
-            jobs.append(Job(fold.name, fold, read_overrides(fold) or {}, json.loads(metrics.read_text())))
-    return jobs
-
-
-def _groups(folder: Path) -> dict[str, str]:
-    path = folder / "annotations.csv"
-    if not path.is_file():
-        return {}
-    frame = read_csv(path)
-    return dict(zip(frame["file_path"], frame["group"], strict=True)) if "group" in frame else {}
+    """A trial's finished fold runs (with metrics and predictions), in fold order."""
+    folds = sorted(folder.glob("fold_*"), key=lambda p: int(p.name.split("_")[1]))
+    return [read_job(f) for f in folds if (f / "metrics.json").is_file() and (f / PREDICTIONS_FILE).is_file()]
 
 
 def report_search(folder: Path, samples: int, seed: int) -> pd.DataFrame:
     """Write ``report.md`` and ``search_trials.csv`` (and the figures) into the search folder; print it."""
     summary = json.loads((folder / SEARCH_FILE).read_text())
     metric, folds = summary["metric"], int(summary["folds"])
-    groups = _groups(folder)
+    groups = groups_of_split(folder)
     rows = [_row(folder, BASELINE, "baseline", "COMPLETE", "(the command line's recipe)", folds)]
     for trial in summary["trials"]:
         if trial.get("repeat_of") is not None:  # the same values as an earlier trial: not run again
@@ -177,11 +175,11 @@ def _trials_markdown(table: pd.DataFrame, metric: str) -> str:
         if not row["folds_run"]:
             lines.append(f"| {row['trial']} | {row['state']} | `{row['recipe']}` | 0 | — | — | — | — |")
             continue
-        estimate = _text(row, metric, scale, digits)
-        gap = "winner" if row["winner"] else _text(row, "gap", scale, digits)
+        estimate = interval_text(row, metric, scale, digits)
+        gap = "winner" if row["winner"] else interval_text(row, "gap", scale, digits)
         lines.append(
             f"| {row['trial']} | {row['state']} | `{row['recipe']}` | {row['folds_run']} | {estimate} | "
-            f"{_text(row, 'top1', 100.0, 1)} | {gap} | {row['wall_min']:.1f} min |"
+            f"{interval_text(row, 'top1')} | {gap} | {row['wall_min']:.1f} min |"
         )
     lines.append(
         "\nEach estimate is on the posters of the folds that trial ran (a pruned trial: fewer), with its 95% "
@@ -189,13 +187,6 @@ def _trials_markdown(table: pd.DataFrame, metric: str) -> str:
         "(positive: worse)."
     )
     return "\n".join(lines) + "\n"
-
-
-def _text(row: pd.Series, name: str, scale: float, digits: int) -> str:
-    if name not in row or pd.isna(row[name]):
-        return "—"
-    low, high = row[f"{name}_low"] * scale, row[f"{name}_high"] * scale
-    return f"{row[name] * scale:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _pruning_markdown(table: pd.DataFrame, summary: dict, groups: dict, folds: int) -> str:
@@ -279,8 +270,8 @@ def _confirmation_markdown(
     return (
         f"## Confirmation on the fixed test part ({len(posters)} posters no trial was scored on)\n\n"
         + recipe_markdown(confirmed)
-        + f"\nThe winner's out-of-fold top-1 in the search: {_text(winner, 'top1', 100.0, 1)}; on the fixed test "
-        "part above. The search picked the best of its trials on the same folds, so its out-of-fold figure is "
+        + f"\nThe winner's out-of-fold top-1 in the search: {interval_text(winner, 'top1')}; on the fixed "
+        "test part above. The search picked the best of its trials on the same folds, so its out-of-fold figure is "
         'optimistic; the refits\' paired difference on unseen posters is the one to trust ("better" only where '
         "its interval excludes 0).\n\n" + _ship(tested["winner"])
     )
