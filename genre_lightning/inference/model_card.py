@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,9 @@ def model_card(ckpt_path: str | Path, cv_estimate: sections.CvEstimate | None = 
     n_test = _test_size(run, counts)
     every_fold = sections.trained_on_every_fold(metrics)
     members = hp.get("members") or []
-    name = f"ensemble of {len(members)} {members[0]['backbone']}" if members else hp["backbone"]
+    name = backbone_name(hp["backbone"])
+    if members:
+        name = f"ensemble of {len(members)} {backbone_name(members[0]['backbone'])}"
     split = f"{metrics['cross_validation']['folds']}-fold cross-validation" if every_fold else _fractions(report)
     lines = [
         f"# Model card: {name} movie-poster genre classifier",
@@ -207,7 +209,7 @@ def _commands(
     data = config.get("data", {}) or {}
     model = config.get("model", {}) or {}
     parts = ["genre-train", f"data.root={root}" if data.get("root") else f"data.annotations={root}"]
-    parts += [f"model.backbone={model.get('backbone')}", f"seed={config.get('seed')}"]
+    parts += [backbone_override(model.get("backbone")), f"seed={config.get('seed')}"]
     if config.get("trainer", {}).get("max_epochs") is not None:
         parts.append(f"trainer.max_epochs={config['trainer']['max_epochs']}")
     return [
@@ -217,6 +219,20 @@ def _commands(
         f"genre-eval ckpt_path={ckpt}",
         f"genre-export ckpt_path={ckpt} format=card",
     ]
+
+
+def backbone_name(backbone: str | Sequence[str]) -> str:
+    """One backbone's timm name, or a backbone list as the concatenated features it makes."""
+    if isinstance(backbone, str):
+        return backbone
+    return " + ".join(map(str, backbone)) + " (features concatenated)"
+
+
+def backbone_override(backbone: str | Sequence[str] | None) -> str:
+    """The command-line override that names the backbone again (a list quoted for the shell)."""
+    if backbone is None or isinstance(backbone, str):
+        return f"model.backbone={backbone}"
+    return f"'model.backbone=[{','.join(map(str, backbone))}]'"
 
 
 def _test_size(run: Path, counts: Mapping[str, int]) -> int:

@@ -197,3 +197,17 @@ def test_bad_backbone_lists_are_one_line_errors(poster_root: Path, tmp_path: Pat
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
         assert done.returncode == 2 and len(errors) == 1, done.stderr[-2000:]
         assert re.match(f"error: {message}", errors[0]), errors[0]
+
+
+@pytest.mark.slow
+def test_the_model_card_names_the_backbones_and_its_outline_command_quotes_the_list(two_runs: dict, tmp_path: Path):
+    card = tmp_path / "README.md"
+    done = run_entry_point(
+        "genre-export", f"ckpt_path={two_runs['checkpoint']}", "format=card", f"output={card}", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = card.read_text()
+    assert text.splitlines()[0] == (
+        "# Model card: test_resnet + test_efficientnet (features concatenated) movie-poster genre classifier"
+    )
+    assert "['test_resnet'" not in text  # no Python list repr anywhere
