@@ -34,7 +34,7 @@ from optuna.trial import TrialState  # the search is Optuna's: imported only whe
 
 from genre_lightning.data.annotations import ANNOTATIONS_FILE, fold_digest
 from genre_lightning.launch.search_checks import PRUNERS, check_search
-from genre_lightning.launch.search_space import SearchSpace, as_overrides, merged
+from genre_lightning.launch.search_space import SearchSpace, as_overrides, is_the_recipe_of, merged
 from genre_lightning.launch.search_study import check_fold_digest, one_sweeper, open_study, storage_for, trial_records
 from genre_lightning.results.cv_report import refit_overrides
 from genre_lightning.results.recipes import Job, groups_of_split, read_job, read_predictions
@@ -127,7 +127,7 @@ class Search:
                 new = max(0, s.n_trials - done - len(stale))
                 batch = [self._resumed(study, t) for t in stale[: s.n_jobs]]
                 batch += [self._asked(study, space) for _ in range(min(new, s.n_jobs - len(batch)))]
-                self._run_batch(study, [run for run in batch if not self._repeat(study, run)], baseline)
+                self._run_batch(study, [run for run in batch if not self._repeat(study, run, baseline)], baseline)
                 self._write_summary(study, baseline)
             confirmation = self._confirm(study, baseline) if s.confirm else None
             return self._write_summary(study, baseline, confirmation)
@@ -140,20 +140,25 @@ class Search:
         log.info("Trial %d: %s", trial.number, " ".join(overrides))
         return TrialRun(trial, overrides, trial_folder(trial.number))
 
-    def _repeat(self, study: Any, run: TrialRun) -> bool:
-        """A trial whose values a finished trial already ran (likely where the space is all choices) gets
-        that trial's value (or is pruned as it was) without running again."""
+    def _repeat(self, study: Any, run: TrialRun, baseline: TrialRun) -> bool:
+        """A trial whose values a finished trial, or the command line's recipe, already ran (likely where
+        the space is all choices) gets that value (or is pruned as it was) without running again."""
         finished = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE, TrialState.PRUNED])
         twin = next((t for t in finished if t.user_attrs.get("overrides") == run.overrides), None)
-        if twin is None:
+        if twin is not None:
+            name, folder, state, value = twin.number, twin.user_attrs["folder"], twin.state, twin.value
+        elif is_the_recipe_of(run.overrides, self.config):
+            name, folder, state = BASELINE, BASELINE, TrialState.COMPLETE
+            value = objective_value(out_of_fold_scores(baseline.fold_frames())[0], self.settings.metric)
+        else:
             return False
-        run.trial.set_user_attr("repeat_of", twin.number)
-        run.trial.set_user_attr("folder", twin.user_attrs["folder"])
-        if twin.state == TrialState.PRUNED:
+        run.trial.set_user_attr("repeat_of", name)
+        run.trial.set_user_attr("folder", folder)
+        if state == TrialState.PRUNED:
             study.tell(run.trial, state=TrialState.PRUNED)
         else:
-            study.tell(run.trial, twin.value)
-        log.info("Trial %d: the values of trial %d (%s), not run again", run.trial.number, twin.number, twin.state.name)
+            study.tell(run.trial, value)
+        log.info("Trial %d: the values of %s (%s), not run again", run.trial.number, folder, state.name)
         return True
 
     def _resumed(self, study: Any, frozen: Any) -> TrialRun:
@@ -274,7 +279,10 @@ class Search:
     def _launch(self, jobs: list[tuple[str, list[str]]]) -> Sequence[Any]:
         if not jobs:
             return []
-        overrides = [[*merged(self.base, extra), f"hydra.sweep.subdir={subdir}"] for subdir, extra in jobs]
+        # The folder pinned as resolved here: the presets name it after ${task_name}, which a trial that
+        # chooses another experiment changes, and its fold runs would land in another search's folder.
+        here = [f"hydra.sweep.dir='{self.folder.resolve()}'"]
+        overrides = [[*merged(self.base, extra), *here, f"hydra.sweep.subdir={subdir}"] for subdir, extra in jobs]
         returns = self.launcher.launch(overrides, initial_job_idx=self.next_job)
         self.next_job += len(jobs)
         return returns

@@ -16,12 +16,14 @@ probe, whose head is fitted in closed form.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from genre_lightning.utils.errors import ConfigError
 
@@ -148,6 +150,28 @@ def _parameter(key: str, expression: Any, where: str) -> Parameter:
 def as_overrides(values: Mapping[str, Any]) -> list[str]:
     """Hydra overrides for a trial's values (config group choices are overrides like any other)."""
     return [f"{key}={_text(value)}" for key, value in values.items()]
+
+
+def is_the_recipe_of(overrides: Sequence[str], config: DictConfig) -> bool:
+    """Whether a trial's values are those ``config`` (the command line's recipe) already has: such a
+    trial would only run ``baseline/`` again."""
+    choices = config.hydra.runtime.choices  # a config group's key holds the option chosen
+    for override in overrides:
+        key, _, text = override.partition("=")
+        value = yaml.safe_load(text)
+        if key in choices:
+            if str(choices[key]) != str(value):
+                return False
+            continue
+        try:
+            current = OmegaConf.select(config, key, throw_on_missing=True)
+            if isinstance(current, DictConfig | ListConfig):
+                current = OmegaConf.to_container(current, resolve=True)
+        except Exception:  # noqa: BLE001 - a key it cannot resolve here is not known to be the same
+            return False
+        if current != value:
+            return False
+    return True
 
 
 def merged(base: list[str], extra: list[str]) -> list[str]:

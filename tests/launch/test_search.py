@@ -212,15 +212,52 @@ def test_a_storage_of_another_study_or_fold_assignment_is_refused(poster_root: P
 @pytest.mark.slow
 @pytest.mark.long
 def test_a_trial_with_the_values_of_a_finished_one_takes_its_value_without_running(poster_root: Path, tmp_path: Path):
+    # lr 0.003 is the command line's own recipe (TINY): such a trial takes baseline/'s value; lr 0.002 runs
+    # once, and a later draw of it takes that trial's value.
     folder = tmp_path / "search"
     command = [
-        *search_command(poster_root, folder, "hydra.sweeper.n_trials=2", "hydra.sweeper.confirm=false"),
+        *search_command(poster_root, folder, "hydra.sweeper.n_trials=4", "hydra.sweeper.confirm=false"),
         "data.folds=2",
-        "++hydra.sweeper.params={model.optimizer.lr: 'choice(0.003)', model.label_smoothing: 'choice(0.0)'}",
+        "hydra.sweeper.pruner=none",
+        "++hydra.sweeper.params={model.optimizer.lr: 'choice(0.003, 0.002)', model.label_smoothing: 'choice(0.0)'}",
     ]
     done = run_cli(*command, cwd=tmp_path, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
-    first, second = study(folder).trials  # both the command line's recipe: its value, not pruned
-    assert first.state.name == second.state.name == "COMPLETE"
-    assert second.user_attrs["repeat_of"] == 0 and second.value == first.value
-    assert sorted(p.name for p in folder.glob("trial_*")) == ["trial_0000"]  # nothing ran for trial 1
+    trials = study(folder).trials
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    baseline_value = json.loads((folder / "search.json").read_text())["baseline"]["value"]
+    recipe = [t for t in trials if t.params["model.optimizer.lr"] == 0.003]
+    other = [t for t in trials if t.params["model.optimizer.lr"] == 0.002]
+    assert recipe and len(other) >= 2, [t.params for t in trials]  # the seeded draws give both cases
+    assert all(t.user_attrs["repeat_of"] == "baseline" and t.value == baseline_value for t in recipe)
+    first, *later = other
+    assert "repeat_of" not in first.user_attrs and first.user_attrs["folder"] == f"trial_{first.number:04d}"
+    assert all(t.user_attrs["repeat_of"] == first.number and t.value == first.value for t in later)
+    # Only the one new recipe ran.
+    assert sorted(p.name for p in folder.glob("trial_*")) == [first.user_attrs["folder"]]
+
+
+@pytest.mark.slow
+def test_a_trial_that_changes_the_folder_name_still_runs_in_the_search_folder(poster_root: Path, tmp_path: Path):
+    # The presets name the search folder after ${task_name}; choosing an experiment changes a trial's
+    # task_name, so its fold runs must go where the sweeper resolved the folder, not where they would.
+    command = [
+        "genre-train",
+        "-m",
+        *TINY,
+        f"data.root={poster_root}",
+        "data.folds=2",
+        "task_name=searched",
+        "hydra.sweep.dir=${paths.output_root}/search/${task_name}",
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.confirm=false",
+        "hydra.sweeper.pruner=none",
+        "++hydra.sweeper.params={task_name: 'choice(renamed)', model.optimizer.lr: 'choice(0.003)'}",
+    ]
+    done = run_cli(*command, cwd=tmp_path, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    search = tmp_path / "outputs" / "search"
+    assert sorted(p.name for p in search.iterdir()) == ["searched"]
+    (trial,) = study(search / "searched").trials
+    assert trial.state.name == "COMPLETE" and trial.params["task_name"] == "renamed"
+    assert len(list((search / "searched" / "trial_0000").glob("fold_*/metrics.json"))) == 2
