@@ -147,6 +147,7 @@ class Search:
         twin = next((t for t in finished if t.user_attrs.get("overrides") == run.overrides), None)
         if twin is not None:
             name, folder, state, value = twin.number, twin.user_attrs["folder"], twin.state, twin.value
+            name = twin.user_attrs.get("repeat_of", name)  # a repeat's repeat names the run that was made
         elif is_the_recipe_of(run.overrides, self.config):
             name, folder, state = BASELINE, BASELINE, TrialState.COMPLETE
             value = objective_value(out_of_fold_scores(baseline.fold_frames())[0], self.settings.metric)
