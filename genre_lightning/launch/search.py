@@ -44,6 +44,7 @@ from genre_lightning.results.search_scores import (
     objective_value,
     out_of_fold_scores,
     paired_gap,
+    pruning_level,
     restrict,
 )
 from genre_lightning.utils.csvio import read_csv
@@ -219,7 +220,9 @@ class Search:
         trial, posters, _ = out_of_fold_scores(run.fold_frames())
         best, best_posters, _ = out_of_fold_scores(best_frames)
         groups = self.groups
-        gap = paired_gap(trial, restrict(best, best_posters, posters), [groups.get(p, p) for p in posters], s.metric)
+        level = pruning_level(self.folds, s.min_folds)  # the looks after each fold share the 5%
+        groups_of = [groups.get(p, p) for p in posters]
+        gap = paired_gap(trial, restrict(best, best_posters, posters), groups_of, s.metric, level=level)
         run.trial.set_user_attr("gap_to_best", [gap.difference.estimate, gap.difference.low, gap.difference.high])
         if gap.clearly_behind:
             d = gap.difference

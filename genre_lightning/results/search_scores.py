@@ -25,7 +25,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from genre_lightning.results.bootstrap import SAMPLES, Interval, Scores, accuracy, group_weights, interval, macro_f1
+from genre_lightning.results.bootstrap import (
+    LEVEL,
+    SAMPLES,
+    Interval,
+    Scores,
+    accuracy,
+    group_weights,
+    interval,
+    macro_f1,
+)
 from genre_lightning.results.recipes import classes_of, scores
 
 EPSILON = 1e-12
@@ -78,9 +87,10 @@ def paired_gap(
     metric: str,
     samples: int = SAMPLES,
     seed: int = 0,
+    level: float = LEVEL,
 ) -> Behind:
     """How far ``trial`` is behind ``best`` on the same posters (positive: worse), with the paired
-    bootstrap interval (both resampled with one draw of duplicate groups)."""
+    bootstrap interval at ``level`` (both resampled with one draw of duplicate groups)."""
     if not np.array_equal(trial.labels, best.labels):
         raise ValueError("a paired gap needs the same posters, in the same order, for both trials")
     function, direction = OBJECTIVES[metric]
@@ -88,8 +98,16 @@ def paired_gap(
     weights = group_weights(groups, samples, seed)
     once = np.ones((1, len(trial.labels)))
     estimate = sign * (function(trial, once)[0] - function(best, once)[0])
-    spread = interval(estimate, sign * (function(trial, weights) - function(best, weights)))
+    spread = interval(estimate, sign * (function(trial, weights) - function(best, weights)), level)
     return Behind(spread, spread.low > 0)
+
+
+def pruning_level(folds: int, min_folds: int = 1) -> float:
+    """The interval level of the paired rule: a trial is looked at after each of folds min_folds to
+    K-1, and at 95% each look would stop an equal recipe 2.5% of the time, so the looks share the 5%
+    (Bonferroni): 98.75% for 5 folds, 97.5% for 3."""
+    looks = max(1, folds - min_folds)
+    return 1 - (1 - LEVEL) / looks
 
 
 def restrict(scored: Scores, posters: Sequence[str], keep: Sequence[str]) -> Scores:
@@ -126,7 +144,8 @@ def replay_pruning(
         stopped = None
         if best_number is not None:
             for done in range(min_folds, len(folds)):  # after the last fold the trial is finished anyway
-                if _behind(folds[:done], finished[best_number], groups, metric, samples):
+                level = pruning_level(len(folds), min_folds)
+                if _behind(folds[:done], finished[best_number], groups, metric, samples, level):
                     stopped = done
                     break
         full, _, _ = out_of_fold_scores(folds)
@@ -145,8 +164,10 @@ def _behind(
     groups: Mapping[str, str],
     metric: str,
     samples: int,
+    level: float,
 ) -> bool:
     trial, posters, _ = out_of_fold_scores(trial_folds)
     best, best_posters, _ = out_of_fold_scores(best_folds)
     best = restrict(best, best_posters, posters)
-    return paired_gap(trial, best, [groups.get(p, p) for p in posters], metric, samples).clearly_behind
+    groups_of = [groups.get(p, p) for p in posters]
+    return paired_gap(trial, best, groups_of, metric, samples, level=level).clearly_behind
