@@ -181,6 +181,7 @@ def main() -> None:
             [sys.executable, "-c", "import genre_lightning.inference.background_export"],
             env={**os.environ, **({"PYTHONPATH": args.pythonpath} if args.pythonpath else {})},
             capture_output=True,
+            cwd=workdir,  # not this checkout's folder, which would be imported first
         )
         command = Command(args.checkpoint, workdir, args.pythonpath, background=probe.returncode == 0)
         poster = list_inputs(args.posters)[0]

@@ -11,13 +11,12 @@ half-written is ever loaded. It leaves ``background.json`` while it runs and its
 next call, which starts it again. A failed export or parity check is recorded as in the foreground,
 and the next call falls back to torch with the same warning.
 
-Run as ``python -m genre_lightning.inference.background_export <entry> <checkpoint> <flip> <channels_last>``.
+The export process is ``export_job.py``.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import subprocess
@@ -27,12 +26,13 @@ from pathlib import Path
 
 import torch
 
-from genre_lightning.inference.onnx_cache import FLOAT_RECORD, make_float_export, read_record, write_record
+from genre_lightning.inference.onnx_cache import FLOAT_RECORD, read_record, write_record
 
 log = logging.getLogger(__name__)
 
 STATE, LOG, IMAGES = "background.json", "export.log", "parity-images.pt"
 LOCK_FD_ENV = "GENRE_LIGHTNING_EXPORT_LOCK_FD"
+JOB = "genre_lightning.inference.export_job"
 
 
 def start(folder: Path, checkpoint: str, tta_hflip: bool, channels_last: bool, images: torch.Tensor) -> bool:
@@ -52,7 +52,7 @@ def start(folder: Path, checkpoint: str, tta_hflip: bool, channels_last: bool, i
         command = [
             sys.executable,
             "-m",
-            __name__,
+            JOB,
             str(folder),
             checkpoint,
             str(int(tta_hflip)),
@@ -100,40 +100,3 @@ def _last_line(path: Path) -> str:
     except OSError:
         return "no log"
     return lines[-1][:300] if lines else "empty log"
-
-
-def export(folder: Path, checkpoint: str, tta_hflip: bool, channels_last: bool) -> dict:
-    """The export process's work: the checkpoint's network as the predicting process builds it,
-    exported with its parity checked on the batch that process saved; the record is written."""
-    from genre_lightning.inference.predictor import Predictor
-
-    torch.set_num_threads(1)  # the export is mostly Python; leave the cores to the predicting process
-    try:
-        predictor = Predictor.from_checkpoint(
-            checkpoint, tta_hflip=tta_hflip, channels_last=channels_last, backend="torch"
-        )
-        images = torch.load(folder / IMAGES, weights_only=True)
-        reference = predictor.logits(images).cpu().numpy()
-        record = make_float_export(folder, predictor.network, images, reference)
-    except Exception as err:  # recorded: the next call reports it and predicts with torch
-        record = {"passed": False, "error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"}
-    record["background"] = True
-    write_record(folder / FLOAT_RECORD, record)
-    (folder / IMAGES).unlink(missing_ok=True)
-    (folder / STATE).unlink(missing_ok=True)
-    return record
-
-
-def main(argv: list[str]) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    folder, checkpoint, flip, channels_last = Path(argv[0]), argv[1], argv[2] == "1", argv[3] == "1"
-    os.nice(5)  # behind the prediction that started it
-    record = export(folder, checkpoint, flip, channels_last)
-    print(json.dumps(record))
-    lock = os.environ.get(LOCK_FD_ENV)
-    if lock:  # released when this process exits anyway; said here for the reader
-        os.close(int(lock))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -133,8 +133,7 @@ class Predictor:
         ``backend``: ``auto``, ``torch`` or ``onnxruntime``; ``precision``: ``32``, ``bf16`` (PyTorch)
         or ``int8`` (onnxruntime); ``threads``: onnxruntime's threads (None: one per core);
         ``cache_dir``: where ONNX exports are kept (``onnx_cache.cache_folder``); ``freeze``: PyTorch's
-        frozen trace; ``onnx_export``: ``background`` (``auto`` predicts with torch while a checkpoint
-        not exported yet is exported in another process) or ``wait``. See ``backends.py``."""
+        frozen trace; ``onnx_export``: ``background`` or ``wait``. See ``backends.py``."""
         choice = BackendChoice(backend, str(precision), freeze, threads, cache_dir, onnx_export)
         choice.check(torch.device(device))
         checkpoint = read_checkpoint(path)
@@ -200,18 +199,15 @@ class Predictor:
     def backend(self) -> str:
         """The backend the network runs on (``torch`` or ``onnxruntime``), chosen on the first batch;
         before it, the choice asked for (``auto``, ...)."""
-        chosen = self._logits.backend
-        return chosen.name if chosen is not None else self.backend_choice.backend
+        return getattr(self._logits.backend, "name", self.backend_choice.backend)
 
     @property
-    def backend_note(self) -> str:
-        """What the backend did besides running (torch while the ONNX export ran in the background), or ""."""
+    def backend_note(self) -> str:  # what the backend did besides (torch while the ONNX export ran), or ""
         return getattr(self._logits.backend, "note", "")
 
     @property
     def precision(self) -> str:
-        chosen = self._logits.backend
-        return chosen.precision if chosen is not None else self.backend_choice.precision
+        return getattr(self._logits.backend, "precision", self.backend_choice.precision)
 
     def to(self, device: str | torch.device) -> Predictor:
         self.network.to(device)
