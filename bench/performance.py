@@ -539,7 +539,7 @@ def section_stream(setup: Setup, checkpoint: str | None) -> list[tuple[str, str,
             f"hydra.run.dir={folder}-run",
         ]
         if copies == 1:  # the export on first use is not what this section measures
-            subprocess.run(command, env=env, check=True, capture_output=True)
+            subprocess.run([*command, "onnx_export=wait"], env=env, check=True, capture_output=True)
         started = time.perf_counter()
         status, _, largest = peak_rss(command, env=env)
         seconds = time.perf_counter() - started

@@ -20,11 +20,9 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-log = logging.getLogger(__name__)
+from genre_lightning.cli.config_path import CONFIG_MODULE, CONFIG_PATH  # noqa: F401 (the commands import them from here)
 
-# The configs travel with the package: conf/ in the repository is installed as genre_lightning.conf.
-CONFIG_MODULE = "genre_lightning.conf"
-CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+log = logging.getLogger(__name__)
 
 
 @rank_zero_only

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from pathlib import Path
 
 import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from genre_lightning.cli.common import CONFIG_PATH
+from genre_lightning.cli.config_path import CONFIG_PATH
 from genre_lightning.cli.predictor_config import predictor_from_cfg
 from genre_lightning.data.shards import ShardImages, is_shards_folder
 from genre_lightning.inference.batch import CsvRun, ImageFiles, predict_to_csv
@@ -55,6 +56,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame | CsvRun:
         if row["error"]:
             raise UserFacingError(f"cannot predict {cfg.input}: {row['error']}")
         print(format_top_k(row, predictor.classes, cfg.top_k))
+        print(backend_line(predictor), file=sys.stderr)  # stdout stays the prediction alone
         frame = row.to_frame().T
         if cfg.get("explain"):
             write_explanations(predictor, frame, Path(cfg.input).parent, Path(cfg.paths.output_dir), cfg)
@@ -75,12 +77,18 @@ def predict(cfg: DictConfig) -> pd.DataFrame | CsvRun:
         + (f" ({run.failed} unreadable, see 'error')" if run.failed else "")
         + (f"; {run.resumed} files already in it were skipped (resume=true)" if run.resumed else "")
         + (f"; {files.others} files without an image extension were not read" if files.others else "")
-        + f" [backend {predictor.backend}, precision {predictor.precision}]"
+        + f" {backend_line(predictor)}"
     )
     if cfg.get("explain"):  # read back from the CSV: the rows were streamed, not kept
         written = read_csv(output_csv)
         write_explanations(predictor, written, Path(cfg.input), output_csv.parent, cfg)
     return run
+
+
+def backend_line(predictor: Predictor) -> str:
+    """``[backend onnxruntime, precision 32]``, with what the backend did besides (``backend_note``)."""
+    note = f"; {predictor.backend_note}" if predictor.backend_note else ""
+    return f"[backend {predictor.backend}, precision {predictor.precision}{note}]"
 
 
 def write_explanations(

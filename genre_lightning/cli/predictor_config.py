@@ -1,6 +1,6 @@
 """The ``Predictor`` of genre-predict and genre-serve, from the config keys they share
 (``ckpt_path``, ``device``, ``threshold``, ``backend``, ``precision``, ``threads``, ``cache_dir``;
-genre-predict also has ``channels_last`` and ``freeze``)."""
+genre-predict also has ``channels_last``, ``freeze`` and ``onnx_export``)."""
 
 from __future__ import annotations
 
@@ -23,4 +23,5 @@ def predictor_from_cfg(cfg: DictConfig) -> Predictor:
         threads=cfg.threads,
         cache_dir=cfg.cache_dir,
         freeze=cfg.get("freeze", False),
+        onnx_export=cfg.get("onnx_export", "background"),
     )

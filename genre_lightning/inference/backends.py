@@ -11,12 +11,18 @@ the checkpoint's content hash, the existing parity check on the first batch), or
 quantisation (``precision=int8``, calibrated on training posters of the checkpoint's split).
 ``auto`` takes onnxruntime on a CPU when it is installed and the model exports with parity, and
 torch otherwise; a failed export or parity check falls back to torch with one warning line.
+
+A checkpoint ``auto`` has not exported yet (``onnx_export="background"``, the default) is predicted
+with torch at once while a detached process exports it (``background_export.py``); the predictor
+moves to onnxruntime at the first batch after the export is ready, and later calls start on it.
+``onnx_export="wait"`` exports first, as ``backend=onnxruntime`` always does.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +39,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 PRECISIONS = ("32", "bf16", "int8")
+ONNX_EXPORTS = ("background", "wait")
 Logits = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -46,6 +53,8 @@ class BackendChoice:
         freeze: PyTorch: a frozen TorchScript trace (BatchNorm folded into the convolutions).
         threads: onnxruntime's intra-op threads (None: one per core this process may use).
         cache_dir: where exported models are kept (None: ``onnx_cache.cache_folder``'s default).
+        onnx_export: ``auto`` on a checkpoint not exported yet: ``background`` (torch at once, the
+            export in a detached process) or ``wait`` (export first).
     """
 
     backend: str = "auto"
@@ -53,6 +62,7 @@ class BackendChoice:
     freeze: bool = False
     threads: int | None = None
     cache_dir: str | Path | None = None
+    onnx_export: str = "background"
 
     def check(self, device: torch.device) -> None:
         """One-line errors for combinations that cannot run, before any work."""
@@ -62,6 +72,8 @@ class BackendChoice:
             raise ConfigError("precision", self.precision, f"one of {list(PRECISIONS)}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError("threads", self.threads, "a positive number of threads, or null (one per core)")
+        if self.onnx_export not in ONNX_EXPORTS:
+            raise ConfigError("onnx_export", self.onnx_export, f"one of {list(ONNX_EXPORTS)}")
         wants_onnx = self.backend == "onnxruntime" or self.precision == "int8"
         if self.precision == "int8" and self.backend == "torch":
             raise ConfigError("precision", "int8", "32 or bf16 with backend=torch (int8 runs in onnxruntime)")
@@ -145,7 +157,56 @@ class OnnxRuntimeBackend:
         return torch.from_numpy(run_session(self.session, images))
 
 
-Backend = TorchBackend | OnnxRuntimeBackend
+class TorchUntilExported:
+    """PyTorch while the checkpoint's ONNX export runs in another process; onnxruntime from the first
+    batch after its record appears (once a second it looks). ``note`` says what happened."""
+
+    precision = "32"
+
+    def __init__(self, network: TorchBackend, folder: Path, threads: int | None, identity: Mapping[str, Any]) -> None:
+        self.network, self.folder, self.threads, self.identity = network, folder, threads, identity
+        self.onnx: OnnxRuntimeBackend | None = None
+        self.waiting, self.on_torch, self._next_look = True, 0, 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return "onnxruntime" if self.onnx is not None else "torch"
+
+    @property
+    def note(self) -> str:
+        if self.onnx is not None:
+            return f"torch for the first {self.on_torch} images, while the ONNX export ran" if self.on_torch else ""
+        if self.waiting:
+            return "the ONNX export runs in the background: onnxruntime from the next call"
+        return ""
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.waiting:
+            self._look()
+        if self.onnx is not None:
+            return self.onnx(images)
+        self.on_torch += len(images)
+        return self.network(images)
+
+    def _look(self) -> None:
+        from genre_lightning.inference.onnx_cache import FLOAT_MODEL, FLOAT_RECORD, read_record
+
+        with self._lock:
+            if not self.waiting or time.monotonic() < self._next_look:
+                return
+            self._next_look = time.monotonic() + 1.0
+            record = read_record(self.folder / FLOAT_RECORD)
+            if record is None:
+                return
+            self.waiting = False
+            if record["passed"]:
+                self.onnx = OnnxRuntimeBackend(self.folder / FLOAT_MODEL, "32", self.threads)
+            else:
+                warn_export_failed(self.identity, self.folder, record)
+
+
+Backend = TorchBackend | OnnxRuntimeBackend | TorchUntilExported
 
 
 class LazyBackend:
@@ -209,8 +270,17 @@ def choose_backend(
     """The backend for ``choice``, decided on the first batch ``images``: onnxruntime on the checkpoint's
     cached export (made now if needed, its parity checked on ``images``) when wanted and the export
     reproduces ``network``; else ``network`` (PyTorch) itself, with one warning line when onnxruntime
-    was wanted. int8 is calibrated on ``calibration_paths`` through ``transform``."""
-    from genre_lightning.inference.onnx_cache import FLOAT_MODEL, INT8_MODEL, entry_folder, float_export, int8_export
+    was wanted. int8 is calibrated on ``calibration_paths`` through ``transform``. ``auto`` on a
+    checkpoint without an export yet: ``TorchUntilExported`` (``choice.onnx_export="background"``)."""
+    from genre_lightning.inference.onnx_cache import (
+        FLOAT_MODEL,
+        FLOAT_RECORD,
+        INT8_MODEL,
+        entry_folder,
+        float_export,
+        int8_export,
+        read_record,
+    )
 
     if not choice.onnx_wanted(network.device, identity):
         return network
@@ -219,18 +289,14 @@ def choose_backend(
             "backend", choice.backend, "auto or torch for a network in memory (onnxruntime runs checkpoint files)"
         )
     folder = entry_folder(choice.cache_dir, identity["sha256"], tta_hflip)
-    reference = network(images).cpu().numpy()
-    record = float_export(folder, network.network, images.cpu(), reference)
+    background = choice.backend == "auto" and choice.precision == "32" and choice.onnx_export == "background"
+    if background and not (folder / FLOAT_RECORD).is_file():  # torch now, onnxruntime once it is exported
+        return export_in_background(network, identity, tta_hflip, images, folder, choice.threads)
+    record = read_record(folder / FLOAT_RECORD)  # a warm cache: no reference forward pass in torch
+    if record is None:
+        record = float_export(folder, network.network, images.cpu(), network(images).cpu().numpy())
     if not record["passed"]:
-        why = record.get("error") or (
-            f"its logits differ from the model's by {record['max_abs_logit_diff']:.1e} (>= {record['tolerance']:g})"
-        )
-        log.warning(
-            "onnxruntime backend not used: the ONNX export of %s failed (%s); predicting with torch (record: %s)",
-            identity.get("checkpoint", "the checkpoint"),
-            why,
-            folder / "float32.json",
-        )
+        warn_export_failed(identity, folder, record)
         return network
     if choice.precision == "int8":
         from genre_lightning.inference.quantize import image_batches
@@ -239,3 +305,35 @@ def choose_backend(
         int8_export(folder, lambda: image_batches(list(calibration_paths), transform), describe)
         return OnnxRuntimeBackend(folder / INT8_MODEL, "int8", choice.threads)
     return OnnxRuntimeBackend(folder / FLOAT_MODEL, "32", choice.threads)
+
+
+def export_in_background(
+    network: TorchBackend,
+    identity: Mapping[str, Any],
+    tta_hflip: bool,
+    images: torch.Tensor,
+    folder: Path,
+    threads: int | None,
+) -> TorchUntilExported:
+    """Torch now, and the export started in a detached process unless one runs already; an earlier
+    background export that died is reported (one warning line) and started again."""
+    from genre_lightning.inference import background_export
+
+    died = background_export.died_earlier(folder)
+    if died:
+        log.warning("%s; exporting again in the background", died)
+    if background_export.start(folder, identity["checkpoint"], tta_hflip, network.channels_last, images):
+        log.info("Exporting the checkpoint to ONNX in the background (cache %s); predicting with torch", folder)
+    return TorchUntilExported(network, folder, threads, identity)
+
+
+def warn_export_failed(identity: Mapping[str, Any], folder: Path, record: Mapping[str, Any]) -> None:
+    why = record.get("error") or (
+        f"its logits differ from the model's by {record['max_abs_logit_diff']:.1e} (>= {record['tolerance']:g})"
+    )
+    log.warning(
+        "onnxruntime backend not used: the ONNX export of %s failed (%s); predicting with torch (record: %s)",
+        identity.get("checkpoint", "the checkpoint"),
+        why,
+        folder / "float32.json",
+    )

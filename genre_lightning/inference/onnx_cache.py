@@ -118,28 +118,30 @@ def cached(folder: Path, record_name: str, make: Callable[[], dict[str, Any]]) -
     return record
 
 
+def make_float_export(folder: Path, network: nn.Module, images: torch.Tensor, reference: np.ndarray) -> dict[str, Any]:
+    """Export ``network`` into the entry now (the caller holds its lock) and measure its parity: the
+    record ``float_export`` keeps (``passed``, ``max_abs_logit_diff``, or ``error``)."""
+    log.info("Exporting the checkpoint to ONNX for onnxruntime (once per checkpoint; cache %s)", folder)
+    started = time.perf_counter()
+    model = folder / FLOAT_MODEL
+    try:
+        write_atomically(model, lambda tmp: export_onnx(network, tmp, images.contiguous()))
+        difference = max_logit_difference(onnx_logits, model, images.cpu(), reference)
+    except Exception as err:  # a network the exporter cannot handle: predicting with torch still works
+        return {"passed": False, "error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"}
+    return {
+        "passed": bool(difference < PARITY_TOLERANCE),
+        "max_abs_logit_diff": difference,
+        "tolerance": PARITY_TOLERANCE,
+        "images": len(images),
+        "export_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
 def float_export(folder: Path, network: nn.Module, images: torch.Tensor, reference: np.ndarray) -> dict[str, Any]:
     """The entry's float32 model, exported now if needed, with its parity record: ``passed``,
     ``max_abs_logit_diff`` on ``images`` against the network's logits ``reference``, or ``error``."""
-
-    def make() -> dict[str, Any]:
-        log.info("Exporting the checkpoint to ONNX for onnxruntime (once per checkpoint; cache %s)", folder)
-        started = time.perf_counter()
-        model = folder / FLOAT_MODEL
-        try:
-            write_atomically(model, lambda tmp: export_onnx(network, tmp, images.contiguous()))
-            difference = max_logit_difference(onnx_logits, model, images.cpu(), reference)
-        except Exception as err:  # a network the exporter cannot handle: predicting with torch still works
-            return {"passed": False, "error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"}
-        return {
-            "passed": bool(difference < PARITY_TOLERANCE),
-            "max_abs_logit_diff": difference,
-            "tolerance": PARITY_TOLERANCE,
-            "images": len(images),
-            "export_seconds": round(time.perf_counter() - started, 1),
-        }
-
-    return cached(folder, FLOAT_RECORD, make)
+    return cached(folder, FLOAT_RECORD, lambda: make_float_export(folder, network, images, reference))
 
 
 def int8_export(folder: Path, calibration: Callable[[], list[torch.Tensor]], describe: dict[str, Any]) -> dict:

@@ -125,6 +125,7 @@ class Predictor:
         threads: int | None = None,
         cache_dir: str | Path | None = None,
         freeze: bool = False,
+        onnx_export: str = "background",
     ) -> Predictor:
         """The model in ``path``, on ``device``. ``threshold``: a multi-label model's one decision
         threshold for every genre instead of its tuned ones; ``tta_hflip``: None keeps the checkpoint's.
@@ -132,8 +133,8 @@ class Predictor:
         ``backend``: ``auto``, ``torch`` or ``onnxruntime``; ``precision``: ``32``, ``bf16`` (PyTorch)
         or ``int8`` (onnxruntime); ``threads``: onnxruntime's threads (None: one per core);
         ``cache_dir``: where ONNX exports are kept (``onnx_cache.cache_folder``); ``freeze``: PyTorch's
-        frozen trace. See ``backends.py``."""
-        choice = BackendChoice(backend, str(precision), freeze, threads, cache_dir)
+        frozen trace; ``onnx_export``: ``background`` or ``wait``. See ``backends.py``."""
+        choice = BackendChoice(backend, str(precision), freeze, threads, cache_dir, onnx_export)
         choice.check(torch.device(device))
         checkpoint = read_checkpoint(path)
         hp = checkpoint["hyper_parameters"]
@@ -198,13 +199,15 @@ class Predictor:
     def backend(self) -> str:
         """The backend the network runs on (``torch`` or ``onnxruntime``), chosen on the first batch;
         before it, the choice asked for (``auto``, ...)."""
-        chosen = self._logits.backend
-        return chosen.name if chosen is not None else self.backend_choice.backend
+        return getattr(self._logits.backend, "name", self.backend_choice.backend)
+
+    @property
+    def backend_note(self) -> str:  # what the backend did besides (torch while the ONNX export ran), or ""
+        return getattr(self._logits.backend, "note", "")
 
     @property
     def precision(self) -> str:
-        chosen = self._logits.backend
-        return chosen.precision if chosen is not None else self.backend_choice.precision
+        return getattr(self._logits.backend, "precision", self.backend_choice.precision)
 
     def to(self, device: str | torch.device) -> Predictor:
         self.network.to(device)

@@ -22,14 +22,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback as HydraCallback
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from genre_lightning.utils.errors import ConfigError, exit_on_user_error
+from genre_lightning.launch.launcher_check import CheckLauncher  # noqa: F401 (its old place, for user configs)
+from genre_lightning.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +103,6 @@ def slurm_job_id() -> str | None:
 def on_slurm() -> bool:
     """A Slurm batch job (not an interactive allocation, where requeueing makes no sense)."""
     return SLURMEnvironment.detect() and slurm_job_id() is not None
-
-
-class CheckLauncher(HydraCallback):
-    """Resolve the launcher config before anything starts, so a bad value is one line, not a trace."""
-
-    @exit_on_user_error
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # Hydra turns an exception in a callback into a warning; a ConfigError here exits (status 2).
-        HydraConfig.instance().set_config(config)  # paths in the launcher config use ${hydra:runtime.cwd}
-        OmegaConf.to_container(config.hydra.launcher, resolve=True)
 
 
 class Requeued(SystemExit):

@@ -33,7 +33,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from genre_lightning.data.annotations import ANNOTATIONS_FILE
@@ -138,6 +137,8 @@ def local_ddp_job(cfg: DictConfig, output_dir: Path, world_size: int) -> Iterato
     Afterwards the process group and the variables Lightning exported are removed, so the next
     job of the sweep, in this same process, starts its own processes again.
     """
+    from lightning.fabric.plugins.environments import SLURMEnvironment  # here: every command imports this module
+
     spawns_ranks = world_size > 1 and _multirun() and not SLURMEnvironment.detect() and "LOCAL_RANK" not in os.environ
     if not spawns_ranks:
         yield

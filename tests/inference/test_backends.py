@@ -200,11 +200,13 @@ def test_a_failed_parity_check_falls_back_to_torch_with_one_warning(
 
 
 def test_auto_is_onnxruntime_where_installed_and_torch_where_not(checkpoint: str, tmp_path: Path, monkeypatch):
-    auto = Predictor.from_checkpoint(checkpoint, cache_dir=tmp_path)
+    auto = Predictor.from_checkpoint(checkpoint, cache_dir=tmp_path, onnx_export="wait")
     assert auto.backend == "auto"  # chosen on the first batch
     images = torch.zeros(2, *auto.data_config["input_size"])
     auto.logits(images)
     assert auto.backend == "onnxruntime"
+    with pytest.raises(ConfigError, match="onnx_export='later' is not valid: expected one of"):
+        Predictor.from_checkpoint(checkpoint, onnx_export="later")
     monkeypatch.setattr(backends, "have_onnxruntime", lambda: False)  # as in an install without it
     plain = Predictor.from_checkpoint(checkpoint, cache_dir=tmp_path)
     plain.logits(images)
