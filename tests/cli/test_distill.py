@@ -107,6 +107,26 @@ def test_a_fine_tuned_student_trains_on_the_teachers_logits(teacher):
     assert code == 2 and "error: model.mixup={'mixup_alpha': 0.2} is not valid: expected null with distill" in output
 
 
+@pytest.mark.slow
+def test_an_ensemble_checkpoint_teaches_through_the_predictor(teacher):
+    base, run = teacher
+    best = Path(metrics(run)["best_ckpt_path"])
+    horror = fixed_genre_teacher(best, "Horror", run / "checkpoints" / "horror.ckpt")
+    done = run_entry_point(
+        "genre-ensemble", f"ckpt_paths=[{best},{horror}]", *FAST, f"hydra.run.dir={base / 'ensemble'}", cwd=base
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ensemble = base / "ensemble" / "checkpoints" / "ensemble.ckpt"
+    output, code = student(base, "of_ensemble", ensemble, "distill.alpha=1", "distill.temperature=1")
+    assert code == 0, output[-3000:]
+    record = metrics(base / "of_ensemble")["distill"]
+    assert record["teacher_backbone"] == "ensemble" and record["sha256"] == sha256(ensemble)
+    assert record["logits_computed"] == record["train_posters"]
+    # Half of the ensemble says Horror with 9 logits to spare: the student (alpha 1) leans to Horror.
+    predicted = pd.read_csv(base / "of_ensemble" / "test_predictions.csv")
+    assert (predicted["top1"] == "Horror").mean() > (predicted["label"] == "Horror").mean()
+
+
 def other_genres(checkpoint: Path, target: Path) -> Path:
     saved = torch.load(checkpoint, weights_only=True)
     saved["hyper_parameters"]["classes"] = ["Action", "Comedy", "Horror", "Western"]
