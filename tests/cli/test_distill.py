@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from genre_lightning.inference.model_card import model_card
 from genre_lightning.training.module import GenreClassifier
 from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST
@@ -82,6 +83,8 @@ def test_an_always_action_teacher_alone_makes_the_student_say_action_and_its_log
     train_posters = (pd.read_csv(base / "alpha1" / "annotations.csv")["split"] == "train").sum()
     assert record["logits_computed"] == record["train_posters"] == train_posters
     assert "Distilling from" in output and f"{train_posters} computed now" in output
+    card = model_card(metrics(base / "alpha1")["best_ckpt_path"])
+    assert f"- Distilled from teacher `{action.resolve()}` (SHA-256 `{sha256(action)[:16]}`" in card
 
     # The same teacher again (alpha 0: the plain probe): every logit from the cache, none computed.
     output, code = student(base, "alpha0", action, "distill.alpha=0")
