@@ -159,7 +159,7 @@ class TeacherLogits:
         name = f"teacher-{self.sha256[:16]}"
         folder = Path(cache_dir) / "features" / name if cache_dir else None
         self.store = FeatureStore(name, folder)
-        self.computed = 0
+        self.computed = self.cached = 0  # poster contents whose logits were computed / read from the cache
 
     def logits(self, paths: Sequence[str], keys: Sequence[str]) -> np.ndarray:
         """``(len(paths), genres)`` logits in the student's genre order; NaN rows for unreadable files."""
@@ -168,9 +168,11 @@ class TeacherLogits:
         missing = list({key: i for i, key in enumerate(stored) if key not in self.store}.values())
         if missing:
             self._compute([paths[i] for i in missing], [keys[i] for i in missing])
+        contents = len(set(stored))
+        self.cached = contents - len(missing)
         log.info(
-            "Teacher %s: logits of %d posters, %d from the cache, %d computed now",
-            self.checkpoint, len(keys), len(keys) - len(missing), len(missing),
+            "Teacher %s: logits of %d posters (%d contents), %d from the cache, %d computed now",
+            self.checkpoint, len(keys), contents, self.cached, len(missing),
         )  # fmt: skip
         rows = np.full((len(keys), len(self.classes)), np.nan, dtype=np.float32)
         present = [i for i, key in enumerate(stored) if key in self.store]
@@ -241,7 +243,7 @@ def teacher_for(spec: str, cache_dir: str | Path | None = None) -> TeacherFor:
         def logits(paths, keys):
             rows = teacher.logits(paths, keys)
             record["logits_computed"] = teacher.computed
-            record["logits_cached"] = len(keys) - teacher.computed
+            record["logits_cached"] = teacher.cached
             return rows
 
         return logits, record
