@@ -176,7 +176,7 @@ def test_a_cv_student_learns_each_fold_from_the_teacher_of_that_fold(poster_root
     )
     assert code == 0, output[-3000:]
     for fold in range(3):
-        record, own = metrics(students / str(fold)), metrics(students / str(fold))["cross_validation"]
+        record, own = metrics(students / str(fold))["distill"], metrics(students / str(fold))["cross_validation"]
         taught_by = Path(record["checkpoint"])
         teacher_run = taught_by.parent.parent
         assert record["teacher_fold"] == fold and teacher_run == (sweep / str(fold)).resolve()
