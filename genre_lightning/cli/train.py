@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, open_dict
 
 from genre_lightning.cli.common import CONFIG_PATH, build_callbacks, build_loggers, show_and_save_config, write_json
+from genre_lightning.cli.teacher import teacher_for
 from genre_lightning.data.datamodule import PosterDataModule
 from genre_lightning.data.folds import ALL_FOLDS
 from genre_lightning.data.split_choice import checkpoint_split, choose_split
@@ -23,6 +24,7 @@ from genre_lightning.launch.slurm import RequeueOnSignal, export_submitit_local_
 from genre_lightning.launch.sweep import local_ddp_job, shared_split_file
 from genre_lightning.results.hparams import log_hparams_with_metrics
 from genre_lightning.results.tracking import finish_run, job_overrides, log_config, log_environment
+from genre_lightning.training.distill import Distillation
 from genre_lightning.training.failed_images import images_skipped_during_run
 from genre_lightning.training.module import GenreClassifier
 from genre_lightning.training.provenance import RecordProvenance
@@ -177,7 +179,8 @@ def train(cfg: DictConfig) -> float | None:
     show_and_save_config(cfg, output_dir, show=cfg.get("print_config", True))
     pl.seed_everything(cfg.seed, workers=True)
     env = environment()  # the software, code and machine: in every checkpoint, metrics.json and the trackers
-    datamodule, model, trainer = build(cfg, [RecordProvenance(env, job_overrides())])
+    distill = distillation(cfg)
+    datamodule, model, trainer = build(cfg, [RecordProvenance(env, job_overrides()), *([distill] if distill else [])])
     log_config(trainer.loggers, cfg)
     log_environment(trainer.loggers, env)
     if trainer.is_global_zero:
@@ -189,6 +192,8 @@ def train(cfg: DictConfig) -> float | None:
     with local_ddp_job(cfg, output_dir, trainer.world_size):
         results = _fit_and_test(cfg, datamodule, model, trainer, env)
     results["wall_s"] = round(time.perf_counter() - started, 1)  # fit and test (genre-report sums the folds)
+    if distill is not None:
+        results["distill"] = distill.record
     if datamodule.cv is not None:
         results["cross_validation"] = datamodule.cross_validation()
     results["environment"] = env
@@ -197,6 +202,15 @@ def train(cfg: DictConfig) -> float | None:
     rank_zero_info(f"Run folder: {output_dir}")
 
     return None if is_refit(cfg) else optimized_metric_value(cfg.get("optimized_metric"), results)
+
+
+def distillation(cfg: DictConfig) -> Distillation | None:
+    """The callback that attaches the teacher's targets (``distill.teacher``; docs/distillation.md), or None."""
+    settings = cfg.get("distill") or {}
+    if not settings.get("teacher"):
+        return None
+    spec = teacher_for(settings.teacher, cfg.data.get("cache_dir"))
+    return Distillation(spec, settings.get("alpha", 0.5), settings.get("temperature", 2.0))
 
 
 def optimized_metric_value(metric: str | None, results: dict) -> float | None:

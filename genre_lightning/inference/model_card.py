@@ -77,6 +77,7 @@ def model_card(ckpt_path: str | Path, cv_estimate: sections.CvEstimate | None = 
         f"- Test split: {n_test} images"
         + (f" ({', '.join(f'{g} {counts[g]}' for g in classes if g in counts)})" if counts else ""),
         f"- Single-genre share: {_single_genre_share(run)}",
+        *_distill_lines(metrics),
         "",
         *(
             ["## Cross-validation", "", *sections.cross_validation_lines(metrics, config, cv_estimate), ""]
@@ -251,6 +252,18 @@ def _single_genre_share(run: Path) -> str:
         return "every poster has one genre"
     single = (frame["labels"].astype(str).str.count(r"\|") == 0).mean()
     return f"{single:.0%} of {len(frame)} posters have one genre"
+
+
+def _distill_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """The teacher of a distilled run (``distill.teacher``; metrics.json's ``distill``), if any."""
+    taught = metrics.get("distill")
+    if not taught:
+        return []
+    fold = f", its fold {taught['teacher_fold']}" if taught.get("teacher_fold") is not None else ""
+    return [
+        f"- Distilled from teacher `{taught['checkpoint']}` (SHA-256 `{taught['sha256'][:16]}`{fold}): "
+        f"alpha {taught['alpha']}, temperature {taught['temperature']}"
+    ]
 
 
 def _fractions(report: Mapping[str, Any]) -> str:

@@ -130,14 +130,13 @@ class GenreClassifier(EpochMetricsLogging, LightningModule):
         self._feature_store: FeatureStore | None = None
         # Whether trainable BatchNorm layers keep their running statistics: see set_batchnorm_policy().
         self.keep_batchnorm_statistics = False
-        # Images that failed to decode during the run: (stage, dataset index, reason); the entry point
-        # that knows the data module names their files (training/failed_images.py).
+        # Images that failed to decode: (stage, dataset index, reason); training/failed_images.py names them.
         self.failed_items: list[tuple[str, int, str]] = []
+        self.distill: Any = None  # a teacher's targets (training/distill.py), attached before training
 
     def _add_metrics(self) -> None:
-        """Each stage's metrics; the test ECE before temperature scaling (test/ece_uncalibrated) beside
-        test/ece after it; each stage's epoch loss, averaged over every rank's images, and its top-1 "any
-        true genre" accuracy (the task names it: tasks.GenreTask.any_true_metric)."""
+        """Each stage's metrics (test/ece_uncalibrated: before temperature scaling), epoch loss (over every
+        rank's images) and top-1 "any true genre" accuracy (tasks.GenreTask.any_true_metric)."""
         self.train_metrics = self.task.metrics("train/")
         self.val_metrics = self.task.metrics("val/")
         self.test_metrics = self.task.metrics("test/", detailed=True)
@@ -275,8 +274,7 @@ class GenreClassifier(EpochMetricsLogging, LightningModule):
                 module.train(trainable and not keep_statistics)
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """(loss, logits) of a batch, with the stage's metrics updated; None for an evaluation batch
-        without images."""
+        """(loss, logits) of a batch, with the stage's metrics updated; None: an evaluation batch without images."""
         self.failed_items.extend((stage, index, reason) for index, reason in batch["failed"])
         targets = self.task.targets(batch)
         if targets.numel() == 0:
@@ -293,6 +291,8 @@ class GenreClassifier(EpochMetricsLogging, LightningModule):
         else:
             logits = self._logits(batch, stage)
             loss = self.task.loss(logits, targets)
+            if stage == "train" and self.distill is not None:
+                loss = self.distill.loss(loss, logits, batch["key"])
             # Probabilities, not logits: torchmetrics' calibration error applies softmax only to a batch
             # with a value outside [0, 1], so a batch of small logits would be scored as probabilities.
             probabilities = self.task.probabilities(logits.detach().float())
@@ -305,7 +305,7 @@ class GenreClassifier(EpochMetricsLogging, LightningModule):
             if stage == "test" and self.test_uncalibrated is not None:
                 self.test_uncalibrated.update(self.task.uncalibrated_probabilities(logits.detach().float()), targets)
         getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(targets))
-        if stage == "train":  # per step: this rank's loss, unsynced (no collective; see utils/distributed.py)
+        if stage == "train":  # per step: this rank's loss, unsynced (no collective: utils/distributed.py)
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(targets))
         return loss, logits
 

@@ -102,9 +102,12 @@ def fit_probe(
     train_x = scaler.transform(train[0])
     labels = np.arange(num_classes)
     weight_of = dict(enumerate(map(float, class_weights))) if class_weights is not None else None
+    soft = train[1].ndim == 2  # distillation's soft targets
+    fit_x, fit_y, fit_weight = expand_soft_targets(train_x, train[1]) if soft else (train_x, train[1], None)
     scores, fits = [], {}
     for c in c_grid:
-        regression = LogisticRegression(C=c, max_iter=max_iter, class_weight=weight_of).fit(train_x, train[1])
+        regression = LogisticRegression(C=c, max_iter=max_iter, class_weight=weight_of)
+        regression.fit(fit_x, fit_y, sample_weight=fit_weight)
         fits[c] = regression
         if val is None:
             scores.append({"C": float(c), "val_log_loss": None, "val_acc": None})
@@ -133,6 +136,14 @@ def fit_probe(
     raw_weight = weight / scaler.scale_
     raw_bias = bias - raw_weight @ scaler.mean_
     return raw_weight, raw_bias, scores, best["C"]
+
+
+def expand_soft_targets(x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Soft targets ``q`` (N, C) (distillation, ``training/distill.py``) as a weighted hard-label set:
+    each row once per genre ``c`` with ``q_c > 0``, weighing ``q_c``. Its weighted log-loss is the
+    cross-entropy with the soft targets, and the weights sum to N, so ``C`` keeps its meaning."""
+    rows, genres = np.nonzero(targets > 0)
+    return x[rows], genres, targets[rows, genres]
 
 
 def fit_one_vs_rest(
@@ -256,6 +267,10 @@ class LinearProbe:
         store.refresh()
         datamodule = trainer.datamodule
         train = stored_features(datamodule.evaluation_dataset("train"), store, "train")
+        distill = getattr(pl_module, "distill", None)  # a teacher's targets (training/distill.py)
+        if distill is not None:
+            keys = [key for key in datamodule.evaluation_dataset("train").keys if store_keys([key])[0] in store]
+            train = (train[0], distill.probe_targets(keys, train[1]))
         val = stored_features(datamodule.evaluation_dataset("val"), store, "val") if has_val else None
         weights = getattr(pl_module.task, "class_weights", None)  # model.class_weights, resolved
         fit = (
