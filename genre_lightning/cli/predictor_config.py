@@ -23,4 +23,6 @@ def predictor_from_cfg(cfg: DictConfig) -> Predictor:
         threads=cfg.threads,
         cache_dir=cfg.cache_dir,
         freeze=cfg.get("freeze", False),
+        tta_hflip=cfg.get("tta_hflip"),
+        tta=cfg.get("tta"),
     )

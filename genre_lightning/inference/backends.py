@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from genre_lightning.inference.onnx_model import EXPORT_EXTRA, can_export_onnx, cpu_cores, have_onnxruntime
+from genre_lightning.models.tta import TTA
 from genre_lightning.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def choose_backend(
     choice: BackendChoice,
     network: TorchBackend,
     identity: Mapping[str, Any],
-    tta_hflip: bool,
+    tta: TTA,
     images: torch.Tensor,
     transform: Callable | None = None,
     calibration_paths: Sequence[str] = (),
@@ -218,7 +219,7 @@ def choose_backend(
         raise ConfigError(
             "backend", choice.backend, "auto or torch for a network in memory (onnxruntime runs checkpoint files)"
         )
-    folder = entry_folder(choice.cache_dir, identity["sha256"], tta_hflip)
+    folder = entry_folder(choice.cache_dir, identity["sha256"], tta)
     reference = network(images).cpu().numpy()
     record = float_export(folder, network.network, images.cpu(), reference)
     if not record["passed"]:
