@@ -10,7 +10,7 @@ another size needs no change to the network."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -18,7 +18,6 @@ import torch.nn as nn
 
 from genre_lightning.models.flip import FlipAveraged
 from genre_lightning.utils.errors import ConfigError
-from genre_lightning.utils.plain_values import to_plain
 
 CROPS = ("none", "center", "five")
 KEYS = ("hflip", "scales", "crops", "crop_zoom")
@@ -70,8 +69,12 @@ def resolve_tta(tta: Mapping[str, Any] | TTA | None, hflip: bool | None = None, 
     None: the image alone); its ``hflip`` defaults to ``hflip`` (``model.tta_hflip``), so old configs
     and checkpoints, which have only that, mean what they meant. A bad value: one-line ConfigError."""
     if isinstance(tta, TTA):
-        return tta if hflip is None else TTA(bool(hflip), tta.scales, tta.crops, tta.crop_zoom)
-    tta = dict(to_plain(tta) or {})
+        return tta  # resolved already: its hflip is explicit
+    if type(tta).__module__.startswith("omegaconf"):  # (imported here: the predictor loads without it)
+        from genre_lightning.utils.plain_values import to_plain
+
+        tta = to_plain(tta)
+    tta = dict(tta or {})
     unknown = sorted(set(tta) - set(KEYS))
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}", tta[unknown[0]], f"only the keys {list(KEYS)}")
@@ -163,4 +166,4 @@ def checkpoint_tta(
     views = resolve_tta(hparams.get("tta"), bool(hparams.get("tta_hflip")), "model.tta")
     if tta is not None:
         views = resolve_tta(tta, views.hflip, "tta")
-    return views if tta_hflip is None else resolve_tta(views, bool(tta_hflip))
+    return views if tta_hflip is None else replace(views, hflip=bool(tta_hflip))
