@@ -4,7 +4,7 @@
 # the chosen recipe and the study's recipe then run with three seeds each, tested once.
 # Round 5 (cv_*): 5-fold cross-validation of every poster, one multirun per recipe (docs/RESULTS.md).
 #   scripts/accuracy_runs.sh variants | lpft | final | study | probe | timing | ensembles
-#   scripts/accuracy_runs.sh cv_probes | cv_ensembles | cv_best_cpu | cv_lpft | cv_study | cv_final
+#   scripts/accuracy_runs.sh cv_probes | cv_tta | cv_ensembles | cv_best_cpu | cv_lpft | cv_study | cv_final
 set -euo pipefail
 cd "$(dirname "$0")/.."
 POSTERS=${POSTERS:-../shared/data/four_genre_posters}
@@ -137,6 +137,14 @@ cv_probes)
     sweep cv_probe_mobilenetv2      experiment=probe_cpu model=mobilenetv2_100 "$MNV2"
     sweep cv_probe_mobilenetv2_flip experiment=probe_cpu model=mobilenetv2_100 "$MNV2" model.tta_hflip=true
     ;;
+cv_tta)
+    # Round 7: test-time views beyond the flip, on the folds of rounds 5/6 (the probe is fitted on the
+    # features averaged over the same views). DATA_CACHE=<folder>: decoded posters kept between folds.
+    TTA=(experiment=probe_cpu "$LITE0" ${DATA_CACHE:+"data.cache_dir=$DATA_CACHE"})
+    sweep cv_tta_flip               "${TTA[@]}"                                   # 2 views
+    sweep cv_tta_scales             "${TTA[@]}" 'model.tta={scales: [1.0, 1.15]}' # 4 views
+    sweep cv_tta_center_crop        "${TTA[@]}" 'model.tta={crops: center}'       # 4 views
+    ;;
 cv_best_cpu)
     sweep cv_best_cpu               experiment=best_cpu "$LITE0"
     ;;
@@ -176,5 +184,5 @@ cv_final)
     genre-report sweep_dir="$OUT/cv_final" > "$OUT/cv_final/report.log" 2>&1
     ;;
 *)
-    echo "usage: $0 variants|lpft|final|study|probe|timing|ensembles|cv_probes|cv_best_cpu|cv_lpft|cv_study|cv_ensembles|cv_final" >&2; exit 2 ;;
+    echo "usage: $0 variants|lpft|final|study|probe|timing|ensembles|cv_probes|cv_tta|cv_best_cpu|cv_lpft|cv_study|cv_ensembles|cv_final" >&2; exit 2 ;;
 esac

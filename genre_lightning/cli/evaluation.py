@@ -50,6 +50,8 @@ def evaluate(cfg: DictConfig, extra: dict | None = None) -> dict:
     model = load_module(GenreClassifier, checkpoint)
     if cfg.get("tta_hflip") is not None:
         model.set_flip_tta(cfg.tta_hflip)
+    if cfg.get("tta") is not None:
+        model.set_tta(cfg.tta)
     if cfg.get("threshold") is not None:
         model.set_threshold(cfg.threshold)
     datamodule = eval_datamodule(cfg, model, checkpoint)

@@ -24,4 +24,6 @@ def predictor_from_cfg(cfg: DictConfig) -> Predictor:
         cache_dir=cfg.cache_dir,
         freeze=cfg.get("freeze", False),
         onnx_export=cfg.get("onnx_export", "background"),
+        tta_hflip=cfg.get("tta_hflip"),
+        tta=cfg.get("tta"),
     )

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from genre_lightning.inference.onnx_model import EXPORT_EXTRA, can_export_onnx, cpu_cores, have_onnxruntime
+from genre_lightning.models.tta import TTA
 from genre_lightning.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ def choose_backend(
     choice: BackendChoice,
     network: TorchBackend,
     identity: Mapping[str, Any],
-    tta_hflip: bool,
+    tta: TTA,
     images: torch.Tensor,
     transform: Callable | None = None,
     calibration_paths: Sequence[str] = (),
@@ -288,10 +289,10 @@ def choose_backend(
         raise ConfigError(
             "backend", choice.backend, "auto or torch for a network in memory (onnxruntime runs checkpoint files)"
         )
-    folder = entry_folder(choice.cache_dir, identity["sha256"], tta_hflip)
+    folder = entry_folder(choice.cache_dir, identity["sha256"], tta)
     background = choice.backend == "auto" and choice.precision == "32" and choice.onnx_export == "background"
     if background and not (folder / FLOAT_RECORD).is_file():  # torch now, onnxruntime once it is exported
-        return export_in_background(network, identity, tta_hflip, images, folder, choice.threads)
+        return export_in_background(network, identity, tta, images, folder, choice.threads)
     record = read_record(folder / FLOAT_RECORD)  # a warm cache: no reference forward pass in torch
     if record is None:
         record = float_export(folder, network.network, images.cpu(), network(images).cpu().numpy())
@@ -310,7 +311,7 @@ def choose_backend(
 def export_in_background(
     network: TorchBackend,
     identity: Mapping[str, Any],
-    tta_hflip: bool,
+    tta: TTA,
     images: torch.Tensor,
     folder: Path,
     threads: int | None,
@@ -322,7 +323,7 @@ def export_in_background(
     died = background_export.died_earlier(folder)
     if died:
         log.warning("%s; exporting again in the background", died)
-    if background_export.start(folder, identity["checkpoint"], tta_hflip, network.channels_last, images):
+    if background_export.start(folder, identity["checkpoint"], tta, network.channels_last, images):
         log.info("Exporting the checkpoint to ONNX in the background (cache %s); predicting with torch", folder)
     return TorchUntilExported(network, folder, threads, identity)
 

@@ -17,6 +17,7 @@ The export process is ``export_job.py``.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import subprocess
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from genre_lightning.inference.onnx_cache import FLOAT_RECORD, read_record, write_record
+from genre_lightning.models.tta import TTA
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ LOCK_FD_ENV = "GENRE_LIGHTNING_EXPORT_LOCK_FD"
 JOB = "genre_lightning.inference.export_job"
 
 
-def start(folder: Path, checkpoint: str, tta_hflip: bool, channels_last: bool, images: torch.Tensor) -> bool:
+def start(folder: Path, checkpoint: str, tta: TTA, channels_last: bool, images: torch.Tensor) -> bool:
     """Start the export of ``checkpoint`` into the cache entry ``folder`` in a detached process, its
     parity checked on ``images`` (a preprocessed batch); False if one is running already."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,7 +57,7 @@ def start(folder: Path, checkpoint: str, tta_hflip: bool, channels_last: bool, i
             JOB,
             str(folder),
             checkpoint,
-            str(int(tta_hflip)),
+            json.dumps(tta.to_dict()),  # the views baked into the graph, as the predicting process has them
             str(int(channels_last)),
         ]
         with open(folder / LOG, "w") as output:

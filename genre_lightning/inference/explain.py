@@ -33,6 +33,7 @@ from PIL import Image
 from genre_lightning.data.imageio import UnreadableImage, read_rgb, unexpected_error_reason
 from genre_lightning.models.ensemble import EnsembleNet
 from genre_lightning.models.flip import FlipAveraged
+from genre_lightning.models.tta import TTAAveraged
 from genre_lightning.utils.errors import ConfigError, UserFacingError
 
 
@@ -150,8 +151,8 @@ def network_branches(predictor: Predictor) -> list[tuple[nn.Module, bool]]:
     """The networks whose maps are averaged, each with its flip setting: the model's network, or an
     ensemble's members (each taking the ensemble's input through its own preprocessing)."""
     network, flip = predictor.network, False
-    if isinstance(network, FlipAveraged):
-        network, flip = network.net, True
+    if isinstance(network, FlipAveraged | TTAAveraged):  # (model.tta's scales and crops: mapped at scale 1)
+        network, flip = network.net, predictor.tta.hflip
     if isinstance(network, EnsembleNet):
         return [(PreparedMember(member), member.flip) for member in network.members]
     return [(network, flip)]

@@ -181,8 +181,10 @@ def sidecar(predictor: Predictor, fmt: str, artifact: Path, ckpt_path: str | Pat
         "thresholds": thresholds.tolist() if thresholds is not None else None,
         # single: the probabilities are softmax(logits / temperature) (temperature scaling, fitted on val).
         "temperature": _temperature(predictor),
-        # Flip test-time augmentation happens inside the artifact: send each image once.
+        # Test-time augmentation (the flip, model.tta's scales and crops) happens inside the artifact:
+        # send each image once.
         "tta_hflip": predictor.tta_hflip,
+        "tta": predictor.tta.to_dict(),
         "preprocessing": {
             "input_size": list(config["input_size"]),
             "interpolation": config.get("interpolation"),

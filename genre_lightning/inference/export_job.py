@@ -2,7 +2,7 @@
 cache entry's lock and hands it over): export the checkpoint's network as the predicting process
 builds it, check its parity on the batch that process saved, write the record, release the lock.
 
-    python -m genre_lightning.inference.export_job <entry> <checkpoint> <flip 0|1> <channels_last 0|1>
+    python -m genre_lightning.inference.export_job <entry> <checkpoint> <tta settings, JSON> <channels_last 0|1>
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ from genre_lightning.inference.onnx_cache import FLOAT_RECORD, make_float_export
 from genre_lightning.inference.predictor import Predictor
 
 
-def export(folder: Path, checkpoint: str, tta_hflip: bool, channels_last: bool) -> dict:
+def export(folder: Path, checkpoint: str, tta: dict, channels_last: bool) -> dict:
     """The export process's work: the checkpoint's network as the predicting process builds it,
     exported with its parity checked on the batch that process saved; the record is written."""
     torch.set_num_threads(1)  # the export is mostly Python; leave the cores to the predicting process
     try:
-        predictor = Predictor.from_checkpoint(
-            checkpoint, tta_hflip=tta_hflip, channels_last=channels_last, backend="torch"
-        )
+        predictor = Predictor.from_checkpoint(checkpoint, tta=tta, channels_last=channels_last, backend="torch")
         images = torch.load(folder / IMAGES, weights_only=True)
         reference = predictor.logits(images).cpu().numpy()
         record = make_float_export(folder, predictor.network, images, reference)
@@ -42,9 +40,9 @@ def export(folder: Path, checkpoint: str, tta_hflip: bool, channels_last: bool) 
 
 def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    folder, checkpoint, flip, channels_last = Path(argv[0]), argv[1], argv[2] == "1", argv[3] == "1"
+    folder, checkpoint, tta, channels_last = Path(argv[0]), argv[1], json.loads(argv[2]), argv[3] == "1"
     os.nice(5)  # behind the prediction that started it
-    record = export(folder, checkpoint, flip, channels_last)
+    record = export(folder, checkpoint, tta, channels_last)
     print(json.dumps(record))
     lock = os.environ.get(LOCK_FD_ENV)
     if lock:  # released when this process exits anyway; said here for the reader

@@ -22,6 +22,8 @@ import yaml
 
 from genre_lightning.inference import card_sections as sections
 from genre_lightning.models.checkpoint_io import file_digest, read_checkpoint
+from genre_lightning.models.ensemble import member_tta
+from genre_lightning.models.tta import checkpoint_tta
 from genre_lightning.utils.errors import ConfigError
 
 DEMO_MANIFEST = "demo_manifest.json"
@@ -62,6 +64,7 @@ def model_card(ckpt_path: str | Path, cv_estimate: sections.CvEstimate | None = 
         f"Checkpoint `{ckpt.name}` (SHA-256 `{file_digest(ckpt)}`), genres {', '.join(classes)}, "
         f"{'multi-label (a sigmoid per genre)' if multilabel else 'single-label (softmax)'}; "
         f"trained with genre-lightning (Lightning {checkpoint.get('pytorch-lightning_version', '?')}).",
+        f"Test-time augmentation: {_tta(hp)}.",
         "",
         "## Intended use",
         "",
@@ -278,6 +281,13 @@ def _temperature(checkpoint: Mapping[str, Any]) -> str:
         if key.split(".")[-1] == "temperature":
             value = float(tensor.reshape(-1)[0])
     return f"{float(value):.4f} (logits divided by it before the softmax/sigmoid)" if value else "none (not calibrated)"
+
+
+def _tta(hp: Mapping[str, Any]) -> str:
+    """The views evaluation, prediction and the exported network average (``models/tta.py``)."""
+    if hp.get("members"):
+        return "each member's own: " + "; ".join(member_tta(m).describe() for m in hp["members"])
+    return checkpoint_tta(hp).describe()
 
 
 def _thresholds(checkpoint: Mapping[str, Any], classes: list[str]) -> str:

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from genre_lightning.inference.onnx_model import PARITY_TOLERANCE, export_onnx, max_logit_difference, onnx_logits
+from genre_lightning.models.tta import TTA
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +56,22 @@ def cache_folder(cache_dir: str | Path | None = None) -> Path:
     return base / "genre-lightning" / "onnx"
 
 
-def entry_folder(cache_dir: str | Path | None, checkpoint_sha256: str, tta_hflip: bool) -> Path:
-    """The entry of one checkpoint's network: ``<content hash>-<digest of the export's settings>``."""
+def entry_folder(cache_dir: str | Path | None, checkpoint_sha256: str, tta: TTA | bool) -> Path:
+    """The entry of one checkpoint's network: ``<content hash>-<digest of the export's settings>``
+    (the test-time views are baked into the graph: another ``tta`` is another entry)."""
+    views = tta if isinstance(tta, TTA) else TTA(hflip=bool(tta))
     import onnx
     import onnxruntime
 
     settings = {
         "format": FORMAT,
-        "tta_hflip": bool(tta_hflip),
+        "tta_hflip": views.hflip,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
+    if not views.flip_only:  # (flip alone keeps the digest of the entries made before model.tta)
+        settings["tta"] = views.to_dict()
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     return cache_folder(cache_dir) / f"{checkpoint_sha256}-{digest}"
 

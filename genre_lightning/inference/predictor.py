@@ -23,7 +23,7 @@ turns logits into probabilities and decisions in Python on every backend.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -41,9 +41,9 @@ from genre_lightning.inference.batch import predict_files
 from genre_lightning.inference.decode import decode_workers
 from genre_lightning.inference.onnx_model import cpu_cores
 from genre_lightning.models.checkpoint_io import datamodule_state, file_digest, read_checkpoint, upgrade_state_dict
-from genre_lightning.models.flip import with_flip_tta
 from genre_lightning.models.network import build_network
 from genre_lightning.models.prediction_task import PredictionTask, make_prediction_task
+from genre_lightning.models.tta import TTA, checkpoint_tta, resolve_tta, with_tta
 from genre_lightning.utils.errors import ConfigError
 
 ImageInput = str | Path | Image.Image | torch.Tensor
@@ -78,7 +78,7 @@ class Predictor:
         net: the trained network (a timm backbone with its head, or an ensemble network).
         task: the model's task object (``models/prediction_task.py``): single- or multi-label decisions.
         data_config: the timm data config the network was trained with.
-        tta_hflip: average each image's logits with its mirror image's.
+        tta_hflip: average each image's logits with its mirror image's (``tta``: more views, ``models/tta.py``).
         channels_last: run the network in channels-last memory (faster convolutions on CPUs).
         identity: what the checkpoint is (path, content digest, backbone): reported with predictions.
         backend: where the network runs (``backends.BackendChoice``; default: ``auto``, which is
@@ -97,15 +97,17 @@ class Predictor:
         identity: dict[str, Any] | None = None,
         backend: BackendChoice | None = None,
         min_image_side: int | None = DEFAULT_MIN_SIDE,
+        tta: TTA | Mapping[str, Any] | None = None,
     ) -> None:
         self.task = task
         self.min_image_side = min_image_side
         self.data_config = dict(data_config)
         self.channels_last = channels_last
-        self.tta_hflip = tta_hflip
+        self.tta = resolve_tta(tta, tta_hflip, "tta")
+        self.tta_hflip = self.tta.hflip
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
-        self.network = with_flip_tta(net, tta_hflip).eval()
+        self.network = with_tta(net, self.tta).eval()
         self.identity = dict(identity or {})
         self.backend_choice = backend or BackendChoice()
         self.backend_choice.check(self.device)
@@ -126,9 +128,10 @@ class Predictor:
         cache_dir: str | Path | None = None,
         freeze: bool = False,
         onnx_export: str = "background",
+        tta: Mapping[str, Any] | None = None,
     ) -> Predictor:
         """The model in ``path``, on ``device``. ``threshold``: a multi-label model's one decision
-        threshold for every genre instead of its tuned ones; ``tta_hflip``: None keeps the checkpoint's.
+        threshold for every genre instead of its tuned ones; ``tta_hflip``, ``tta``: None keeps the checkpoint's.
 
         ``backend``: ``auto``, ``torch`` or ``onnxruntime``; ``precision``: ``32``, ``bf16`` (PyTorch)
         or ``int8`` (onnxruntime); ``threads``: onnxruntime's threads (None: one per core);
@@ -158,10 +161,10 @@ class Predictor:
             "classes": classes,
             "task": hp.get("task", "single"),
         }
-        flip = bool(hp.get("tta_hflip")) if tta_hflip is None else tta_hflip
+        views = checkpoint_tta(hp, tta, tta_hflip)
         # The intake's setting the model was trained with (older checkpoints: the default).
         min_side = datamodule_state(checkpoint).get("min_image_side", DEFAULT_MIN_SIDE)
-        predictor = cls(net, task, data_config, flip, channels_last, identity, choice, min_side)
+        predictor = cls(net, task, data_config, views.hflip, channels_last, identity, choice, min_side, views)
         if choice.precision == "int8":  # its calibration posters must exist: said now, not at the first batch
             from genre_lightning.inference.quantize import calibration_paths
 
@@ -176,7 +179,7 @@ class Predictor:
             module.net,
             module.task,
             module.data_config,
-            bool(module.hparams.tta_hflip),
+            tta=module.test_time_augmentation(),
             channels_last=bool(module.hparams.channels_last),
             identity={"backbone": module.hparams.backbone, "classes": list(module.classes)},
             backend=BackendChoice("torch"),
@@ -244,7 +247,7 @@ class Predictor:
         choice = self.backend_choice
         network = TorchBackend(self.network, self.channels_last, choice.precision, choice.freeze)
         return choose_backend(
-            choice, network, self.identity, self.tta_hflip, images, self.eval_transform, self.calibration_paths
+            choice, network, self.identity, self.tta, images, self.eval_transform, self.calibration_paths
         )
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 Members may differ in backbone, input size and normalisation: the ensemble takes images prepared
 for its first member and converts them for each other member (mean/std exactly, and a bilinear
-resize when the input size differs), and each member applies its own flip test-time augmentation
-and its own temperature (``training/calibration.py``): the ensemble averages calibrated probabilities.
+resize when the input size differs), and each member applies its own test-time augmentation (the
+flip, ``model.tta``'s views) and its own temperature (``training/calibration.py``): the ensemble
+averages calibrated probabilities.
 ``training/ensemble.py`` builds the checkpoint (``genre-ensemble``); the LightningModule runs it.
 """
 
@@ -17,18 +18,19 @@ import torch.nn as nn
 
 from genre_lightning.models.backbone import create_backbone, resolve_data_config
 from genre_lightning.models.flip import flip_average
+from genre_lightning.models.tta import TTA, resolve_tta, tta_average
 
 ENSEMBLE_BACKBONE = "ensemble"
 # What an ensemble keeps of each member's hyper-parameters: enough to rebuild its network.
-MEMBER_KEYS = ("backbone", "drop_rate", "tta_hflip")
+MEMBER_KEYS = ("backbone", "drop_rate", "tta_hflip", "tta")
 # How a member turns a poster into pixels; mean/std differences are converted exactly, these are not.
 PIXEL_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode")
 
 
 class EnsembleMember(nn.Module):
     """One member network with its own preprocessing: converts an image normalised for the ensemble
-    (``mean``/``std``, ``size``) to this member's, averages its logits with the mirror image's
-    when the member was trained with flip test-time augmentation, and divides them by the member's
+    (``mean``/``std``, ``size``) to this member's, averages its logits over its test-time views (the
+    mirror image; ``model.tta``'s scales and crops), and divides them by the member's
     temperature (its logits then give its calibrated probabilities)."""
 
     def __init__(
@@ -36,12 +38,13 @@ class EnsembleMember(nn.Module):
         net: nn.Module,
         data_config: Mapping[str, Any],
         reference: Mapping[str, Any],
-        flip: bool,
+        flip: bool | TTA,
         temperature: float = 1.0,
     ):
         super().__init__()
         self.net = net
-        self.flip = flip
+        self.tta = flip if isinstance(flip, TTA) else TTA(hflip=bool(flip))
+        self.flip = self.tta.hflip
         self.temperature = float(temperature)
         self.size = tuple(data_config["input_size"][1:])
         self.resize = self.size != tuple(reference["input_size"][1:])
@@ -59,7 +62,10 @@ class EnsembleMember(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = self.prepare(images)
-        logits = flip_average(self.net, images) if self.flip else self.net(images)
+        if self.tta.identity:
+            logits = self.net(images)
+        else:  # (flip alone: the same arithmetic as before model.tta)
+            logits = flip_average(self.net, images) if self.tta.flip_only else tta_average(self.net, images, self.tta)
         return logits / self.temperature if self.temperature != 1.0 else logits
 
 
@@ -74,7 +80,7 @@ class EnsembleNet(nn.Module):
         self.data_config = configs[0]
         self.members = nn.ModuleList(
             # Members recorded before temperature scaling existed had none: 1.0.
-            EnsembleMember(net, config, configs[0], bool(m.get("tta_hflip")), m.get("temperature") or 1.0)
+            EnsembleMember(net, config, configs[0], member_tta(m), m.get("temperature") or 1.0)
             for net, config, m in zip(nets, configs, members, strict=True)
         )
 
@@ -84,3 +90,8 @@ class EnsembleNet(nn.Module):
 
     def get_classifier(self) -> nn.Module:  # nothing of an ensemble trains: no classifier of its own
         return nn.Identity()
+
+
+def member_tta(member: Mapping[str, Any]) -> TTA:
+    """A member's test-time views (members recorded before ``model.tta`` have only ``tta_hflip``)."""
+    return resolve_tta(member.get("tta"), bool(member.get("tta_hflip")), "members.tta")

@@ -9,10 +9,11 @@ augmentation) and the backbone has no stochastic depth (``drop_path_rate`` > 0 d
 branches at random in training, which stored eval-mode features would not); validation and
 test use it whenever the backbone is frozen.
 
-The store is named by a fingerprint of the frozen weights, the data config and the backbone,
-and items by ``cache_key`` (the content hash, or path + size + mtime when the split file has
-no hash), so changed weights, transforms or images never hit stale entries. A model of several
-backbones (``model.backbone=[a,b]``) has one store per backbone, each named as that backbone's own
+The store is named by a fingerprint of the frozen weights, the data config, the backbone and the
+test-time views averaged (``model.tta_hflip``, ``model.tta``), and items by ``cache_key`` (the
+content hash, or path + size + mtime when the split file has no hash), so changed weights,
+transforms, views or images never hit stale entries. A model of several backbones
+(``model.backbone=[a,b]``) has one store per backbone, each named as that backbone's own
 single-backbone model names its store (``FeatureStoreGroup``): a single-backbone run's features
 serve the concatenated model, and adding a backbone computes only that backbone's features.
 
@@ -37,6 +38,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from timm.layers import DropBlock2d, DropPath
 
 from genre_lightning.models.multi_backbone import MultiBackboneNet
+from genre_lightning.models.tta import TTA
 from genre_lightning.training.feature_store import (
     FEATURE_DTYPES,
     FeatureStore,
@@ -103,7 +105,7 @@ class FrozenFeatureCache(Callback):
         self._said_why_not = False
 
     def store_for(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> FeatureStore | FeatureStoreGroup:
-        flip = pl_module.flip_averaged(stage)
+        flip = pl_module.test_time_augmentation(stage)
         net = pl_module.net
         if isinstance(net, MultiBackboneNet):  # one store per backbone, named as its own model would name it
             parts = [
@@ -115,13 +117,15 @@ class FrozenFeatureCache(Callback):
             trainer, pl_module.hparams.backbone, backbone_fingerprint(pl_module), pl_module.data_config, flip
         )
 
-    def _store(self, trainer: Trainer, backbone: str, fingerprint: str, data_config: dict, flip: bool) -> FeatureStore:
+    def _store(self, trainer: Trainer, backbone: str, fingerprint: str, data_config: dict, views: TTA) -> FeatureStore:
         config = {
             "backbone": backbone,
             "weights": fingerprint,
             "data_config": {k: str(v) for k, v in sorted(data_config.items())},
-            "flip_averaged": flip,
+            "flip_averaged": views.hflip,
         }
+        if not views.flip_only:  # (flip alone keeps the name its features were stored under before model.tta)
+            config["tta"] = views.to_dict()
         name = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
         if name not in self._stores:
             folder = store_folder(trainer, self.cache_dir, name)

@@ -18,15 +18,16 @@ from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric, MetricCollection
 
 from genre_lightning.models.checkpoint_io import load_module, read_checkpoint, upgrade_state_dict
-from genre_lightning.models.flip import with_flip_tta
 from genre_lightning.models.multi_backbone import normalise_backbones
 from genre_lightning.models.network import build_network
 from genre_lightning.models.pooled_features import PooledFeatures
 from genre_lightning.models.prediction_task import TASKS
+from genre_lightning.models.tta import TTA, resolve_tta, with_tta
 from genre_lightning.training.epoch_metrics import EpochMetricsLogging
 from genre_lightning.training.feature_cache import backbone_is_frozen
 from genre_lightning.training.feature_store import FeatureStore
 from genre_lightning.training.tasks import make_task
+from genre_lightning.training.tta_settings import TTASettings
 from genre_lightning.utils.errors import ConfigError
 from genre_lightning.utils.plain_values import to_plain
 
@@ -36,7 +37,7 @@ DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay"
 STAGES = ("train", "val", "test")
 
 
-class GenreClassifier(EpochMetricsLogging, LightningModule):
+class GenreClassifier(TTASettings, EpochMetricsLogging, LightningModule):
     """A timm backbone with a ``len(classes)``-way head, torchmetrics, and optimiser/scheduler from config.
 
     Args:
@@ -59,6 +60,8 @@ class GenreClassifier(EpochMetricsLogging, LightningModule):
         data_config: overrides of timm's data config (``input_size``, ``crop_pct``, ...); None keeps timm's.
         channels_last: run the network in channels-last memory format.
         tta_hflip: at evaluation and prediction, average the logits of each image and its mirror image.
+        tta: test-time views beyond the flip (``models/tta.py``: ``hflip``, ``scales``, ``crops``,
+            ``crop_zoom``; its ``hflip`` defaults to ``tta_hflip``); None: ``tta_hflip`` alone.
         task: ``single`` (one genre per poster: softmax, cross-entropy) or ``multilabel`` (any number:
             a sigmoid per genre, ``BCEWithLogitsLoss``, per-genre thresholds tuned on the validation
             split after every validation epoch; ``val/acc`` is then top-1 "any true genre" accuracy).
@@ -100,6 +103,7 @@ class GenreClassifier(EpochMetricsLogging, LightningModule):
         class_weights: str | Mapping[str, float] | None = None,
         loss: str = "cross_entropy",
         focal_gamma: float = 2.0,
+        tta: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
@@ -111,6 +115,8 @@ class GenreClassifier(EpochMetricsLogging, LightningModule):
         backbone, weights, classes, optimizer, scheduler, data_config, mixup, members, class_weights = map(
             to_plain, (backbone, weights, classes, optimizer, scheduler, data_config, mixup, members, class_weights)
         )
+        tta = to_plain(tta)
+        resolve_tta(tta, tta_hflip, "model.tta")  # a bad value fails here, in one line
         backbone, weights = normalise_backbones(backbone, weights)
         classes, optimizer = list(classes), optimizer or DEFAULT_OPTIMIZER
         # the loggers get the whole resolved config instead (results/tracking.log_config)
@@ -170,11 +176,6 @@ class GenreClassifier(EpochMetricsLogging, LightningModule):
         always keep theirs). Called by ``GradualUnfreeze`` (``finetune.freeze_bn_stats``)."""
         self.keep_batchnorm_statistics = bool(keep_statistics)
 
-    def set_flip_tta(self, enabled: bool) -> None:
-        """Average each image's logits with its mirror image's at evaluation and prediction (recorded
-        in the hyper-parameters, so an export or a saved checkpoint says so too)."""
-        self.hparams.tta_hflip = bool(enabled)
-
     def set_threshold(self, threshold: float | None) -> None:
         """Multi-label: decide every genre at ``threshold`` instead of the thresholds tuned on the
         validation split (None: the tuned ones again). genre-eval / genre-predict ``threshold=``."""
@@ -214,29 +215,22 @@ class GenreClassifier(EpochMetricsLogging, LightningModule):
         net = self.net if self.training else self.inference_net()
         return net(self._memory_format(images))
 
-    def inference_net(self) -> nn.Module:
-        """The plain network that evaluation and prediction run: with flip TTA, the average of the
-        logits of each image and its mirror image."""
-        return with_flip_tta(self.net, bool(self.hparams.tta_hflip))
-
-    def flip_averaged(self, stage: str) -> bool:
-        """Whether this stage averages each image with its mirror image (test-time augmentation)."""
-        return bool(self.hparams.tta_hflip) and stage != "train"
-
     def _memory_format(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
 
     @torch.no_grad()
     def backbone_features(
-        self, images: torch.Tensor, flip_average: bool = False, parts: Sequence[int] | None = None
+        self, images: torch.Tensor, flip_average: bool | TTA = False, parts: Sequence[int] | None = None
     ) -> torch.Tensor:
         """Pooled backbone features (what the classifier sees), computed in eval mode. Averaged with
-        the mirror image's features when ``flip_average`` (the classifier is linear, so this equals
-        averaging the logits). ``parts``: of a several-backbone network, those backbones' only."""
+        the mirror image's features when ``flip_average``, or over a TTA's views (the classifier is
+        linear, so this equals averaging the logits). ``parts``: of a several-backbone network, those
+        backbones' only."""
+        views = flip_average if isinstance(flip_average, TTA) else TTA(hflip=bool(flip_average))
         modes = [(module, module.training) for module in self.net.modules()]
         self.net.eval()
         try:
-            pooled = with_flip_tta(PooledFeatures(self.net, parts), flip_average)
+            pooled = with_tta(PooledFeatures(self.net, parts), views)
             return pooled(self._memory_format(images))
         finally:
             for module, mode in modes:
@@ -252,9 +246,9 @@ class GenreClassifier(EpochMetricsLogging, LightningModule):
         store = self._feature_store
         # Checked per step too: a fine-tuning callback may have unfrozen layers since the store was attached.
         if store is not None and stage in store.stages and backbone_is_frozen(self):
-            flip = self.flip_averaged(stage)
+            views = self.test_time_augmentation(stage)
             features = store.features(
-                batch["key"], batch["image"], lambda x, parts=None: self.backbone_features(x, flip, parts)
+                batch["key"], batch["image"], lambda x, parts=None: self.backbone_features(x, views, parts)
             )
             return self.classify_features(features)
         return self(batch["image"])

@@ -1,8 +1,9 @@
 """Linear probe: the classifier fitted in closed form on the frozen backbone's features.
 
 ``LinearProbe`` runs once, when training starts (``finetune.head_init=probe``): it computes the pooled features of every
-training and validation image through the evaluation transform (flip-averaged when the model
-uses flip test-time augmentation, so training and evaluation see the same features), fits a
+training and validation image through the evaluation transform (averaged over the model's
+test-time views, its mirror image and ``model.tta``'s scales and crops, so training and evaluation
+see the same features), fits a
 logistic regression on the training images for each ``C`` of a grid (multinomial for single-label
 data; one-vs-rest, one binary regression per genre, for ``data.task=multilabel``), keeps the ``C``
 with the lowest validation log-loss, and writes that regression into the model's linear
@@ -58,12 +59,12 @@ def compute_features(trainer: Trainer, pl_module: LightningModule, split: str, s
     shard = Subset(dataset, range(trainer.global_rank, len(dataset), trainer.world_size))
     workers = getattr(trainer.datamodule, "num_workers", 0)
     loader = DataLoader(shard, batch_size=batch_size, collate_fn=collate_posters, num_workers=workers)
-    flip = pl_module.flip_averaged("val")
+    views = pl_module.test_time_augmentation("val")  # the probe is fitted on the features it is evaluated on
     for batch in loader:
         if batch["target"].numel() == 0:
             continue
         images = batch["image"].to(pl_module.device)
-        store.features(batch["key"], images, lambda x, parts=None: pl_module.backbone_features(x, flip, parts))
+        store.features(batch["key"], images, lambda x, parts=None: pl_module.backbone_features(x, views, parts))
     store.flush()
 
 

@@ -1,7 +1,7 @@
-"""backend=onnxruntime predicts what backend=torch predicts: the same top genre and probabilities
-within 1e-4 on generated posters, with flip TTA, an ensemble and multi-label thresholds; the export
-is made on first use, once per checkpoint content (also when two predictors start at once), and a
-failed parity check falls back to torch with one warning line."""
+"""backend=onnxruntime predicts what backend=torch predicts: the same top genre and probabilities within
+1e-4 on generated posters, with flip TTA and more test-time views (scales, five crops), an ensemble and
+multi-label thresholds; the export is made on first use, once per checkpoint content (also when two
+predictors start at once), and a failed parity check falls back to torch with one warning line."""
 
 from __future__ import annotations
 
@@ -101,12 +101,13 @@ def variants(checkpoint: str, posters: list[str], tmp_path_factory: pytest.TempP
     return {
         "plain": (checkpoint, {}),
         "flip_tta": (checkpoint, {"tta_hflip": True}),
+        "views_tta": (checkpoint, {"tta": {"hflip": True, "scales": [1.0, 1.2], "crops": "five"}}),
         "multilabel": (str(multilabel), {}),
         "ensemble": (str(ensemble), {}),
     }
 
 
-@pytest.mark.parametrize("variant", ["plain", "flip_tta", "multilabel", "ensemble"])
+@pytest.mark.parametrize("variant", ["plain", "flip_tta", "views_tta", "multilabel", "ensemble"])
 def test_onnxruntime_predicts_what_torch_predicts(variants: dict, posters: list[str], tmp_path: Path, variant: str):
     path, options = variants[variant]
     on_torch = Predictor.from_checkpoint(path, backend="torch", **options)
@@ -121,8 +122,9 @@ def test_onnxruntime_predicts_what_torch_predicts(variants: dict, posters: list[
     if variant == "multilabel":  # the task's tuned thresholds decide on both backends
         assert list(predicted["predicted"]) == list(expected["predicted"])
         assert predicted["predicted"].nunique() > 2
-    if variant == "flip_tta":  # the flip is in the exported graph: without it the answers differ
-        plain = Predictor.from_checkpoint(path, backend="torch").predict_files(posters, progress=False)
+    if variant in ("flip_tta", "views_tta"):  # the views are in the exported graph: without them the answers differ
+        other = {"tta_hflip": True} if variant == "views_tta" else {}
+        plain = Predictor.from_checkpoint(path, backend="torch", **other).predict_files(posters, progress=False)
         assert np.abs(plain[PROBABILITIES].to_numpy() - predicted[PROBABILITIES].to_numpy()).max() > 1e-3
     if variant == "ensemble":  # the mean of its members' probabilities
         members = [Predictor.from_checkpoint(p, backend="torch") for p in (variants["plain"][0], _member(path))]

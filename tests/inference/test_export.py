@@ -14,6 +14,7 @@ from PIL import Image
 
 from genre_lightning.cli.export import export
 from genre_lightning.inference.predictor import Predictor
+from genre_lightning.models.tta import resolve_tta, tta_views
 from genre_lightning.training.module import GenreClassifier
 from tests.helpers.configs import compose_config
 from tests.helpers.optional import have_module, require
@@ -91,12 +92,19 @@ def test_artifact_and_sidecar_reproduce_the_test_run(tiny_run: Path, tmp_path: P
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
-def test_a_flip_tta_checkpoint_exports_its_averaging(tiny_run: Path, tmp_path: Path, fmt: str, suffix: str):
+VIEWS = {"scales": [1.0, 1.2], "crops": "center", "crop_zoom": 1.25}
+
+
+@pytest.mark.parametrize(
+    "fmt, suffix, tta", [("onnx", ".onnx", None), ("torchscript", ".pt", None), ("onnx", ".onnx", VIEWS)]
+)
+def test_a_flip_tta_checkpoint_exports_its_averaging(tiny_run: Path, tmp_path: Path, fmt: str, suffix: str, tta):
     """A checkpoint trained with tta_hflip (experiment=best_cpu) evaluates on each image and its
-    mirror image: the artifact must compute the same average, not the plain network."""
+    mirror image (and, with model.tta, on its other views): the artifact must compute the same
+    average, not the plain network."""
     saved = torch.load(best_checkpoint(tiny_run), map_location="cpu", weights_only=True)
     saved["hyper_parameters"]["tta_hflip"] = True
+    saved["hyper_parameters"]["tta"] = tta
     checkpoint = tmp_path / "run" / "checkpoints" / "tta.ckpt"
     checkpoint.parent.mkdir(parents=True)
     torch.save(saved, checkpoint)
@@ -106,6 +114,7 @@ def test_a_flip_tta_checkpoint_exports_its_averaging(tiny_run: Path, tmp_path: P
     artifact = tmp_path / f"model{suffix}"
     sidecar = json.loads(artifact.with_name(artifact.name + ".json").read_text())
     assert result["parity"]["passed"] and sidecar["tta_hflip"] is True
+    assert sidecar["tta"] == resolve_tta(tta, True).to_dict()
 
     tested = pd.read_csv(tiny_run / "test_predictions.csv")
     images = preprocess_like_a_server(list(tested["file_path"]), sidecar["preprocessing"])
@@ -113,7 +122,9 @@ def test_a_flip_tta_checkpoint_exports_its_averaging(tiny_run: Path, tmp_path: P
     model = GenreClassifier.from_checkpoint(str(checkpoint)).eval()
     with torch.inference_mode():
         batch = torch.from_numpy(images)
-        averaged = ((model.net(batch) + model.net(batch.flip(-1))) / 2).numpy()
+        views = tta_views(batch, resolve_tta(tta, True))
+        averaged = (sum(model.net(view) for view in views) / len(views)).numpy()
+        assert len(views) == (6 if tta else 2)
         plain = model.net(batch).numpy()
     assert np.abs(logits - averaged).max() < 1e-4
     assert np.abs(plain - averaged).max() > 1e-3  # so the check above tells the two apart

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.preprocessing import StandardScaler
 
+from genre_lightning.models.tta import resolve_tta
 from genre_lightning.training.probe import PROBE_FILE, fit_one_vs_rest, fit_probe
 from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST
@@ -64,12 +66,13 @@ def test_a_genre_missing_from_training_is_never_predicted():
     assert probabilities.shape == (40, 4) and probabilities[:, 2].max() < 1e-6
 
 
-def probe_run(poster_root: Path, folder: Path, ddp: bool = False) -> tuple[dict, dict, str]:
+def probe_run(poster_root: Path, folder: Path, ddp: bool = False, *overrides: str) -> tuple[dict, dict, str]:
     """``genre-train experiment=probe_cpu``: in this process, or (``ddp``) with trainer=ddp_cpu through
     the console script, stdout piped to a file, each rank writing its weights digest (rank 1 re-runs
     the command line); (metrics.json, probe.json, the output)."""
     run = folder / "run"
     args = ["genre-train", "experiment=probe_cpu", *FAST, f"data.root={poster_root}", f"hydra.run.dir={run}"]
+    args += overrides
     if ddp:
         with open(folder / "stdout.log", "w") as stdout:
             done = run_cli(*args, "trainer=ddp_cpu", OVERRIDE, cwd=folder, stdout=stdout, env=RANK_ENV)
@@ -100,6 +103,19 @@ def test_probe_cpu_validates_and_tests_exactly_the_fitted_head(single_probe):
     expected = single_label_metrics(Path(metrics["best_ckpt_path"]).parent.parent)
     assert metrics["test"]["test/acc"] == pytest.approx(expected["test/acc"], abs=1e-6)
     assert metrics["test"]["test/loss"] == pytest.approx(expected["test/loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_the_probe_is_fitted_on_the_test_time_views_it_is_evaluated_with(poster_root: Path, tmp_path: Path):
+    """model.tta: the probe's features are averaged over the same views as evaluation's logits, so the
+    validation epoch scores exactly what the probe scored on its own features."""
+    views = {"hflip": True, "scales": [1.0, 1.25], "crops": "center"}
+    metrics, probe, _ = probe_run(poster_root, tmp_path, False, "model.tta={scales: [1.0, 1.25], crops: center}")
+    assert metrics["final_val"]["val/acc"] == pytest.approx(probe["val_acc"], abs=1e-6)
+    assert metrics["final_val"]["val/loss"] == pytest.approx(probe["val_log_loss"], rel=1e-4)
+    saved = torch.load(metrics["best_ckpt_path"], map_location="cpu", weights_only=True)
+    assert saved["hyper_parameters"]["tta"] == {"scales": [1.0, 1.25], "crops": "center"}
+    assert resolve_tta(saved["hyper_parameters"]["tta"], saved["hyper_parameters"]["tta_hflip"]) == resolve_tta(views)
 
 
 @pytest.mark.slow
