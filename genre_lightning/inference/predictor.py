@@ -154,13 +154,8 @@ class Predictor:
         state = upgrade_state_dict(dict(checkpoint["state_dict"]), defaults)
         net.load_state_dict(_part(state, "net."))
         task.load_checkpoint_state(_part(state, "task."))
-        identity = {
-            "checkpoint": str(Path(path).resolve()),
-            "sha256": file_digest(path),
-            "backbone": hp["backbone"],
-            "classes": classes,
-            "task": hp.get("task", "single"),
-        }
+        identity = {"checkpoint": str(Path(path).resolve()), "sha256": file_digest(path), "backbone": hp["backbone"]}
+        identity |= {"classes": classes, "task": hp.get("task", "single")}
         views = checkpoint_tta(hp, tta, tta_hflip)
         # The intake's setting the model was trained with (older checkpoints: the default).
         min_side = datamodule_state(checkpoint).get("min_image_side", DEFAULT_MIN_SIDE)
