@@ -88,6 +88,10 @@ class TrialRun:
     def fold_frames(self) -> list[pd.DataFrame]:
         return [self.folds[k].predictions for k in sorted(self.folds)]
 
+    def value(self, metric: str) -> float:
+        """The out-of-fold ``metric`` of the folds it has finished."""
+        return objective_value(out_of_fold_scores(self.fold_frames())[0], metric)
+
 
 class Search:
     def __init__(self, config: DictConfig, launcher: Any, config_loader: Any, settings: SearchSettings) -> None:
@@ -151,7 +155,7 @@ class Search:
             name = twin.user_attrs.get("repeat_of", name)  # a repeat's repeat names the run that was made
         elif is_the_recipe_of(run.overrides, self.config):
             name, folder, state = BASELINE, BASELINE, TrialState.COMPLETE
-            value = objective_value(out_of_fold_scores(baseline.fold_frames())[0], self.settings.metric)
+            value = baseline.value(self.settings.metric)
         else:
             return False
         run.trial.set_user_attr("repeat_of", name)
@@ -192,7 +196,7 @@ class Search:
                     study.tell(run.trial, state=optuna.trial.TrialState.PRUNED)
                     active.remove(run)
         for run in active:
-            value = objective_value(out_of_fold_scores(run.fold_frames())[0], self.settings.metric)
+            value = run.value(self.settings.metric)
             study.tell(run.trial, value)
             log.info("Trial %d: %s %.4f out of fold", run.trial.number, self.settings.metric, value)
 
@@ -235,10 +239,7 @@ class Search:
 
     def _incumbent(self, study: Any, baseline: TrialRun) -> tuple[str, list[pd.DataFrame]]:
         """The best finished trial (the baseline until a trial beats it) and its fold predictions."""
-        best_folder, best_value = (
-            BASELINE,
-            objective_value(out_of_fold_scores(baseline.fold_frames())[0], self.settings.metric),
-        )
+        best_folder, best_value = BASELINE, baseline.value(self.settings.metric)
         minimize = objective_direction(self.settings.metric) == "minimize"
         for frozen in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
             if (frozen.value < best_value) if minimize else (frozen.value > best_value):
@@ -330,7 +331,7 @@ class Search:
             "recipe": self.base,
             "baseline": {
                 "folder": BASELINE,
-                "value": objective_value(out_of_fold_scores(baseline.fold_frames())[0], metric),
+                "value": baseline.value(metric),
                 "wall_s": _wall(baseline),
             },
             "trials": trial_records(study),
