@@ -24,3 +24,8 @@ def require(available: bool, reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (CI=true: this test must run, not skip)")
     pytest.skip(reason)
+
+
+def have_onnx_export() -> bool:
+    """Whether the ONNX exporter and onnxruntime are installed (the export and the onnxruntime backend)."""
+    return have_module("onnxruntime") and have_module("onnxscript")

@@ -22,7 +22,7 @@ from genre_lightning.inference.predictor import Predictor
 from genre_lightning.training.ensemble import build_ensemble
 from genre_lightning.utils.errors import ConfigError
 from tests.helpers.cli import run_entry_point
-from tests.helpers.optional import have_module, require
+from tests.helpers.optional import have_onnx_export, require
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ PROBABILITIES = [f"p_{c}" for c in CLASSES]
 
 @pytest.fixture(autouse=True)
 def export_extra() -> None:
-    require(have_module("onnxruntime") and have_module("onnxscript"), "the onnxruntime backend needs onnx extras")
+    require(have_onnx_export(), "the onnxruntime backend needs onnx extras")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 
 from genre_lightning.inference.predictor import Predictor
 from tests.helpers.cli import run_cli
-from tests.helpers.optional import have_module, require
+from tests.helpers.optional import have_onnx_export, require
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ PROBABILITIES = [f"p_{c}" for c in CLASSES]
 
 @pytest.fixture(autouse=True)
 def export_extra() -> None:
-    require(have_module("onnxruntime") and have_module("onnxscript"), "the onnxruntime backend needs onnx extras")
+    require(have_onnx_export(), "the onnxruntime backend needs onnx extras")
 
 
 @pytest.fixture()

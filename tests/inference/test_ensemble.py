@@ -16,7 +16,7 @@ from genre_lightning.cli.predict import predict
 from genre_lightning.cli.train import train
 from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import compose_config, train_config
-from tests.helpers.optional import have_module, require
+from tests.helpers.optional import have_onnx_export, require
 
 pytestmark = pytest.mark.slow  # every test uses the tiny_run fixture (a training run)
 PROBABILITIES = [f"p_{genre}" for genre in ("Action", "Comedy", "Horror", "Romance")]
@@ -82,7 +82,7 @@ def test_genre_predict_and_an_onnx_export_serve_the_ensemble(ensemble_run: Path,
     predicted = pd.read_csv(tmp_path / "p" / "predictions.csv").sort_values("file_path")
     np.testing.assert_allclose(predicted[PROBABILITIES], tested[PROBABILITIES], atol=1e-5)
 
-    require(have_module("onnxruntime") and have_module("onnxscript"), "format=onnx needs the export extra")
+    require(have_onnx_export(), "format=onnx needs the export extra")
     sidecar = export(compose_config("export", [f"ckpt_path={checkpoint}", "format=onnx"], tmp_path / "x"))
     assert sidecar["parity"]["passed"] and sidecar["parity"]["max_abs_logit_diff"] < 1e-4
     assert sidecar["backbone"] == "ensemble" and (tmp_path / "x" / "model.onnx").is_file()

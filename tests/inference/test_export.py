@@ -17,10 +17,10 @@ from genre_lightning.inference.predictor import Predictor
 from genre_lightning.models.tta import resolve_tta, tta_views
 from genre_lightning.training.module import GenreClassifier
 from tests.helpers.configs import compose_config
-from tests.helpers.optional import have_module, require
+from tests.helpers.optional import have_onnx_export, require
 
 pytestmark = pytest.mark.slow  # every test uses the tiny_run fixture (a training run)
-HAVE_ONNX = have_module("onnxruntime") and have_module("onnxscript")
+HAVE_ONNX = have_onnx_export()
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ from genre_lightning.training.feature_store import FeatureStore
 from genre_lightning.training.module import GenreClassifier
 from tests.helpers.cli import run_cli, run_entry_point
 from tests.helpers.configs import FAST
-from tests.helpers.optional import have_module, require
+from tests.helpers.optional import have_onnx_export, require
 
 TWO = "model.backbone=[test_resnet,test_efficientnet]"
 # The whole training split in one batch: the probe's one training step (LR 0) sees the same images in
@@ -106,9 +106,7 @@ def test_adding_a_backbone_computes_only_its_features_and_each_store_holds_one_b
 
 @pytest.mark.slow
 def test_the_two_backbone_probe_predicts_and_exports_like_any_checkpoint(two_runs: dict, tmp_path: Path):
-    require(
-        have_module("onnxruntime") and have_module("onnxscript"), 'needs the export extra: pip install -e ".[export]"'
-    )
+    require(have_onnx_export(), 'needs the export extra: pip install -e ".[export]"')
     import onnxruntime
 
     tested = pd.read_csv(two_runs["run"] / "test_predictions.csv")
