@@ -58,6 +58,7 @@ def report_sweep(cfg: DictConfig) -> None:
             incomplete=cfg.incomplete,
             label_issues=cfg.label_issues,
             label_issues_recipe=cfg.label_issues_recipe,
+            compare_with=[cfg.compare_with] if isinstance(cfg.compare_with, str) else list(cfg.compare_with or []),
         )
         return
     from genre_lightning.results.mlflow_sweep import collect_mlflow_jobs

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from genre_lightning.results.search_scores import (
 )
 from genre_lightning.results.search_storage import storage_for
 from genre_lightning.utils.csvio import read_csv
+from genre_lightning.utils.errors import ConfigError
 
 SEARCH_FILE = "search.json"
 BASELINE = "baseline"
@@ -64,8 +66,10 @@ def _fold_jobs(folder: Path) -> list[Job]:
     return [read_job(f) for f in folds if (f / "metrics.json").is_file() and (f / PREDICTIONS_FILE).is_file()]
 
 
-def report_search(folder: Path, samples: int, seed: int) -> pd.DataFrame:
-    """Write ``report.md`` and ``search_trials.csv`` (and the figures) into the search folder; print it."""
+def report_search(folder: Path, samples: int, seed: int, compare_with: Sequence[str | Path] = ()) -> pd.DataFrame:
+    """Write ``report.md`` and ``search_trials.csv`` (and the figures) into the search folder; print it.
+    ``compare_with``: run folders tested on the same fixed test part (say a ``data.fold=all`` refit of the
+    recipe in use) that join the confirmation table, paired with the refits on the same posters."""
     summary = json.loads((folder / SEARCH_FILE).read_text())
     metric, folds = summary["metric"], int(summary["folds"])
     groups = groups_of_split(folder)
@@ -94,7 +98,7 @@ def report_search(folder: Path, samples: int, seed: int) -> pd.DataFrame:
         _trials_markdown(table, metric) + _repeats(summary),
         _pruning_markdown(table, summary, groups, folds),
         _figures(summary, folder),
-        _confirmation_markdown(folder, summary, table, groups, samples, seed),
+        _confirmation_markdown(folder, table, groups, samples, seed, [Path(p) for p in compare_with]),
     ]
     markdown = "\n".join(line for line in lines if line) + "\n"
     (folder / "report.md").write_text(markdown)
@@ -248,13 +252,19 @@ def _figures(summary: dict, folder: Path) -> str:
 
 
 def _confirmation_markdown(
-    folder: Path, summary: dict, table: pd.DataFrame, groups: dict, samples: int, seed: int
+    folder: Path, table: pd.DataFrame, groups: dict, samples: int, seed: int, compare_with: list[Path]
 ) -> str:
     refits = {name: folder / CONFIRM / name for name in ("winner", "baseline")}
     tested = {
         n: f for n, f in refits.items() if (f / "metrics.json").is_file() and (f / "test_predictions.csv").is_file()
     }
     if len(tested) < 2:
+        if compare_with:
+            raise ConfigError(
+                "compare_with",
+                str(compare_with[0]),
+                "left out until the search has ended: its refits are the confirmation that other runs join",
+            )
         return (
             "## Confirmation\n\nNot made: the winner and the starting recipe are refitted and tested on the fixed "
             "test part when the search ends, with data.cv_test_fraction > 0.\n"
@@ -265,6 +275,8 @@ def _confirmation_markdown(
     winner = table[table["winner"]].iloc[0]
     names = {"winner": f"winner (trial {winner['trial']}), refit", "baseline": "starting recipe, refit"}
     scored = {names[n]: scores([frame], classes, posters) for n, frame in frames.items()}
+    for run in compare_with:
+        scored[f"{run} (compare_with)"] = scores([_tested_on(run, posters, classes)], classes, posters)
     confirmed = recipe_table(scored, posters, groups, classes, samples, seed)
     confirmed.to_csv(folder / "search_confirmation.csv", index=False)
     return (
@@ -275,6 +287,27 @@ def _confirmation_markdown(
         'optimistic; the refits\' paired difference on unseen posters is the one to trust ("better" only where '
         "its interval excludes 0).\n\n" + _ship(tested["winner"])
     )
+
+
+def _tested_on(run: Path, posters: list[str], classes: list[str]) -> pd.DataFrame:
+    """A ``compare_with`` run's test predictions, refused in one line unless they are of the same genres on
+    exactly the search's fixed test part (a paired comparison needs the same posters)."""
+    if not (run / "metrics.json").is_file() or not (run / "test_predictions.csv").is_file():
+        raise ConfigError(
+            "compare_with", str(run), "a run folder holding metrics.json and test_predictions.csv (a finished run)"
+        )
+    frame = read_csv(run / "test_predictions.csv")
+    if classes_of(frame) != classes:
+        raise ConfigError("compare_with", str(run), f"a run of the search's genres {classes}, not {classes_of(frame)}")
+    tested = set(frame["file_path"])
+    if tested != set(posters):
+        raise ConfigError(
+            "compare_with",
+            str(run),
+            f"a run tested on the search's {len(posters)} fixed-test posters, not on {len(tested)} "
+            f"({len(tested & set(posters))} in common): train it with the search's data settings and data.fold=all",
+        )
+    return frame
 
 
 def _ship(refit: Path) -> str:

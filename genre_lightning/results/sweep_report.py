@@ -145,19 +145,25 @@ def report(
     incomplete: str = "fail",
     label_issues: bool | None = None,
     label_issues_recipe: str | None = None,
+    compare_with: Sequence[str | Path] = (),
 ) -> pd.DataFrame:
     """Write ``report.csv`` and ``report.md`` into ``folder``; print the Markdown; return the table.
     ``samples`` and ``seed``: the bootstrap of the intervals; ``incomplete``: what a
     cross-validation's runs with missing folds do (``fail``, ``skip``, ``common``: ``cv_report.fold_runs``).
     A cross-validation also gets its data-quality section (``results/data_quality.py``): ``label_issues``
-    (None: on for a cross-validation; True on any other sweep is an error) and the recipe it examines."""
+    (None: on for a cross-validation; True on any other sweep is an error) and the recipe it examines.
+    ``compare_with``: runs that join a search's confirmation on its fixed test part (a search folder only)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(
             "sweep_dir", str(folder), "an existing Hydra multirun folder (outputs/train/multiruns/<time>)"
         )
     if is_search(folder):  # a cross-validated search's folder (launch/search.py)
-        return report_search(folder, samples, seed)
+        return report_search(folder, samples, seed, compare_with)
+    if compare_with:
+        raise ConfigError(
+            "compare_with", str(compare_with[0]), "empty unless sweep_dir is a search folder (its confirmation)"
+        )
     jobs = list(iter_jobs(folder))
     if not any(job.metrics is not None for job in jobs):
         raise ConfigError(

@@ -156,11 +156,46 @@ def test_the_report_of_a_search_recomputes_trials_and_confirms_the_winner_on_uns
         tested = pd.read_csv(folder / "confirm" / name / "test_predictions.csv")
         assert set(tested["file_path"]) == holdout
     confirmation = pd.read_csv(folder / "search_confirmation.csv")
+    assert len(confirmation) == 2
     for _, row in confirmation.iterrows():
         name = "winner" if row["recipe"].startswith("winner") else "baseline"
         tested = pd.read_csv(folder / "confirm" / name / "test_predictions.csv")
         assert row["top1"] == pytest.approx((tested["label"] == tested["top1"]).mean())
     assert "Confirmation on the fixed test part" in out and "genre-train " in out
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_a_run_refitted_on_the_fixed_test_part_joins_the_confirmation_and_one_on_other_posters_is_refused(
+    searched: Path, poster_root: Path
+):
+    folder, refit = searched / "search", searched / "recipe_in_use"
+    # The recipe a user has in use (here: more label smoothing), refitted as docs/search.md says: the
+    # search's data settings and data.fold=all, outside the search.
+    recipe = [o for o in TINY if not o.startswith(("hydra", "++hydra"))]
+    with open(searched / "refit.log", "w") as log:
+        done = run_cli(
+            "genre-train", *recipe, f"data.root={poster_root}", "data.fold=all", "model.label_smoothing=0.3",
+            f"hydra.run.dir={refit}", cwd=searched, stdout=log, timeout=900,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_cli("genre-report", f"sweep_dir={folder}", f"compare_with=[{refit}]", cwd=searched)
+    assert done.returncode == 0, done.stderr[-3000:]
+    confirmation = pd.read_csv(folder / "search_confirmation.csv")
+    assert len(confirmation) == 3
+    (row,) = [row for _, row in confirmation.iterrows() if row["recipe"].endswith("(compare_with)")]
+    tested = pd.read_csv(refit / "test_predictions.csv")
+    assert row["top1"] == pytest.approx((tested["label"] == tested["top1"]).mean())
+    assert row["posters"] == len(tested)
+    # A fold run predicted other posters: a paired comparison is impossible, and says so in one line.
+    fold_run = folder / "baseline" / "fold_0"
+    done = run_cli("genre-report", f"sweep_dir={folder}", f"compare_with=[{fold_run}]", cwd=searched)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("error: compare_with=") and "fixed-test posters" in lines[0]
+    # Without compare_with the confirmation is the two refits again.
+    assert run_cli("genre-report", f"sweep_dir={folder}", cwd=searched).returncode == 0
+    assert len(pd.read_csv(folder / "search_confirmation.csv")) == 2
 
 
 def one_line_error(posters: Path, tmp_path: Path, *extra: str) -> str:
