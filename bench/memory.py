@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_table import markdown_table  # bench/bench_table.py: this script's folder is on sys.path
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
@@ -63,11 +65,12 @@ class Table:
         self.rows.append((what, self.before, peak_mib(), rss_mib()))
 
     def print(self) -> None:
-        width = max(len(r[0]) for r in self.rows)
-        print(f"\n| {'piece':<{width}} | RSS before | peak during | RSS after | needed (peak - before) |")
-        print(f"|{'-' * (width + 2)}|---|---|---|---|")
-        for what, before, peak, after in self.rows:
-            print(f"| {what:<{width}} | {before:.0f} | {peak:.0f} | {after:.0f} | {peak - before:+.0f} |")
+        header = ("piece", "RSS before", "peak during", "RSS after", "needed (peak - before)")
+        rows = [
+            (what, f"{before:.0f}", f"{peak:.0f}", f"{after:.0f}", f"{peak - before:+.0f}")
+            for what, before, peak, after in self.rows
+        ]
+        print("\n" + markdown_table(header, rows))
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+from bench_table import markdown_table  # bench/bench_table.py: this script's folder is on sys.path
 from lightning.pytorch import Callback, seed_everything
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -711,10 +712,7 @@ def main() -> None:
             rows = sections[name]()
             print(f"# {name}: {time.perf_counter() - started:.0f} s", flush=True)
             table += rows
-        width = max(len(r[0]) for r in table)
-        print(f"\n| {'measurement':<{width}} | value | ratio |\n|{'-' * (width + 2)}|---|---|")
-        for measurement, value, ratio in table:
-            print(f"| {measurement:<{width}} | {value} | {ratio} |")
+        print("\n" + markdown_table(("measurement", "value", "ratio"), table))
 
 
 if __name__ == "__main__":

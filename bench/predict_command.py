@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_table import markdown_table  # bench/bench_table.py: this script's folder is on sys.path
 from PIL import Image
 
 from genre_lightning.inference.batch import list_inputs
@@ -200,10 +201,7 @@ def main() -> None:
             started = time.perf_counter()
             table += sections[name]()
             print(f"# {name}: {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f}", flush=True)
-        width = max(len(row[0]) for row in table)
-        print(f"\n| {'measurement':<{width}} | value | ratio |\n|{'-' * (width + 2)}|---|---|")
-        for measurement, value, ratio in table:
-            print(f"| {measurement:<{width}} | {value} | {ratio} |")
+        print("\n" + markdown_table(("measurement", "value", "ratio"), table))
 
 
 if __name__ == "__main__":
