@@ -196,14 +196,14 @@ def test_a_cv_student_learns_each_fold_from_the_teacher_of_that_fold(poster_root
     # A refit (data.fold=all) trained on every fold: it may teach no fold's student, and a refit student
     # has no fold for a sweep folder to pick its teacher by.
     refit = tmp_path / "refit"
-    output, code = train(tmp_path, refit, *data, "data.fold=all", "finetune.probe_c_grid=[0.1]")
+    output, code = train(tmp_path, refit, *data, "data.fold=all", "finetune.probe_c_grid=[0.1]", "test=false")
     assert code == 0, output[-3000:]
     refit_checkpoint = metrics(refit).get("best_ckpt_path") or metrics(refit)["test_ckpt_path"]
     output, code = train(tmp_path, tmp_path / "by_refit", *data, "data.fold=2", f"distill.teacher={refit_checkpoint}")
     assert code == 2 and "expected a teacher that never trained on the posters this run reports on" in output
     assert "teacher fold all; this run's fold 2" in output, output[-3000:]
     output, code = train(
-        tmp_path, tmp_path / "refit_student", *data, "data.fold=all", "finetune.probe_c_grid=[0.1]",
+        tmp_path, tmp_path / "refit_student", *data, "data.fold=all", "finetune.probe_c_grid=[0.1]", "test=false",
         f"distill.teacher={sweep}",
     )  # fmt: skip
     assert code == 2 and "a sweep folder teaches a cross-validation run fold by fold" in output, output[-3000:]
