@@ -255,9 +255,7 @@ def _confirmation_markdown(
     folder: Path, table: pd.DataFrame, groups: dict, samples: int, seed: int, compare_with: list[Path]
 ) -> str:
     refits = {name: folder / CONFIRM / name for name in ("winner", "baseline")}
-    tested = {
-        n: f for n, f in refits.items() if (f / "metrics.json").is_file() and (f / "test_predictions.csv").is_file()
-    }
+    tested = {n: f for n, f in refits.items() if _is_tested(f)}
     if len(tested) < 2:
         if compare_with:
             raise ConfigError(
@@ -289,10 +287,15 @@ def _confirmation_markdown(
     )
 
 
+def _is_tested(run: Path) -> bool:
+    """A finished run folder with its test predictions (a refit, or a ``compare_with`` run)."""
+    return (run / "metrics.json").is_file() and (run / "test_predictions.csv").is_file()
+
+
 def _tested_on(run: Path, posters: list[str], classes: list[str]) -> pd.DataFrame:
     """A ``compare_with`` run's test predictions, refused in one line unless they are of the same genres on
     exactly the search's fixed test part (a paired comparison needs the same posters)."""
-    if not (run / "metrics.json").is_file() or not (run / "test_predictions.csv").is_file():
+    if not _is_tested(run):
         raise ConfigError(
             "compare_with", str(run), "a run folder holding metrics.json and test_predictions.csv (a finished run)"
         )
